@@ -1,0 +1,1 @@
+"""Ray Tune searchers that schedule fusion-mask search strategies (SFSA, beam, exhaustive)."""

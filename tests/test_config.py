@@ -1,0 +1,21 @@
+import pytest
+
+from fusionsearch import ConfigError, ModelConfig
+from fusionsearch.config import from_dict, to_dict
+
+
+def test_round_trip():
+    config = ModelConfig(modalities=3, width=0.5, fusion="spatial")
+    assert from_dict(ModelConfig, to_dict(config)) == config
+
+
+def test_unknown_keys_are_rejected_with_allowed_list():
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig setting\(s\) \['widht'\]; allowed: \["):
+        from_dict(ModelConfig, {"widht": 0.5})
+
+
+def test_invalid_values():
+    with pytest.raises(ConfigError, match="stem_stride"):
+        ModelConfig(stem_stride=3)
+    with pytest.raises(ConfigError, match="num_classes"):
+        ModelConfig(num_classes=1)

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from conftest import SIZE, randomise, tiny_config
+from fusionsearch import (
+    FUSION_MODULES,
+    ConfigError,
+    FusionMask,
+    FusionNet,
+    MaskError,
+    WarmStartError,
+    build_fusion,
+    warm_start,
+)
+
+ALL_MASKS = FusionMask.all_masks(4)
+PAIRS = [(parent, child) for parent in ALL_MASKS for child in parent.extensions()]
+
+
+@pytest.mark.parametrize("fusion", ["mmtm", "spatial"])
+@pytest.mark.parametrize("modalities", [2, 3])
+def test_output_shape_for_every_mask(fusion, modalities):
+    x = torch.randn(2, modalities, SIZE, SIZE, SIZE)
+    for mask in ALL_MASKS:
+        model = FusionNet(tiny_config(fusion=fusion, modalities=modalities, num_classes=3), mask).eval()
+        assert model(x).shape == (2, 3)
+        assert sorted(model.fusion) == [str(p) for p in mask.active]
+
+
+def test_fusion_points_change_the_function_once_trained():
+    # Fusion modules must actually be wired in: with non-identity weights, 0100 differs from 0000.
+    x = torch.randn(2, 2, SIZE, SIZE, SIZE)
+    fused = FusionNet(tiny_config(), "0100").eval()
+    randomise(fused)
+    late = FusionNet(tiny_config(), "0000").eval()
+    late.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("fusion.")})
+    assert (fused(x) - late(x)).abs().max() > 1e-3
+
+
+def test_output_is_mean_of_stream_logits():
+    model = FusionNet(tiny_config(modalities=3), "0000").eval()
+    randomise(model)
+    x = torch.randn(2, 3, SIZE, SIZE, SIZE)
+    per_stream = [s(x[:, i : i + 1]) for i, s in enumerate(model.streams)]
+    torch.testing.assert_close(model(x), torch.stack(per_stream).mean(0))
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_MODULES))
+def test_fresh_fusion_module_is_identity(fusion):
+    module = build_fusion(fusion, [8, 8, 8])
+    features = [torch.randn(2, 8, 3, 4, 5) for _ in range(3)]
+    for before, after in zip(features, module(features), strict=True):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("fusion", ["mmtm", "spatial"])
+def test_identity_insertion_for_every_parent_and_extension(fusion):
+    """A child warm-started from any parent computes the parent's function exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, SIZE, SIZE, SIZE)
+    config = tiny_config(fusion=fusion)
+    parents = {}
+    for seed, mask in enumerate(ALL_MASKS):
+        parents[mask] = FusionNet(config, mask).eval()
+        randomise(parents[mask], seed)
+    for parent_mask, child_mask in PAIRS:
+        parent = parents[parent_mask]
+        child = FusionNet(config, child_mask).eval()
+        report = warm_start(child, parent.state_dict())
+        new_point = (set(child_mask.active) - set(parent_mask.active)).pop()
+        expected_new = {k for k in child.state_dict() if k.startswith(f"fusion.{new_point}.")}
+        assert set(report.new) == expected_new and expected_new
+        assert set(report.loaded) == set(parent.state_dict())
+        with torch.no_grad():
+            diff = (child(x) - parent(x)).abs().max().item()
+        assert diff < 1e-5, f"{parent_mask} -> {child_mask}: max abs diff {diff}"
+
+
+def test_warm_start_rejects_parent_with_point_child_lacks():
+    parent = FusionNet(tiny_config(), "0110")
+    child = FusionNet(tiny_config(), "0101")
+    with pytest.raises(WarmStartError, match=r"'fusion\.2"):
+        warm_start(child, parent.state_dict())
+
+
+def test_warm_start_rejects_shape_mismatch_naming_the_key():
+    parent = FusionNet(tiny_config(width=0.25), "0000")
+    child = FusionNet(tiny_config(width=0.125), "0100")
+    with pytest.raises(WarmStartError, match=r"'streams\.0\.conv1\.weight' has shape"):
+        warm_start(child, parent.state_dict())
+
+
+def test_warm_start_rejects_a_different_backbone():
+    parent = FusionNet(tiny_config(depth=10), "0000")
+    child = FusionNet(tiny_config(depth=18), "0100")
+    with pytest.raises(WarmStartError, match="different backbone"):
+        warm_start(child, parent.state_dict())
+
+
+def test_bad_masks_and_settings_are_clear_errors():
+    with pytest.raises(MaskError, match="4 candidate fusion points"):
+        FusionNet(tiny_config(), "01")
+    with pytest.raises(MaskError, match="0s and 1s"):
+        FusionNet(tiny_config(), "01x0")
+    with pytest.raises(MaskError, match="single stream"):
+        FusionNet(tiny_config(modalities=1), "0100")
+    with pytest.raises(ConfigError, match=r"choose one of \['mmtm', 'spatial'\]"):
+        tiny_config(fusion="concat")
+    with pytest.raises(ConfigError, match=r"choose one of \[10, 18, 34\]"):
+        tiny_config(depth=50)
+
+
+def test_wrong_input_channels_is_a_clear_error():
+    model = FusionNet(tiny_config(), "0000")
+    with pytest.raises(ValueError, match=r"expected input \(B, 2, D, H, W\)"):
+        model(torch.randn(1, 3, SIZE, SIZE, SIZE))
+
+
+@pytest.mark.parametrize("depth", [10, 34])
+def test_depths(depth):
+    model = FusionNet(tiny_config(depth=depth), "1001").eval()
+    assert model(torch.randn(1, 2, SIZE, SIZE, SIZE)).shape == (1, 2)

@@ -1,0 +1,1 @@
+"""Ray Tune function trainables that train one fusion-mask candidate."""
