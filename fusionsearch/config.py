@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fusionsearch.errors import UserError
 from fusionsearch.fusion import FUSION_MODULES
 
 T = TypeVar("T")
@@ -16,7 +17,7 @@ T = TypeVar("T")
 RESNET_DEPTHS = (10, 18, 34)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A settings dict that does not describe a valid settings object."""
 
 

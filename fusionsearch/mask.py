@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 
+from fusionsearch.errors import UserError
 
-class MaskError(ValueError):
+
+class MaskError(UserError):
     """A mask string that is not ``m`` characters of ``0``/``1``."""
 
 

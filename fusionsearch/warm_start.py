@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fusionsearch.errors import UserError
 
-class WarmStartError(ValueError):
+
+class WarmStartError(UserError):
     """The parent's weights do not fit the child."""
 
 

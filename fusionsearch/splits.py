@@ -1,0 +1,48 @@
+"""Stratified, subject-grouped cross-validation folds with an inner validation fold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from fusionsearch.errors import DataError
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Row indices of one fold's training, validation and test samples."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def make_folds(labels: Sequence[int], subjects: Sequence[str], k: int = 5, seed: int = 0) -> list[Fold]:
+    """``k`` folds: fold ``i`` tests on part ``i``, validates on part ``i+1``, trains on the rest.
+
+    The parts come from scikit-learn's ``StratifiedGroupKFold`` (shuffled with ``seed``), so
+    each part has about the class balance of the whole and all samples of a subject (e.g. its
+    sessions) fall in one part: a subject never straddles train, validation and test. Every
+    sample is tested exactly once and used for validation exactly once.
+    """
+    if k < 3:
+        raise DataError(f"--folds {k}: need at least 3 (train, validation and test parts)")
+    labels = np.asarray(labels)
+    subjects = np.asarray(subjects)
+    per_class = {c: len(set(subjects[labels == c])) for c in np.unique(labels)}
+    if min(per_class.values()) < k:
+        raise DataError(
+            f"cannot make {k} subject-grouped folds: subjects per class are {per_class}; use "
+            f"--folds {max(min(per_class.values()), 3)} or add subjects"
+        )
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    parts = [test for _, test in splitter.split(np.zeros(len(labels)), labels, subjects)]
+    folds = []
+    for i in range(k):
+        val = parts[(i + 1) % k]
+        train = np.sort(np.concatenate([p for j, p in enumerate(parts) if j not in (i, (i + 1) % k)]))
+        folds.append(Fold(train=train, val=np.sort(val), test=np.sort(parts[i])))
+    return folds

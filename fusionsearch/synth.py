@@ -1,0 +1,211 @@
+"""The planted benchmark: brain-like phantoms whose label needs fusion inside the network.
+
+Each sample is a 3D phantom (brain ellipsoid, white matter, ventricles, cortical CSF; random
+size, pose and shape) seen through N >= 2 MRI-like contrasts, each with its own smooth bias
+field and Rician-like noise. Findings are hyperintense spheres inside white matter.
+
+Task ``xor`` (default): modality A may carry finding *a*, modality B finding *b*, the four
+(a, b) cells are equally frequent, and ``label = a XOR b``. Each modality alone is then
+independent of the label, and any additive combination of per-modality logits (late fusion)
+is capped at 75 % accuracy, while fusing inside the network can approach 100 %. MMTM can solve
+it, since *a* and *b* live in global channel statistics.
+
+Task ``colocalized``: both A and B carry a finding; ``label`` = whether they sit at the same
+place. Only a spatially aware fusion can solve it well.
+
+Extra modalities (N > 2) carry anatomy only. The ground truth of every sample is written to
+``truth.csv`` beside the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow as pa
+from scipy import ndimage
+
+from fusionsearch.config import ConfigError
+from fusionsearch.manifest import write_manifest
+
+log = logging.getLogger(__name__)
+
+TASKS = ("xor", "colocalized")
+#: Tissue intensities (CSF, grey matter, white matter) of each contrast.
+CONTRASTS = {
+    "T1": (0.15, 0.50, 0.80),
+    "FLAIR": (0.08, 0.65, 0.45),
+    "T2": (1.00, 0.60, 0.40),
+}
+FIELD_OF_VIEW_MM = 192.0
+TRUTH_FILE = "truth.csv"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Settings of the planted benchmark.
+
+    Attributes:
+        n: number of samples (a multiple of 4 keeps the XOR cells exactly balanced).
+        size: cube edge in voxels; the field of view is 192 mm whatever the size.
+        seed: everything is a deterministic function of the seed.
+        task: ``xor`` or ``colocalized``.
+        modalities: number of contrasts, at least 2 (T1, FLAIR, T2, then T1 variants).
+        lesion_radius: finding radius as a fraction of ``size``.
+        lesion_contrast: finding intensity above its surroundings (tissue scale is ~0-1).
+        noise: standard deviation of the additive noise.
+    """
+
+    n: int = 400
+    size: int = 32
+    seed: int = 0
+    task: str = "xor"
+    modalities: int = 2
+    lesion_radius: float = 0.125
+    lesion_contrast: float = 0.8
+    noise: float = 0.04
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task={self.task!r} is not allowed; choose one of {list(TASKS)}")
+        if self.modalities < 2:
+            raise ConfigError(f"modalities={self.modalities}: the benchmark needs at least 2")
+        if self.n < 8 or self.size < 16:
+            raise ConfigError(f"n={self.n}, size={self.size}: need n >= 8 samples and size >= 16")
+
+    @property
+    def modality_names(self) -> list[str]:
+        names = list(CONTRASTS)
+        return names[: self.modalities] + [f"M{i + 1}" for i in range(len(names), self.modalities)]
+
+
+def _contrast(name: str, index: int) -> tuple[float, float, float]:
+    return CONTRASTS.get(name, CONTRASTS["T1"][::-1] if index % 2 else CONTRASTS["T1"])
+
+
+def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    a, b, c = np.radians(rng.uniform(-max_degrees, max_degrees, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue fractions ``(3, S, S, S)`` for CSF, GM, WM, and the WM mask."""
+    axis = np.linspace(-1, 1, size)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    coords = (grid - rng.uniform(-0.04, 0.04, 3)) @ _rotation(rng, 12).T
+    brain_r = np.array([0.78, 0.88, 0.72]) * rng.uniform(0.9, 1.05, 3)
+
+    def inside(radii: np.ndarray, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+        return (((coords - centre) / radii) ** 2).sum(-1) < 1
+
+    brain = inside(brain_r)
+    parenchyma = inside(brain_r * rng.uniform(0.9, 0.94))
+    wm = inside(brain_r * rng.uniform(0.6, 0.72))
+    ventricle_r = np.array([0.07, 0.2, 0.1]) * rng.uniform(0.8, 1.4)
+    ventricles = inside(ventricle_r, (0.11, 0.04, 0.06)) | inside(ventricle_r, (-0.11, 0.04, 0.06))
+    csf = (brain & ~parenchyma) | ventricles
+    wm = wm & ~ventricles
+    gm = parenchyma & ~wm & ~ventricles
+    tissues = np.stack([csf, gm, wm]).astype(np.float32)
+    return ndimage.gaussian_filter(tissues, sigma=(0, 0.7, 0.7, 0.7)), wm
+
+
+def _sphere(size: int, centre: np.ndarray, radius: float) -> np.ndarray:
+    axes = np.ogrid[:size, :size, :size]
+    distance = np.sqrt(sum((a - c) ** 2 for a, c in zip(axes, centre, strict=True)))
+    return (1 / (1 + np.exp((distance - radius) / 0.5))).astype(np.float32)
+
+
+def _centres(rng: np.random.Generator, wm: np.ndarray, radius: float, count: int, apart: float) -> list:
+    """``count`` finding centres deep in white matter, at least ``apart`` voxels from each other."""
+    depth = ndimage.distance_transform_edt(wm)
+    candidates = np.argwhere(depth >= max(depth.max() * 0.5, min(radius * 0.6, depth.max())))
+    while True:
+        picked = candidates[rng.choice(len(candidates), size=count)].astype(float)
+        if count == 1 or np.linalg.norm(picked[0] - picked[1]) >= apart:
+            return list(picked)
+
+
+def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.ndarray], dict]:
+    """The volumes and ground truth of sample ``index`` in XOR cell / colocalisation class ``cell``."""
+    rng = np.random.default_rng([config.seed, index])
+    tissues, wm = _anatomy(rng, config.size)
+    radius = config.lesion_radius * config.size
+    if config.task == "xor":
+        has = {"a": bool(cell & 2), "b": bool(cell & 1)}
+        label = int(has["a"] != has["b"])
+        a_centre, b_centre = _centres(rng, wm, radius, 2, apart=0.0)
+    else:
+        has = {"a": True, "b": True}
+        label = int(cell % 2)
+        if label:
+            a_centre = _centres(rng, wm, radius, 1, 0.0)[0]
+            b_centre = a_centre + rng.uniform(-0.5, 0.5, 3)
+        else:
+            a_centre, b_centre = _centres(rng, wm, radius, 2, apart=2.5 * radius)
+    findings = {0: (has["a"], a_centre), 1: (has["b"], b_centre)}
+    volumes = []
+    for m, name in enumerate(config.modality_names):
+        image = np.tensordot(np.asarray(_contrast(name, m), np.float32), tissues, axes=1)
+        present, centre = findings.get(m, (False, None))
+        if present:
+            image = image + config.lesion_contrast * _sphere(config.size, centre, radius) * (image > 0.05)
+        axis = np.linspace(-1, 1, config.size)
+        bias = np.exp(
+            sum(c * g for c, g in zip(rng.normal(0, 0.12, 3), np.ix_(axis, axis, axis), strict=True))
+        )
+        image = np.abs(image * bias + rng.normal(0, config.noise, image.shape))
+        volumes.append(image.astype(np.float32))
+    truth = {
+        "sample_id": f"synth-{index:05d}",
+        "label": label,
+        "finding_a": int(has["a"]),
+        "finding_b": int(has["b"]),
+        "radius_voxels": radius,
+    }
+    for finding, centre in (("a", a_centre), ("b", b_centre)):
+        truth |= {f"{finding}_{axis}": round(float(c), 2) for axis, c in zip("xyz", centre, strict=True)}
+    return volumes, truth
+
+
+def generate(out: str | Path, config: SynthConfig, workers: int = 4) -> Path:
+    """Write the benchmark's NIfTI volumes, ``manifest.csv`` and ``truth.csv`` under ``out``.
+
+    Returns the manifest's path. Writes nothing outside ``out``; needs no network.
+    """
+    out = Path(out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    cells = np.resize(np.arange(4), config.n)
+    np.random.default_rng(config.seed).shuffle(cells)
+    voxel = FIELD_OF_VIEW_MM / config.size
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = -FIELD_OF_VIEW_MM / 2
+
+    def write(index: int) -> dict:
+        volumes, truth = make_sample(config, index, int(cells[index]))
+        for name, volume in zip(config.modality_names, volumes, strict=True):
+            path = images / f"{truth['sample_id']}_{name}.nii.gz"
+            nib.save(nib.Nifti1Image(volume, affine), path)
+            truth[name] = str(path.relative_to(out))
+        return truth
+
+    with ThreadPoolExecutor(workers) as pool:
+        truths = list(pool.map(write, range(config.n)))
+    ids = [t["sample_id"] for t in truths]
+    columns = {"sample_id": ids, "subject_id": ids, "label": [t["label"] for t in truths]}
+    columns |= {name: [t[name] for t in truths] for name in config.modality_names}
+    manifest = write_manifest(pa.table(columns), out / "manifest.csv")
+    truth_columns = [k for k in truths[0] if k not in config.modality_names]
+    write_manifest(pa.table({k: [t[k] for t in truths] for k in truth_columns}), out / TRUTH_FILE)
+    (out / "synth.json").write_text(json.dumps(asdict(config), indent=2))
+    log.info("wrote %d samples (%s) to %s", config.n, ", ".join(config.modality_names), out)
+    return manifest

@@ -1,0 +1,104 @@
+"""Check a dataset before anything trains on it, reporting every problem at once."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from fusionsearch.errors import DataError
+from fusionsearch.manifest import SUBJECT, Manifest
+
+
+def check_volume(path: Path) -> str | None:
+    """Why the NIfTI image at ``path`` cannot be used, or ``None`` if it can."""
+    if not path.is_file():
+        return f"file {path} does not exist"
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises many kinds for broken files
+        return f"file {path} is not a readable NIfTI image ({type(error).__name__}: {error})"
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        return f"file {path} has shape {data.shape}; expected a 3D volume (or 4D with one volume)"
+    if not np.isfinite(data).all():
+        return f"file {path} contains {int((~np.isfinite(data)).sum())} NaN/infinite voxels"
+    if data.min() == data.max():
+        return f"file {path} is constant ({data.min():g} everywhere)"
+    return None
+
+
+def table_problems(manifest: Manifest, num_classes: int, folds: int) -> tuple[list[str], dict]:
+    """Dataset-wide problems, and per-sample problems of the table (ids, subjects, labels)."""
+    dataset: list[str] = []
+    per_sample: dict[str, list[str]] = defaultdict(list)
+    ids = manifest.sample_ids
+    for sample, count in Counter(ids).items():
+        if count > 1:
+            per_sample[sample].append(f"sample_id appears {count} times; ids must be unique")
+    subjects_per_class: dict[int, set] = defaultdict(set)
+    for row, (sample, subject, label) in enumerate(zip(ids, manifest.subjects, manifest.labels, strict=True)):
+        if subject is None or subject == "":
+            per_sample[sample].append(f"no {SUBJECT}")
+        if _is_class_index(label, num_classes):
+            subjects_per_class[int(label)].add(subject)
+        else:
+            per_sample[sample].append(
+                f"label {label!r} is not a class index 0..{num_classes - 1}; map label values to "
+                "classes when importing (e.g. 'data import-bids --positive fcd')"
+            )
+        for modality in manifest.modalities:
+            if not manifest.table[modality][row].is_valid:
+                per_sample[sample].append(f"no {modality} image")
+    if len(subjects_per_class) < 2:
+        dataset.append(
+            f"only class(es) {sorted(subjects_per_class)} present; classification needs at least two classes"
+        )
+    for label, subjects in sorted(subjects_per_class.items()):
+        if len(subjects) < folds:
+            dataset.append(
+                f"class {label} has {len(subjects)} subject(s), fewer than the {folds} folds "
+                f"requested; use --folds {max(len(subjects), 2)} or fewer, or add subjects"
+            )
+    return dataset, per_sample
+
+
+def _is_class_index(label: object, num_classes: int) -> bool:
+    if isinstance(label, bool) or not isinstance(label, int | float):
+        return False
+    return float(label).is_integer() and 0 <= label < num_classes
+
+
+def validate_manifest(manifest: Manifest, *, num_classes: int = 2, folds: int = 5, workers: int = 8) -> None:
+    """Raise :class:`DataError` listing every problem of ``manifest``, one line per sample.
+
+    Checks the table (unique ids, subjects, labels in ``0..num_classes-1``, at least two
+    classes, at least ``folds`` subjects per class) and opens every image (exists, readable,
+    3D or 4D with one volume, finite, not constant).
+    """
+    dataset, per_sample = table_problems(manifest, num_classes, folds)
+    jobs = [
+        (sample, modality, path)
+        for row, sample in enumerate(manifest.sample_ids)
+        for modality, path in manifest.paths(row).items()
+        if manifest.table[modality][row].is_valid
+    ]
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(check_volume, [path for _, _, path in jobs])
+        for (sample, modality, _), problem in zip(jobs, results, strict=True):
+            if problem:
+                per_sample[sample].append(f"{modality} {problem}")
+    lines = [f"dataset: {p}" for p in dataset]
+    lines += [f"sample {sample}: {'; '.join(found)}" for sample, found in per_sample.items()]
+    if lines:
+        raise DataError(
+            f"the dataset in {manifest.root} has problems in {len(per_sample)} sample(s)"
+            f"{' and dataset-wide' if dataset else ''}; fix them (or drop those rows from the "
+            "manifest) and validate again:",
+            lines,
+        )

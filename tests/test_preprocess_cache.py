@@ -1,0 +1,126 @@
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import fusionsearch.cache
+from fusionsearch.cache import PreprocessCache
+from fusionsearch.errors import DataError
+from fusionsearch.manifest import read_manifest
+from fusionsearch.preprocess import PreprocessConfig, preprocess_sample
+from trees import write_volume
+
+SETTINGS = PreprocessConfig(shape=16, crop_foreground=False)
+
+
+def blob_volume(path, shape, zoom, origin, centre_mm):
+    """Noise plus a bright cube around the world point ``centre_mm``."""
+    data = np.random.default_rng(0).random(shape).astype(np.float32) * 0.1 + 0.1
+    index = np.round((np.asarray(centre_mm) - origin) / zoom).astype(int)
+    data[tuple(slice(i - 1, i + 2) for i in index)] = 5.0
+    affine = np.diag([zoom, zoom, zoom, 1.0])
+    affine[:3, 3] = origin
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_modalities_on_different_grids_are_resampled_into_register(tmp_path):
+    centre = (2.0, -4.0, 6.0)
+    t1 = blob_volume(tmp_path / "t1.nii.gz", (16, 16, 16), 1.0, np.array([-8.0] * 3), centre)
+    flair = blob_volume(tmp_path / "flair.nii.gz", (10, 10, 10), 2.0, np.array([-10.0] * 3), centre)
+    image = preprocess_sample({"T1w": t1, "FLAIR": flair}, SETTINGS)
+    assert image.shape == (2, 16, 16, 16) and image.dtype == np.float16
+    peaks = [np.unravel_index(np.argmax(channel), channel.shape) for channel in image.astype(np.float32)]
+    assert np.abs(np.subtract(*peaks)).max() <= 1, peaks
+    # Normalised per channel inside the foreground.
+    assert np.allclose(image.astype(np.float32).reshape(2, -1).mean(1), 0, atol=1e-2)
+
+
+def test_spacing_and_shape(tmp_path):
+    t1 = write_volume(tmp_path / "t1.nii.gz", shape=(20, 20, 20), zoom=1.0)
+    flair = write_volume(tmp_path / "flair.nii.gz", shape=(10, 10, 10), zoom=2.0)
+    image = preprocess_sample({"T1w": t1, "FLAIR": flair}, PreprocessConfig(shape=(12, 8, 16), spacing=2.0))
+    assert image.shape == (2, 12, 8, 16)
+
+
+def small_dataset(tmp_path, n=4):
+    lines = []
+    for i in range(n):
+        write_volume(tmp_path / f"s{i}_T1w.nii.gz", seed=i)
+        write_volume(tmp_path / f"s{i}_FLAIR.nii.gz", shape=(10, 10, 10), zoom=1.3, seed=50 + i)
+        lines.append(f"s{i},subj{i},{i % 2},s{i}_T1w.nii.gz,s{i}_FLAIR.nii.gz")
+    path = tmp_path / "manifest.csv"
+    path.write_text("sample_id,subject_id,label,T1w,FLAIR\n" + "\n".join(lines) + "\n")
+    return read_manifest(path)
+
+
+def test_second_build_does_no_preprocessing(tmp_path, monkeypatch):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    assert cache.build(manifest, workers=1).built == 4
+
+    def fail(*args, **kwargs):
+        raise AssertionError("preprocessed again")
+
+    monkeypatch.setattr(fusionsearch.cache, "preprocess_sample", fail)
+    stats = PreprocessCache(tmp_path / "cache", SETTINGS).build(manifest, workers=1)
+    assert (stats.built, stats.reused) == (0, 4)
+
+
+def test_changed_setting_or_file_rebuilds_only_what_changed(tmp_path):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    cache.build(manifest, workers=1)
+    before = cache.open(manifest)[2][0].clone()
+    write_volume(tmp_path / "s2_T1w.nii.gz", seed=999)  # new contents for one sample
+    stats = cache.build(manifest, workers=1)
+    assert (stats.built, stats.reused) == (1, 3)
+    assert not torch.equal(cache.open(manifest)[2][0], before)
+    other = PreprocessCache(tmp_path / "cache", PreprocessConfig(shape=12, crop_foreground=False))
+    assert other.build(manifest, workers=1).built == 4
+    assert other.open(manifest)[0][0].shape == (2, 12, 12, 12)
+    assert cache.build(manifest, workers=1).built == 0  # both settings coexist
+
+
+def test_parallel_build_matches_serial(tmp_path):
+    manifest = small_dataset(tmp_path)
+    parallel = PreprocessCache(tmp_path / "parallel", SETTINGS)
+    assert parallel.build(manifest, workers=2).built == 4
+    dataset = parallel.open(manifest)
+    for row in range(len(manifest)):
+        expected = preprocess_sample(manifest.paths(row), SETTINGS).astype(np.float32)
+        np.testing.assert_array_equal(dataset[row][0].numpy(), expected)
+
+
+def test_two_processes_building_at_once_give_one_correct_cache(tmp_path):
+    manifest = small_dataset(tmp_path, n=6)
+    command = [sys.executable, "-m", "fusionsearch.cli", "data", "cache", str(tmp_path / "manifest.csv"),
+               "--cache", str(tmp_path / "cache"), "--size", "16", "--workers", "1"]  # fmt: skip
+    processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert len(files) == 6 and all(f.endswith(".npy") and not f.startswith(".") for f in files)
+    config = PreprocessConfig(shape=16)
+    dataset = PreprocessCache(tmp_path / "cache", config).open(manifest)
+    for row in range(len(manifest)):
+        expected = preprocess_sample(manifest.paths(row), config).astype(np.float32)
+        np.testing.assert_array_equal(dataset[row][0].numpy(), expected)
+
+
+def test_cached_dataset_feeds_a_dataloader(tmp_path):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    cache.build(manifest, workers=1)
+    images, labels = next(iter(torch.utils.data.DataLoader(cache.open(manifest), batch_size=4)))
+    assert images.shape == (4, 2, 16, 16, 16) and images.dtype == torch.float32
+    assert labels.tolist() == [0, 1, 0, 1]
+
+
+def test_open_without_build_is_clear(tmp_path):
+    manifest = small_dataset(tmp_path)
+    with pytest.raises(DataError, match="no entry for 4 sample"):
+        PreprocessCache(tmp_path / "cache", SETTINGS).open(manifest)

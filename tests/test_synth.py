@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+from fusionsearch.cli import main
+from fusionsearch.manifest import read_manifest
+from fusionsearch.synth import SynthConfig, make_sample
+from fusionsearch.validate import validate_manifest
+
+#: A classifier on one modality is "at chance" within this margin of 50 % (n = 200, 5-fold CV:
+#: the standard error of an accuracy near 0.5 is ~0.035, so 0.12 is over 3 standard errors).
+CHANCE_TOLERANCE = 0.12
+
+
+@pytest.fixture(scope="module")
+def xor_features():
+    """Per-modality image features of 200 XOR samples: finding-sized box-filter max, 99.5th pct."""
+    config = SynthConfig(n=200, size=32, seed=1)
+    cells = np.resize(np.arange(4), config.n)
+    features, labels, truths = [], [], []
+    for i in range(config.n):
+        volumes, truth = make_sample(config, i, int(cells[i]))
+        row = []
+        for volume in volumes:
+            row += [ndimage.uniform_filter(volume, size=5).max(), np.percentile(volume, 99.5)]
+        features.append(row)
+        labels.append(truth["label"])
+        truths.append(truth)
+    return np.array(features), np.array(labels), truths
+
+
+def cv_accuracy(x, y, interaction=False):
+    steps = [StandardScaler()]
+    if interaction:
+        steps.append(PolynomialFeatures(2, interaction_only=True))
+    return cross_val_score(make_pipeline(*steps, LogisticRegression(max_iter=2000)), x, y, cv=5).mean()
+
+
+def test_ground_truth_is_balanced_xor(xor_features):
+    _, labels, truths = xor_features
+    a = np.array([t["finding_a"] for t in truths])
+    b = np.array([t["finding_b"] for t in truths])
+    assert np.array_equal(labels, a ^ b)
+    assert labels.mean() == 0.5
+    # The label is independent of each finding: P(label | a) = P(label | b) = 1/2 exactly.
+    for finding in (a, b):
+        assert labels[finding == 1].mean() == 0.5 == labels[finding == 0].mean()
+
+
+def test_each_modality_alone_is_at_chance_and_both_with_interaction_are_not(xor_features):
+    features, labels, _ = xor_features
+    for modality in (features[:, :2], features[:, 2:]):
+        assert abs(cv_accuracy(modality, labels) - 0.5) < CHANCE_TOLERANCE
+        assert abs(cv_accuracy(modality, labels, interaction=True) - 0.5) < CHANCE_TOLERANCE
+    # Additive combination cannot represent XOR either; the interaction can.
+    assert abs(cv_accuracy(features, labels) - 0.5) < CHANCE_TOLERANCE
+    assert cv_accuracy(features, labels, interaction=True) > 0.9
+
+
+def test_findings_are_visible_in_their_own_modality_only(xor_features):
+    features, _, truths = xor_features
+    a = np.array([t["finding_a"] for t in truths])
+    # Modality A's box-filter max separates samples with and without finding a ...
+    assert features[a == 1, 0].min() > np.median(features[a == 0, 0])
+    # ... and says nothing about b.
+    b = np.array([t["finding_b"] for t in truths])
+    assert abs(features[b == 1, 0].mean() - features[b == 0, 0].mean()) < 0.05
+
+
+def test_colocalized_task():
+    config = SynthConfig(n=16, size=32, task="colocalized")
+    for i in range(8):
+        _, truth = make_sample(config, i, i)
+        distance = np.linalg.norm([truth[f"a_{x}"] - truth[f"b_{x}"] for x in "xyz"])
+        assert truth["finding_a"] == truth["finding_b"] == 1
+        assert (distance < 1.0) == bool(truth["label"])
+
+
+def test_cli_writes_valid_dataset_with_ground_truth(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "bench"), "--n", "24", "--size", "16", "--modalities", "3"]) == 0
+    manifest = read_manifest(tmp_path / "bench" / "manifest.csv")
+    assert manifest.modalities == ["T1", "FLAIR", "T2"]
+    validate_manifest(manifest, folds=5)
+    assert sorted(manifest.labels) == [0] * 12 + [1] * 12
+    assert (tmp_path / "bench" / "truth.csv").read_text().startswith('"sample_id","label","finding_a"')
+
+
+def test_generator_is_deterministic():
+    config = SynthConfig(n=8, size=16, seed=5)
+    first, second = make_sample(config, 3, 1)[0], make_sample(config, 3, 1)[0]
+    assert all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
