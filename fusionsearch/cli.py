@@ -32,9 +32,9 @@ def model_config(args: argparse.Namespace, modalities: int) -> ModelConfig:
     )
 
 
-def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) -> None:
     group = parser.add_argument_group("preprocessing")
-    group.add_argument("--size", type=int, default=64, help="cube edge after crop/pad (default: 64)")
+    group.add_argument("--size", type=int, default=size, help=f"cube edge after crop/pad (default: {size})")
     group.add_argument(
         "--spacing", type=float, default=None, help="voxel size in mm (default: keep the first modality's)"
     )
@@ -42,12 +42,18 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: CPUs)")
 
 
-def preprocess_cache(args: argparse.Namespace, manifest_path: Path):
-    from fusionsearch.cache import PreprocessCache
+def preprocess_config(args: argparse.Namespace):
     from fusionsearch.preprocess import PreprocessConfig
 
-    config = PreprocessConfig(shape=args.size, spacing=args.spacing)
-    return PreprocessCache(args.cache or manifest_path.parent / ".fusionsearch-cache", config)
+    return PreprocessConfig(shape=args.size, spacing=args.spacing)
+
+
+def preprocess_cache(args: argparse.Namespace, manifest_path: Path):
+    from fusionsearch.cache import PreprocessCache
+
+    return PreprocessCache(
+        args.cache or manifest_path.parent / ".fusionsearch-cache", preprocess_config(args)
+    )
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -129,6 +135,181 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_STORAGE = "fusionsearch-runs"
+PLANTED = {"n": 400, "size": 32}
+
+
+def planted_manifest(storage_root: Path, seed: int) -> Path:
+    """The planted XOR benchmark under the storage folder, generated on first use."""
+    from fusionsearch.synth import SynthConfig, generate
+
+    folder = storage_root / "planted" / f"xor-n{PLANTED['n']}-size{PLANTED['size']}-seed{seed}"
+    if not (folder / "manifest.csv").is_file():
+        log.info("generating the planted XOR benchmark in %s (once)", folder)
+        generate(folder, SynthConfig(n=PLANTED["n"], size=PLANTED["size"], seed=seed))
+    return folder / "manifest.csv"
+
+
+def make_searcher(args: argparse.Namespace):
+    from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
+
+    if args.searcher == "sfsa":
+        return SFSASearcher(min_delta=args.min_delta)
+    if args.searcher == "beam":
+        return BeamSearcher(beam_width=args.beam_width, patience=args.beam_patience, min_delta=args.min_delta)
+    return ExhaustiveSearcher(from_scratch=args.from_scratch)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the data, build the preprocessing cache, run the search, print the answer."""
+    import time
+
+    from fusionsearch import storage
+    from fusionsearch.cache import PreprocessCache
+    from fusionsearch.config import TrainConfig, to_dict
+    from fusionsearch.driver import connect, run_search
+    from fusionsearch.manifest import read_manifest
+    from fusionsearch.settings import DataConfig, RunSettings
+    from fusionsearch.summary import summary_text
+    from fusionsearch.validate import validate_manifest
+
+    if storage.is_uri(str(args.storage)) and args.cache is None:
+        raise UserError(f"--storage {args.storage} is a URI: pass --cache with a folder every node can read")
+    storage_root = Path(storage.normalise(args.storage))
+    manifest_path = (args.data or planted_manifest(storage_root, args.seed)).resolve()
+    manifest = read_manifest(manifest_path)
+    if args.modalities:
+        manifest = manifest.select_modalities(args.modalities)
+    validate_manifest(manifest, folds=args.folds)
+    searcher = make_searcher(args)  # checks the search options before anything is built
+    settings = RunSettings(
+        data=DataConfig(
+            manifest=str(manifest_path),
+            cache=str((args.cache or storage_root / "cache").resolve()),
+            preprocess=preprocess_config(args),
+            modalities=tuple(manifest.modalities),
+            folds=args.folds,
+            fold=args.fold,
+            split_seed=args.seed,
+        ),
+        model=model_config(args, len(manifest.modalities)),
+        train=TrainConfig(
+            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        ),
+    )
+    stats = PreprocessCache(settings.data.cache, settings.data.preprocess).build(
+        manifest, workers=args.workers
+    )
+    log.info("preprocessing cache: %d built, %d reused", stats.built, stats.reused)
+    gpus = args.gpus if args.gpus is not None else _local_gpus()
+    connect(args.address, num_gpus=None if args.address else gpus)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial if gpus else 0}
+    name = args.name or f"{args.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log.info("search %s: %s, %s fusion, trials of %s", name, args.searcher, args.fusion, resources)
+    result = run_search(
+        searcher,
+        config={"settings": to_dict(settings)},
+        storage_path=str(args.storage),
+        name=name,
+        resources=resources,
+        max_failures=args.max_failures,
+        metadata={"command": "run", "searcher": args.searcher, "settings": to_dict(settings)},
+    )
+    print(summary_text(result))
+    return 0 if result.best_mask is not None else 1
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def experiment_dir(args: argparse.Namespace) -> str:
+    from fusionsearch import storage
+
+    return storage.join(storage.normalise(str(args.storage)), args.name)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fusionsearch.driver import connect, resume_search
+    from fusionsearch.summary import summary_text
+
+    connect(args.address)
+    result = resume_search(experiment_dir(args))
+    print(summary_text(result))
+    return 0 if result.best_mask is not None else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fusionsearch.driver import load_result, read_run
+    from fusionsearch.summary import summary_text
+
+    directory = experiment_dir(args)
+    read_run(directory)
+    print(summary_text(load_result(directory)))
+    return 0
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="manifest (default: the planted XOR benchmark, made once under --storage)",
+    )
+    run.add_argument("--modalities", nargs="+", default=None, help="manifest columns to use (default: all)")
+    search = run.add_argument_group("search")
+    search.add_argument(
+        "--searcher",
+        choices=["sfsa", "beam", "exhaustive"],
+        default="sfsa",
+        help="search strategy (default: sfsa)",
+    )
+    search.add_argument("--beam-width", type=int, default=2, help="beam: masks kept per round (default: 2)")
+    search.add_argument(
+        "--beam-patience", type=int, default=1, help="beam: non-improving rounds tolerated (default: 1)"
+    )
+    search.add_argument(
+        "--min-delta", type=float, default=0.0, help="least loss decrease that counts (default: 0)"
+    )
+    search.add_argument(
+        "--from-scratch", action="store_true", help="exhaustive: train every mask from scratch"
+    )
+    train = run.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=8, help="max epochs per candidate (default: 8)")
+    train.add_argument("--patience", type=int, default=4, help="early-stopping patience (default: 4)")
+    train.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
+    train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: 3e-3)")
+    train.add_argument("--seed", type=int, default=0, help="seed of splits, data and training (default: 0)")
+    train.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    train.add_argument(
+        "--fold", type=int, default=0, help="fold whose train/validation parts are used (default: 0)"
+    )
+    cluster = run.add_argument_group("resources")
+    cluster.add_argument(
+        "--gpus", type=int, default=None, help="GPUs to use; 0 = CPU (default: all local GPUs)"
+    )
+    cluster.add_argument("--gpus-per-trial", type=float, default=1, help="(default: 1)")
+    cluster.add_argument("--cpus-per-trial", type=float, default=1, help="(default: 1)")
+    cluster.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a failing trial (default: 2)"
+    )
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: bool) -> None:
+    if name_required:
+        parser.add_argument("name", help="the experiment's name (its folder under --storage)")
+    else:
+        parser.add_argument("--name", default=None, help="experiment name (default: SEARCHER-DATE-TIME)")
+    parser.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help=f"results, checkpoints and state (default: ./{DEFAULT_STORAGE})",
+    )
+    parser.add_argument("--address", default=None, help="Ray cluster to use (default: start a local one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionsearch",
@@ -177,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     validate.add_argument("--num-classes", type=int, default=2, help="(default: 2)")
     validate.set_defaults(func=cmd_validate)
+
+    run = commands.add_parser("run", help="search for the best fusion mask")
+    add_experiment_arguments(run, name_required=False)
+    add_run_arguments(run)
+    add_model_arguments(run, width=0.25)
+    add_preprocess_arguments(run, size=PLANTED["size"])
+    run.set_defaults(func=cmd_run)
+
+    resume = commands.add_parser("resume", help="continue an interrupted search")
+    add_experiment_arguments(resume, name_required=True)
+    resume.set_defaults(func=cmd_resume)
+
+    report = commands.add_parser("report", help="print the candidates table of a search")
+    add_experiment_arguments(report, name_required=True)
+    report.set_defaults(func=cmd_report)
 
     cache = data_commands.add_parser("cache", help="preprocess every sample once into the cache")
     cache.add_argument("manifest", type=Path)

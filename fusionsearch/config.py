@@ -37,7 +37,11 @@ def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     kwargs = {}
     for name, value in values.items():
         nested = _dataclass_in(hints[name])
-        kwargs[name] = from_dict(nested, value) if nested and isinstance(value, Mapping) else value
+        if nested and isinstance(value, Mapping):
+            value = from_dict(nested, value)
+        elif isinstance(value, list):  # JSON and Ray restores turn tuples into lists
+            value = tuple(value)
+        kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -89,3 +93,35 @@ class ModelConfig:
             raise ConfigError(f"width={self.width!r} must be at least 1/64")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ConfigError(f"num_classes={self.num_classes!r} must be an integer >= 2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one candidate is trained.
+
+    Attributes:
+        epochs: maximum training epochs.
+        patience: stop after this many epochs without a lower validation loss. Learning on
+            hard fusion tasks is sudden (the loss may rise for several epochs, then collapse),
+            so keep it generous.
+        batch_size: training batch size.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: base seed; each candidate derives its own from it and its mask.
+    """
+
+    epochs: int = 30
+    patience: int = 8
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ConfigError(f"patience={self.patience!r} must be a non-negative integer")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be positive")

@@ -66,8 +66,8 @@ class SynthConfig:
     seed: int = 0
     task: str = "xor"
     modalities: int = 2
-    lesion_radius: float = 0.125
-    lesion_contrast: float = 0.8
+    lesion_radius: float = 0.18
+    lesion_contrast: float = 1.0
     noise: float = 0.04
 
     def __post_init__(self) -> None:
@@ -125,13 +125,17 @@ def _sphere(size: int, centre: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _centres(rng: np.random.Generator, wm: np.ndarray, radius: float, count: int, apart: float) -> list:
-    """``count`` finding centres deep in white matter, at least ``apart`` voxels from each other."""
+    """``count`` (1 or 2) finding centres deep in white matter; the second at least ``apart``
+    voxels from the first where the anatomy allows, else as far from it as possible."""
     depth = ndimage.distance_transform_edt(wm)
-    candidates = np.argwhere(depth >= max(depth.max() * 0.5, min(radius * 0.6, depth.max())))
-    while True:
-        picked = candidates[rng.choice(len(candidates), size=count)].astype(float)
-        if count == 1 or np.linalg.norm(picked[0] - picked[1]) >= apart:
-            return list(picked)
+    candidates = np.argwhere(depth >= min(radius * 0.5, depth.max() * 0.5)).astype(float)
+    first = candidates[rng.integers(len(candidates))]
+    if count == 1:
+        return [first]
+    distance = np.linalg.norm(candidates - first, axis=1)
+    far = candidates[distance >= apart]
+    second = far[rng.integers(len(far))] if len(far) else candidates[np.argmax(distance)]
+    return [first, second]
 
 
 def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.ndarray], dict]:
@@ -150,7 +154,7 @@ def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.nda
             a_centre = _centres(rng, wm, radius, 1, 0.0)[0]
             b_centre = a_centre + rng.uniform(-0.5, 0.5, 3)
         else:
-            a_centre, b_centre = _centres(rng, wm, radius, 2, apart=2.5 * radius)
+            a_centre, b_centre = _centres(rng, wm, radius, 2, apart=2 * radius)
     findings = {0: (has["a"], a_centre), 1: (has["b"], b_centre)}
     volumes = []
     for m, name in enumerate(config.modality_names):

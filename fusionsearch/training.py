@@ -1,14 +1,38 @@
-"""Training steps for a :class:`FusionNet`."""
+"""Training a candidate: a plain loop with a report callback (the Ray trainable wraps it)."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from fusionsearch.cache import CachedDataset, PreprocessCache
+from fusionsearch.checkpoint import TRAINING_FILE, load_state_dict, read_meta, save_checkpoint
+from fusionsearch.config import to_dict
 from fusionsearch.device import DevicePolicy
+from fusionsearch.errors import UserError
+from fusionsearch.manifest import read_manifest
+from fusionsearch.mask import FusionMask
+from fusionsearch.network import FusionNet
+from fusionsearch.settings import CandidateConfig, DataConfig
+from fusionsearch.splits import make_folds
+from fusionsearch.warm_start import warm_start
+
+log = logging.getLogger(__name__)
+
+#: ``report(metrics, checkpoint_dir)``: called after every epoch and once at the end. The
+#: directory exists only during the call; a Ray trainable hands it to ``tune.report``.
+ReportFn = Callable[[dict[str, Any], Path | None], None]
 
 
 def make_optimizer(
@@ -27,7 +51,7 @@ def train_step(
 ) -> torch.Tensor:
     """One forward/backward/update on a batch already on the device; returns the loss tensor.
 
-    The loss is returned undetached from the device so the caller decides when to sync.
+    The loss stays on the device so the caller decides when to synchronise.
     """
     with policy.autocast():
         loss = nn.functional.cross_entropy(model(images), labels)
@@ -35,6 +59,167 @@ def train_step(
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """The training and validation samples of one fold, memory-mapped from the cache."""
+
+    train: CachedDataset
+    val: CachedDataset
+    modalities: tuple[str, ...]
+
+
+def load_fold(config: DataConfig) -> FoldData:
+    """Open the fold's samples from the preprocessing cache (which must be built already)."""
+    manifest = read_manifest(config.manifest)
+    if config.modalities:
+        manifest = manifest.select_modalities(list(config.modalities))
+    fold = make_folds(manifest.labels, manifest.subjects, config.folds, config.split_seed)[config.fold]
+    cache = PreprocessCache(config.cache, config.preprocess)
+    return FoldData(
+        train=cache.open(manifest.take(fold.train.tolist())),
+        val=cache.open(manifest.take(fold.val.tolist())),
+        modalities=tuple(manifest.modalities),
+    )
+
+
+def _batches(data: CachedDataset, batch_size: int, order: np.ndarray, policy: DevicePolicy):
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        images = torch.from_numpy(np.stack([data.arrays[i] for i in index]).astype(np.float32))
+        yield policy.batch(images), data.labels[index].to(policy.device, non_blocking=True)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: CachedDataset, policy: DevicePolicy, batch_size: int) -> dict[str, Any]:
+    """Validation loss (mean cross-entropy), accuracy and AUC, plus the class probabilities."""
+    model.eval()
+    logits = []
+    for images, _ in _batches(data, batch_size, np.arange(len(data)), policy):
+        with policy.autocast():
+            logits.append(model(images).float())
+    logits = torch.cat(logits).cpu()
+    labels = data.labels
+    probabilities = logits.softmax(dim=1).numpy()
+    metrics = {
+        "val_loss": nn.functional.cross_entropy(logits, labels).item(),
+        "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "val_auc": float("nan"),
+    }
+    if len(np.unique(labels)) > 1:
+        scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
+        metrics["val_auc"] = float(roc_auc_score(labels.numpy(), scores, multi_class="ovr"))
+    return metrics | {"probabilities": probabilities}
+
+
+def candidate_seed(candidate: CandidateConfig) -> int:
+    """A seed per (run seed, mask), so candidates differ but reruns repeat."""
+    return candidate.settings.train.seed * 1_000_003 + int(candidate.mask, 2)
+
+
+def fit(
+    candidate: CandidateConfig,
+    report: ReportFn,
+    *,
+    resume: Path | None = None,
+    parent: Path | None = None,
+    data: FoldData | None = None,
+    policy: DevicePolicy | None = None,
+) -> dict[str, Any]:
+    """Train one candidate; return its final metrics (those of its best epoch).
+
+    Starts from ``resume`` (this candidate's own checkpoint: a retried trial) if given, else
+    warm-starts from ``parent`` (the parent candidate's final checkpoint), else from scratch.
+    Epoch 0 is the model before any update, so a warm-started child's epoch-0 validation loss
+    is its parent's. After every epoch ``report`` gets the epoch's metrics and a checkpoint
+    that resumes training; at the end it gets the best epoch's metrics and weights. Given its
+    own final checkpoint as ``resume``, it reports that result again without training.
+    """
+    if resume is not None and read_meta(resume)["metrics"].get("final"):
+        # Finished before a driver crash (Tune restored the trial from its final checkpoint):
+        # report the same result again instead of training more.
+        final = read_meta(resume)["metrics"]
+        report(final, resume)
+        return final
+    started = time.time()
+    settings = candidate.settings
+    policy = policy or DevicePolicy.select()
+    data = data or load_fold(settings.data)
+    model_config = replace(settings.model, modalities=len(data.modalities))
+    torch.manual_seed(candidate_seed(candidate))
+    model = FusionNet(model_config, candidate.mask)
+    meta = {"parent": candidate.parent, "parent_mask": candidate.parent_mask, "settings": to_dict(settings)}
+    state: dict[str, Any] = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "best_metrics": {}}
+    training = None
+    if resume is not None:
+        model.load_state_dict(load_state_dict(resume), strict=True)
+        training = load_state_dict(resume, TRAINING_FILE)
+        state = read_meta(resume)["loop"]
+        log.info("candidate %s resumes after epoch %d", candidate.mask, state["epoch"])
+    elif parent is not None:
+        parent_mask = FusionMask.parse(read_meta(parent)["mask"])
+        if not parent_mask.is_subset(FusionMask.parse(candidate.mask)):
+            raise UserError(f"cannot warm-start {candidate.mask} from {parent_mask}: not a subset")
+        warm_start(model, load_state_dict(parent))
+    model = policy.module(model)
+    optimizer = make_optimizer(model, policy, settings.train.lr, settings.train.weight_decay)
+    best_weights = copy.deepcopy(model.state_dict())
+    if training is not None:
+        optimizer.load_state_dict(training["optimizer"])
+        best_weights = training["best_weights"]
+    train = settings.train
+
+    def checkpoint_and_report(metrics: dict[str, Any], weights_model: FusionNet, extra: dict | None) -> None:
+        with tempfile.TemporaryDirectory(prefix="fusionsearch-ckpt-") as directory:
+            save_checkpoint(directory, weights_model, meta | {"metrics": metrics, "loop": state}, extra)
+            report(metrics, Path(directory))
+
+    def improve(epoch: int, metrics: dict[str, Any]) -> None:
+        nonlocal best_weights
+        if metrics["val_loss"] < state["best_loss"]:
+            state.update(best_loss=metrics["val_loss"], best_epoch=epoch, best_metrics=metrics)
+            best_weights = copy.deepcopy(model.state_dict())
+
+    if resume is None:
+        initial = evaluate(model, data.val, policy, train.batch_size)
+        initial.pop("probabilities")
+        improve(0, initial)
+        report({"epoch": 0, **initial}, None)
+    for epoch in range(state["epoch"] + 1, train.epochs + 1):
+        model.train()
+        order = np.random.default_rng([candidate_seed(candidate), epoch]).permutation(len(data.train))
+        tick = time.perf_counter()
+        losses = [
+            train_step(model, optimizer, policy, x, y)
+            for x, y in _batches(data.train, train.batch_size, order, policy)
+        ]
+        train_loss = torch.stack(losses).mean().item()
+        seconds = time.perf_counter() - tick
+        metrics = evaluate(model, data.val, policy, train.batch_size)
+        metrics.pop("probabilities")
+        improve(epoch, metrics)
+        state["epoch"] = epoch
+        metrics |= {"epoch": epoch, "train_loss": train_loss, "samples_per_second": len(order) / seconds}
+        if epoch - state["best_epoch"] >= train.patience or epoch == train.epochs:
+            break
+        checkpoint_and_report(
+            metrics, model, {"optimizer": optimizer.state_dict(), "best_weights": best_weights}
+        )
+    model.load_state_dict(best_weights)
+    final = {
+        **state["best_metrics"],
+        "val_loss": state["best_loss"],
+        "best_epoch": state["best_epoch"],
+        "epochs_trained": state["epoch"],
+        "train_seconds": time.time() - started,
+        "started_at": started,
+        "finished_at": time.time(),
+        "final": True,
+    }
+    final.pop("epoch", None)
+    checkpoint_and_report(final | {"epoch": state["epoch"]}, model, None)
+    return final
 
 
 @dataclass(frozen=True)

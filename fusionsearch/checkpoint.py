@@ -1,0 +1,78 @@
+"""Candidate checkpoints: a folder with weights and a small JSON of what they are.
+
+``model.pt``      the network's state dict (loaded with ``weights_only=True``)
+``training.pt``   optional: optimizer state and best weights so far, to resume a retried trial
+``meta.json``     format version, mask, parent, settings, metrics, and the loop's progress
+
+Restoring rebuilds the network from the settings and mask in ``meta.json`` and loads the
+weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionsearch.config import ModelConfig, from_dict, to_dict
+from fusionsearch.errors import UserError
+from fusionsearch.network import FusionNet
+
+FORMAT_VERSION = 1
+MODEL_FILE, TRAINING_FILE, META_FILE = "model.pt", "training.pt", "meta.json"
+
+
+class CheckpointError(UserError):
+    """A folder that is not a fusionsearch checkpoint of a version this code reads."""
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: FusionNet,
+    meta: dict[str, Any],
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights, ``meta`` (plus mask, model config, version) and ``training``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / MODEL_FILE)
+    if training is not None:
+        torch.save(training, directory / TRAINING_FILE)
+    meta = {
+        **meta,
+        "format_version": FORMAT_VERSION,
+        "mask": str(model.mask),
+        "model": to_dict(model.config),
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's ``meta.json``; checks the format version."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a fusionsearch checkpoint: it has no {META_FILE}")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory} has format version {meta.get('format_version')!r}; this "
+            f"fusionsearch reads version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_state_dict(directory: str | os.PathLike, name: str = MODEL_FILE) -> dict[str, Any]:
+    """A tensor dict from the checkpoint, loaded without unpickling arbitrary objects."""
+    return torch.load(Path(directory) / name, map_location="cpu", weights_only=True)
+
+
+def load_model(directory: str | os.PathLike) -> FusionNet:
+    """Rebuild the checkpoint's network from its config and mask, and load its weights strictly."""
+    meta = read_meta(directory)
+    model = FusionNet(from_dict(ModelConfig, meta["model"]), meta["mask"])
+    model.load_state_dict(load_state_dict(directory), strict=True)
+    return model

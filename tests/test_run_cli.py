@@ -1,0 +1,105 @@
+"""The real trainable on Ray, and ``fusionsearch run / report / resume`` on tiny volumes."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+
+from fusionsearch.cli import main
+from fusionsearch.config import ModelConfig, TrainConfig, to_dict
+from fusionsearch.driver import load_result, run_search
+from fusionsearch.mask import FusionMask
+from fusionsearch.preprocess import PreprocessConfig
+from fusionsearch.settings import DataConfig, RunSettings
+from fusionsearch.strategies import Candidate
+from fusionsearch.synth import SynthConfig, generate
+from searchers import RoundSearcher
+
+TINY = ["--size", "16", "--width", "0.125", "--epochs", "2", "--patience", "2", "--batch-size", "8",
+        "--folds", "3", "--gpus", "0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("data"), SynthConfig(n=24, size=16, seed=1))
+
+
+@dataclass(frozen=True)
+class BaselineThenOne:
+    """A two-round strategy: 0000 from scratch, then 0100 warm-started from it."""
+
+    num_points: int = 4
+
+    def next_round(self, history):
+        if not history:
+            return [Candidate(FusionMask("0000"), None, 0)]
+        if len(history) == 1:
+            return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)]
+        return []
+
+
+def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_path):
+    from fusionsearch.cache import PreprocessCache
+    from fusionsearch.manifest import read_manifest
+
+    preprocess = PreprocessConfig(shape=16)
+    PreprocessCache(tmp_path / "cache", preprocess).build(read_manifest(manifest))
+    settings = RunSettings(
+        data=DataConfig(
+            manifest=str(manifest), cache=str(tmp_path / "cache"), preprocess=preprocess, folds=3
+        ),
+        model=ModelConfig(width=0.125),
+        train=TrainConfig(epochs=2, patience=2, batch_size=8),
+    )
+    result = run_search(RoundSearcher(BaselineThenOne()), config={"settings": to_dict(settings)},
+                        storage_path=tmp_path, name="e2e", resources={"cpu": 1})  # fmt: skip
+    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    assert rows["0100"]["parent_mask"] == "0000" and rows["0100"]["status"] == "ok"
+    progress = Path(result.experiment_dir, rows["0100"]["trial_id"], "result.json").read_text().splitlines()
+    first = json.loads(progress[0])
+    assert first["epoch"] == 0
+    assert first["val_loss"] == pytest.approx(rows["0000"]["val_loss"], abs=1e-5)
+
+
+def test_cli_run_and_report(manifest, tmp_path, capsys):
+    storage = str(tmp_path / "runs")
+    code = main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = load_result(str(tmp_path / "runs" / "cli"))
+    assert f"chosen mask  {result.best_mask}" in out
+    assert "late fusion  0000" in out and "against 16 for exhaustive search" in out and "wall time" in out
+    assert result.table.num_rows >= 5 and set(result.table["round"].to_pylist()) >= {0, 1}
+    assert main(["report", "cli", "--storage", storage]) == 0
+    assert f"chosen mask  {result.best_mask}" in capsys.readouterr().out
+    # The same name again is refused, nothing is overwritten.
+    assert main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--data", "missing.csv"], "missing.csv does not exist"),
+        (["run", "--fusion", "concat", "--data", "{manifest}"], "fusion='concat' is not allowed"),
+        (["run", "--data", "{manifest}", "--folds", "20"], "fewer than the 20 folds"),
+        (["run", "--data", "{manifest}", "--modalities", "T1", "T2w"], "modalities ['T2w'] are not columns"),
+        (["report", "nope"], "not a fusionsearch experiment"),
+        (["resume", "nope"], "no search to resume"),
+    ],
+)
+def test_cli_bad_input_is_one_paragraph_and_exit_2(manifest, tmp_path, capsys, argv, message):
+    argv = [a.replace("{manifest}", str(manifest)) for a in argv]
+    assert main([*argv, "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()  # nothing was built or trained

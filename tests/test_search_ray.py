@@ -1,0 +1,169 @@
+"""The searchers and driver on a real local Ray, with a scripted trainable of known losses."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+
+from fusionsearch.driver import load_result, resume_search, run_search
+from fusionsearch.errors import UserError
+from fusionsearch.mask import FusionMask
+from fusionsearch.strategies import SFSA, BeamSearch, Outcome, best_outcome
+from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
+from trainables.scripted import scripted_trainable
+
+# SFSA: 0000 -> round 1 picks 0100 -> round 2 picks 0110 -> round 3 improves nothing: 10 trials.
+LAND = {str(m): 2.0 for m in FusionMask.all_masks(4)}
+LAND |= {"0000": 1.0, "1000": 0.9, "0100": 0.5, "0010": 0.7, "0001": 0.8, "0110": 0.4, "0101": 0.45,
+         "1100": 0.6}  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def search(tmp_path, searcher, name="search", **config):
+    return run_search(
+        searcher,
+        trainable=scripted_trainable,
+        config={"landscape": LAND, "duration": 0.5} | config,
+        storage_path=tmp_path,
+        name=name,
+        resources={"cpu": 1},
+        max_failures=0,
+    )
+
+
+def simulated(strategy):
+    history = []
+    while candidates := strategy.next_round(history):
+        history += [Outcome(c, LAND[str(c.mask)]) for c in candidates]
+    return history
+
+
+def rows_by_round(table):
+    rounds = {}
+    for row in table.to_pylist():
+        rounds.setdefault(row["round"], set()).add((row["mask"], row["parent_mask"]))
+    return rounds
+
+
+def test_sfsa_rounds_parents_and_checkpoints(tmp_path):
+    result = search(tmp_path, SFSASearcher(), duration=1.5)
+    expected = simulated(SFSA())
+    assert rows_by_round(result.table) == rows_by_round_from(expected)
+    assert str(result.best_mask) == str(best_outcome(expected).candidate.mask) == "0110"
+    rows = result.table.to_pylist()
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r["mask"] for r in rows if r["chosen"]] == ["0110"]
+    # Every child's parent location opens with ray.tune.Checkpoint and holds the parent's mask.
+    for row in rows:
+        with tune.Checkpoint(row["checkpoint"]).as_directory() as directory:
+            state = json.loads((Path(directory) / "state.json").read_text())
+        assert state["mask"] == row["mask"] and state["parent_seen"] == row["parent_mask"]
+    # The trials of a round ran concurrently: every interval overlaps every other.
+    round1 = [r for r in rows if r["round"] == 1]
+    assert len(round1) == 4
+    assert max(r["started_at"] for r in round1) < min(r["finished_at"] for r in round1)
+    # The table is persisted as Parquet under the experiment folder.
+    assert load_result(result.experiment_dir).table.equals(result.table)
+    assert Path(result.experiment_dir, "candidates.parquet").is_file()
+
+
+def rows_by_round_from(history):
+    rounds = {}
+    for outcome in history:
+        c = outcome.candidate
+        rounds.setdefault(c.round, set()).add((str(c.mask), c.parent and str(c.parent)))
+    return rounds
+
+
+def test_beam_and_exhaustive_on_ray(tmp_path):
+    beam = search(tmp_path, BeamSearcher(beam_width=2, patience=1), name="beam")
+    assert rows_by_round(beam.table) == rows_by_round_from(simulated(BeamSearch(4, 2, 1)))
+    exhaustive = search(tmp_path, ExhaustiveSearcher(), name="exhaustive", duration=0.1)
+    assert sorted(exhaustive.table["mask"].to_pylist()) == sorted(LAND)
+    assert str(exhaustive.best_mask) == "0110"
+
+
+def test_failing_candidate_does_not_stall_the_search(tmp_path):
+    result = search(tmp_path, SFSASearcher(), fail=["0100"])
+    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    assert rows["0100"]["status"] == "failed" and "scripted failure of 0100" in rows["0100"]["error"]
+    assert rows["0100"]["checkpoint"] is None
+    # Without 0100, round 1's best is 0010 (0.7); the search goes on from it and finds 0110.
+    assert rows["0110"]["parent_mask"] == "0010" and str(result.best_mask) == "0110"
+    assert {m for m, r in rows.items() if r["round"] == 2} == {"1010", "0110", "0011"}
+
+
+def test_existing_experiment_is_never_overwritten(tmp_path):
+    search(tmp_path, ExhaustiveSearcher(num_points=1), name="once", duration=0.0)
+    with pytest.raises(UserError, match=r"already exists.*fusionsearch resume once"):
+        search(tmp_path, SFSASearcher(), name="once")
+
+
+def descendants(pid):
+    """``pid`` and every process below it, from /proc."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    family, stack = [], [pid]
+    while stack:
+        family.append(stack.pop())
+        stack += children.get(family[-1], [])
+    return family
+
+
+DRIVER = """
+import sys, ray
+from fusionsearch.driver import run_search
+from searchers import SFSASearcher
+from trainables.scripted import scripted_trainable
+land = {land!r}
+ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+run_search(SFSASearcher(), trainable=scripted_trainable, config={{"landscape": land, "duration": 1.0}},
+           storage_path={storage!r}, name="crash", resources={{"cpu": 1}}, max_failures=0)
+"""
+
+
+def test_killed_driver_resumes_without_retraining(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(land=LAND, storage=str(tmp_path)))
+    process = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    table_path = tmp_path / "crash" / "candidates.parquet"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (
+        table_path.is_file() and load_result(str(tmp_path / "crash")).table.num_rows >= 5
+    ):
+        time.sleep(0.2)
+    # SIGKILL the driver and the local Ray it started (workers may sit in sessions of their own).
+    family = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+    before = {r["mask"]: r for r in load_result(str(tmp_path / "crash")).table.to_pylist()}
+    assert len(before) >= 5, "the search did not finish round 1 before the deadline"
+    result = resume_search(str(tmp_path / "crash"), trainable=scripted_trainable)
+    after = result.table.to_pylist()
+    assert str(result.best_mask) == "0110"
+    assert len(after) == len({r["mask"] for r in after}) == 10  # each candidate trained once
+    for row in after:
+        if row["mask"] in before:  # finished before the crash: same trial, not retrained
+            assert row["trial_id"] == before[row["mask"]]["trial_id"]
+            assert row["started_at"] == before[row["mask"]]["started_at"]

@@ -1,0 +1,120 @@
+"""Search strategies on scripted loss landscapes: no Ray, no training."""
+
+import random
+
+import pytest
+
+from fusionsearch.mask import FusionMask
+from fusionsearch.strategies import SFSA, BeamSearch, Exhaustive, Outcome, best_outcome
+
+
+def simulate(strategy, landscape):
+    """Run ``strategy`` against ``landscape`` ({mask string: loss or None}); return the history."""
+    history = []
+    for _ in range(100):
+        candidates = strategy.next_round(history)
+        if not candidates:
+            return history
+        history += [Outcome(c, landscape[str(c.mask)]) for c in candidates]
+    raise AssertionError("strategy did not finish")
+
+
+def trained(history):
+    return [(o.candidate.round, str(o.candidate.mask), o.candidate.parent and str(o.candidate.parent))
+            for o in history]  # fmt: skip
+
+
+def landscape_from(losses, num_points=4, default=2.0):
+    return {str(m): losses.get(str(m), default) for m in FusionMask.all_masks(num_points)}
+
+
+def test_sfsa_exact_sequence_and_stop_rule():
+    land = landscape_from({
+        "0000": 1.0, "1000": 0.9, "0100": 0.5, "0010": 0.7, "0001": 0.8,
+        "1100": 0.6, "0110": 0.4, "0101": 0.45,
+        "1110": 0.5, "0111": 0.41,
+    })  # fmt: skip
+    history = simulate(SFSA(), land)
+    assert trained(history) == [
+        (0, "0000", None),
+        (1, "1000", "0000"), (1, "0100", "0000"), (1, "0010", "0000"), (1, "0001", "0000"),
+        (2, "1100", "0100"), (2, "0110", "0100"), (2, "0101", "0100"),
+        (3, "1110", "0110"), (3, "0111", "0110"),
+    ]  # fmt: skip
+    assert str(best_outcome(history).candidate.mask) == "0110"
+
+
+def test_sfsa_stops_after_round_one_when_nothing_beats_baseline():
+    land = landscape_from({"0000": 0.5}, default=0.6)
+    history = simulate(SFSA(), land)
+    assert len(history) == 5 and str(best_outcome(history).candidate.mask) == "0000"
+
+
+def test_sfsa_ties_do_not_count_as_improvement_and_min_delta_applies():
+    assert len(simulate(SFSA(), landscape_from({"0000": 0.5}, default=0.5))) == 5
+    land = landscape_from({"0000": 0.5, "0100": 0.49, "0110": 0.3}, default=0.6)
+    assert len(simulate(SFSA(min_delta=0.05), land)) == 5  # 0.49 is not 0.05 better
+    assert len(simulate(SFSA(min_delta=0.0), land)) > 5
+
+
+def test_sfsa_stops_when_every_point_is_active():
+    land = {str(m): 1.0 - 0.1 * len(m.active) - 0.01 * int(str(m), 2) / 16 for m in FusionMask.all_masks(4)}
+    history = simulate(SFSA(), land)
+    assert len(history) == 1 + 4 + 3 + 2 + 1
+    assert str(best_outcome(history).candidate.mask) == "1111"
+
+
+@pytest.mark.parametrize("num_points", [3, 4, 5])
+def test_beam_width_one_without_patience_is_sfsa(num_points):
+    rng = random.Random(num_points)
+    for _ in range(50):
+        land = {str(m): rng.random() for m in FusionMask.all_masks(num_points)}
+        assert trained(simulate(BeamSearch(num_points, beam_width=1, patience=0), land)) == trained(
+            simulate(SFSA(num_points), land)
+        )
+
+
+PAIR = landscape_from({
+    "0000": 0.5, "1000": 0.55, "0010": 0.56, "0100": 0.8, "0001": 0.9, "1010": 0.2,
+}, default=1.0)  # fmt: skip
+
+
+def test_pair_of_points_sfsa_misses_beam_and_exhaustive_find():
+    assert str(best_outcome(simulate(SFSA(), PAIR)).candidate.mask) == "0000"
+    beam = simulate(BeamSearch(beam_width=2, patience=1), PAIR)
+    assert str(best_outcome(beam).candidate.mask) == "1010"
+    assert (2, "1010", "1000") in trained(beam)  # warm-started from the better of its parents
+    assert str(best_outcome(simulate(Exhaustive(), PAIR)).candidate.mask) == "1010"
+    # Without patience, beam also stops after the non-improving first round.
+    assert str(best_outcome(simulate(BeamSearch(beam_width=2, patience=0), PAIR)).candidate.mask) == "0000"
+
+
+def test_beam_deduplicates_and_patience_counts_consecutive_rounds():
+    land = landscape_from({"0000": 0.5}, default=0.6)
+    history = simulate(BeamSearch(beam_width=2, patience=1), land)
+    rounds = [o.candidate.round for o in history]
+    assert max(rounds) == 2  # rounds 1 and 2 do not improve: tolerated once, stops at the second
+    round2 = [str(o.candidate.mask) for o in history if o.candidate.round == 2]
+    assert len(round2) == len(set(round2))
+    # The answer is the best mask seen, even when later rounds were explored.
+    assert str(best_outcome(history).candidate.mask) == "0000"
+
+
+def test_exhaustive_covers_every_mask_once():
+    for num_points in (3, 4):
+        land = landscape_from({}, num_points=num_points, default=1.0)
+        history = simulate(Exhaustive(num_points), land)
+        masks = [str(o.candidate.mask) for o in history]
+        assert sorted(masks) == sorted(str(m) for m in FusionMask.all_masks(num_points))
+        assert all(o.candidate.parent == FusionMask.empty(num_points) for o in history[1:])
+    scratch = simulate(Exhaustive(from_scratch=True), landscape_from({}))
+    assert all(o.candidate.parent is None for o in scratch)
+
+
+def test_failed_candidates_are_skipped_not_waited_for():
+    land = landscape_from({"0000": 1.0, "0100": None, "0010": 0.5, "0011": None, "1010": 0.6}, default=1.5)
+    history = simulate(SFSA(), land)
+    assert str(best_outcome(history).candidate.mask) == "0010"
+    # A round where everything fails ends the search.
+    assert len(simulate(SFSA(), landscape_from({"0000": 1.0}, default=None))) == 5
+    assert len(simulate(SFSA(), landscape_from({"0000": None}))) == 1

@@ -1,0 +1,90 @@
+"""The training loop without Ray: warm start end to end, checkpoints, resume."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fusionsearch.cache import PreprocessCache
+from fusionsearch.checkpoint import load_model, read_meta
+from fusionsearch.config import ModelConfig, TrainConfig
+from fusionsearch.manifest import read_manifest
+from fusionsearch.preprocess import PreprocessConfig
+from fusionsearch.settings import CandidateConfig, DataConfig, RunSettings
+from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.training import fit, load_fold
+
+PREPROCESS = PreprocessConfig(shape=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Settings over a cached 24-sample planted benchmark at 16^3."""
+    root = tmp_path_factory.mktemp("tiny")
+    manifest = generate(root / "data", SynthConfig(n=24, size=16, seed=3))
+    PreprocessCache(root / "cache", PREPROCESS).build(read_manifest(manifest), workers=2)
+    return RunSettings(
+        data=DataConfig(manifest=str(manifest), cache=str(root / "cache"), preprocess=PREPROCESS, folds=3),
+        model=ModelConfig(width=0.125),
+        train=TrainConfig(epochs=3, patience=10, batch_size=8, lr=3e-3),
+    )
+
+
+class Recorder:
+    """A report callback that keeps every report and copies the checkpoints it is given."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.reports, self.checkpoints = folder, [], []
+
+    def __call__(self, metrics, directory):
+        self.reports.append(metrics)
+        if directory is not None:
+            target = self.folder / f"checkpoint_{len(self.checkpoints)}"
+            shutil.copytree(directory, target)
+            self.checkpoints.append(target)
+
+
+def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
+    data = load_fold(tiny.data)
+    parent = Recorder(tmp_path / "parent")
+    final = fit(CandidateConfig(mask="0000", settings=tiny), parent, data=data)
+    assert final["val_loss"] == min(r["val_loss"] for r in parent.reports if "epoch" in r)
+    assert [r["epoch"] for r in parent.reports] == [0, 1, 2, 3]  # epoch 0: before any update
+    assert parent.reports[-1]["final"] and final["best_epoch"] in (0, 1, 2, 3)
+
+    child = Recorder(tmp_path / "child")
+    fit(CandidateConfig(mask="0100", settings=tiny, parent="x", parent_mask="0000"), child,
+        parent=parent.checkpoints[-1], data=data)  # fmt: skip
+    assert child.reports[0]["epoch"] == 0
+    assert abs(child.reports[0]["val_loss"] - final["val_loss"]) < 1e-5
+
+
+def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
+    recorder = Recorder(tmp_path)
+    fit(CandidateConfig(mask="1001", settings=tiny), recorder, data=load_fold(tiny.data))
+    meta = read_meta(recorder.checkpoints[-1])
+    assert meta["format_version"] == 1 and meta["mask"] == "1001" and meta["metrics"]["final"]
+    assert meta["settings"]["model"]["width"] == 0.125
+    model = load_model(recorder.checkpoints[-1])
+    assert str(model.mask) == "1001" and sorted(model.fusion) == ["0", "3"]
+
+
+def test_retry_resumes_from_its_own_epoch_checkpoint(tiny, tmp_path):
+    data = load_fold(tiny.data)
+    first = Recorder(tmp_path / "first")
+    fit(CandidateConfig(mask="0010", settings=tiny), first, data=data)
+    resumed = Recorder(tmp_path / "resumed")
+    fit(CandidateConfig(mask="0010", settings=tiny), resumed, resume=first.checkpoints[0], data=data)
+    assert [r["epoch"] for r in resumed.reports] == [2, 3]  # epoch 1's checkpoint: goes on at 2
+    # Same seed, same data order, restored optimizer: the resumed run repeats the original.
+    assert resumed.reports[-1]["val_loss"] == pytest.approx(first.reports[-1]["val_loss"], abs=1e-4)
+
+
+def test_final_checkpoint_as_resume_reports_again_without_training(tiny, tmp_path):
+    data = load_fold(tiny.data)
+    first = Recorder(tmp_path / "first")
+    final = fit(CandidateConfig(mask="0001", settings=tiny), first, data=data)
+    again = Recorder(tmp_path / "again")
+    fit(CandidateConfig(mask="0001", settings=tiny), again, resume=first.checkpoints[-1], data=data)
+    assert len(again.reports) == 1 and again.reports[0]["val_loss"] == final["val_loss"]
+    assert again.reports[0]["started_at"] == final["started_at"]

@@ -1,0 +1,42 @@
+"""The Ray Tune trainable: a thin wrapper around :func:`fusionsearch.training.fit`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from fusionsearch.config import from_dict
+from fusionsearch.settings import CandidateConfig
+from fusionsearch.training import fit
+
+# Ray logs every persisted checkpoint at INFO level in the worker; the driver shows progress.
+logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def train_candidate(config: dict[str, Any]) -> None:
+    """Train the candidate ``config`` describes (keys: mask, parent, parent_mask, round, settings).
+
+    A retried trial resumes from its own last checkpoint (``tune.get_checkpoint()``); otherwise
+    the candidate warm-starts from ``parent``, a checkpoint location on the shared storage;
+    otherwise it starts from scratch. Uses the GPU Ray assigned, else the CPU.
+    """
+    candidate = from_dict(CandidateConfig, config)
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    own = tune.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        resume = Path(stack.enter_context(own.as_directory())) if own else None
+        parent = None
+        if resume is None and candidate.parent:
+            parent = Path(stack.enter_context(tune.Checkpoint(candidate.parent).as_directory()))
+        fit(candidate, _report, resume=resume, parent=parent)

@@ -1,0 +1,42 @@
+"""A scripted trainable: a known loss per mask and a known duration, with real checkpoints.
+
+For tests and the round-overhead benchmark: it follows the candidate contract (reads ``mask``
+and ``parent``, ends with a report carrying ``val_loss`` and a checkpoint) without training.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from ray import tune
+
+
+def scripted_trainable(config: dict) -> None:
+    """Reports ``landscape[mask]`` after ``duration`` seconds; fails for masks in ``fail``.
+
+    Its checkpoint records its own mask and what it read from its parent's checkpoint, so
+    tests can check warm-start plumbing end to end.
+    """
+    mask = config["mask"]
+    own = tune.get_checkpoint()
+    if own is not None:  # finished before a driver crash: report the same result again
+        with own.as_directory() as directory:
+            state = json.loads((Path(directory) / "state.json").read_text())
+            tune.report(state["metrics"], checkpoint=tune.Checkpoint.from_directory(directory))
+        return
+    started = time.time()
+    parent_seen = None
+    if config.get("parent"):
+        with tune.Checkpoint(config["parent"]).as_directory() as parent:
+            parent_seen = json.loads((Path(parent) / "state.json").read_text())["mask"]
+    if mask in config.get("fail", ()):
+        raise RuntimeError(f"scripted failure of {mask}")
+    time.sleep(config.get("duration", 0.0))
+    with tempfile.TemporaryDirectory() as directory:
+        metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time()}
+        state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics}
+        (Path(directory) / "state.json").write_text(json.dumps(state))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
