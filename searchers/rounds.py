@@ -29,6 +29,7 @@ SCHEMA = pa.schema(
         ("checkpoint", pa.string()),
         ("chosen", pa.bool_()),
         ("node_ip", pa.string()),
+        ("node_id", pa.string()),
         ("error", pa.string()),
         *[(name, pa.float64()) for name in REPORTED],
     ]
@@ -128,6 +129,7 @@ class RoundSearcher(Searcher):
                 "trial_id": trial_id,
                 "checkpoint": checkpoint,
                 "node_ip": result.get("node_ip"),
+                "node_id": result.get("node_id"),
                 **{name: _float(result.get(name)) for name in REPORTED},
             }
         )

@@ -1,9 +1,6 @@
 """The searchers and driver on a real local Ray, with a scripted trainable of known losses."""
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +14,7 @@ from fusionsearch.driver import load_result, resume_search, run_search
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.strategies import SFSA, BeamSearch, Outcome, best_outcome
+from processes import kill_tree
 from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 from trainables.scripted import scripted_trainable
 
@@ -113,20 +111,6 @@ def test_existing_experiment_is_never_overwritten(tmp_path):
         search(tmp_path, SFSASearcher(), name="once")
 
 
-def descendants(pid):
-    """``pid`` and every process below it, from /proc."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    family, stack = [], [pid]
-    while stack:
-        family.append(stack.pop())
-        stack += children.get(family[-1], [])
-    return family
-
-
 DRIVER = """
 import sys, ray
 from fusionsearch.driver import run_search
@@ -151,11 +135,7 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
     ):
         time.sleep(0.2)
     # SIGKILL the driver and the local Ray it started (workers may sit in sessions of their own).
-    family = descendants(process.pid)
-    os.killpg(process.pid, signal.SIGKILL)
-    for pid in family:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_tree(process.pid)
     process.wait()
     before = {r["mask"]: r for r in load_result(str(tmp_path / "crash")).table.to_pylist()}
     assert len(before) >= 5, "the search did not finish round 1 before the deadline"

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -20,7 +21,7 @@ logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    tune.report(metrics, checkpoint=checkpoint)
+    tune.report(metrics | {"node_id": ray.get_runtime_context().get_node_id()}, checkpoint=checkpoint)
 
 
 def train_candidate(config: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 from ray import tune
 
 
@@ -36,7 +37,8 @@ def scripted_trainable(config: dict) -> None:
         raise RuntimeError(f"scripted failure of {mask}")
     time.sleep(config.get("duration", 0.0))
     with tempfile.TemporaryDirectory() as directory:
-        metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time()}
+        metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
+                   "node_id": ray.get_runtime_context().get_node_id()}  # fmt: skip
         state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics}
         (Path(directory) / "state.json").write_text(json.dumps(state))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
