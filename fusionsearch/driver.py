@@ -16,6 +16,7 @@ from ray import tune
 from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
+from searchers import CANDIDATES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,6 @@ def _fit(tuner: tune.Tuner, experiment_dir: str) -> SearchResult:
     errors = {os.path.basename(r.path.rstrip("/")): str(r.error).strip().splitlines()[-1]
               for r in grid if r.error}  # fmt: skip
     if errors:  # record why candidates failed beside their rows
-        from searchers import CANDIDATES_FILE
-
         path = storage.join(experiment_dir, CANDIDATES_FILE)
         table = storage.read_table(path)
         column = [errors.get(t) for t in table["trial_id"].to_pylist()]
@@ -207,8 +206,6 @@ def read_run(experiment_dir: str) -> dict[str, Any]:
 
 def load_result(experiment_dir: str, wall_seconds: float = float("nan")) -> SearchResult:
     """The candidates table of a search (finished or running) and its chosen mask."""
-    from searchers import CANDIDATES_FILE
-
     path = storage.join(experiment_dir, CANDIDATES_FILE)
     if not storage.exists(path):
         raise UserError(f"no candidates table at {path}: has a round of this search finished yet?")

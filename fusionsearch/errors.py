@@ -13,7 +13,6 @@ class DataError(UserError):
     """A dataset that cannot be trained on; ``problems`` lists every problem found, one per line."""
 
     def __init__(self, summary: str, problems: Sequence[str] = ()) -> None:
-        self.summary = summary
         self.problems = list(problems)
         lines = [summary, *(f"  {p}" for p in self.problems)]
         super().__init__("\n".join(lines))

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fusionsearch.config import ConfigError
 from fusionsearch.mask import FusionMask
 
 
@@ -75,7 +76,7 @@ class BeamSearch:
 
     def __post_init__(self) -> None:
         if self.beam_width < 1 or self.patience < 0 or self.num_points < 1 or self.min_delta < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, patience={self.patience} >= 0, "
                 f"num_points={self.num_points} >= 1, min_delta={self.min_delta} >= 0"
             )

@@ -94,6 +94,10 @@ def test_cli_run_and_report(manifest, tmp_path, capsys):
         (["run", "--data", "{manifest}", "--folds", "20"], "fewer than the 20 folds"),
         (["run", "--data", "{manifest}", "--modalities", "T1", "T2w"], "modalities ['T2w'] are not columns"),
         (["report", "nope"], "not a fusionsearch experiment"),
+        (
+            ["run", "--data", "{manifest}", "--searcher", "beam", "--beam-width", "0"],
+            "beam_width=0 must be >= 1",
+        ),
         (["resume", "nope"], "no search to resume"),
     ],
 )
