@@ -32,6 +32,15 @@ def model_config(args: argparse.Namespace, modalities: int) -> ModelConfig:
     )
 
 
+def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder every image must be in (default: the manifest's folder)",
+    )
+
+
 def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) -> None:
     group = parser.add_argument_group("preprocessing")
     group.add_argument("--size", type=int, default=size, help=f"cube edge after crop/pad (default: {size})")
@@ -107,6 +116,8 @@ def cmd_import_bids(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"wrote {write_manifest(table, args.out)}")
+    if args.out.parent.resolve() not in [args.root.resolve(), *args.root.resolve().parents]:
+        print(f"the images lie outside {args.out.parent}: validate and run with --data-root {args.root}")
     return 0
 
 
@@ -115,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from fusionsearch.validate import validate_manifest
 
     manifest = read_manifest(args.manifest)
-    validate_manifest(manifest, num_classes=args.num_classes, folds=args.folds)
+    validate_manifest(manifest, num_classes=args.num_classes, folds=args.folds, data_root=args.data_root)
     print(
         f"{args.manifest}: {len(manifest)} samples of {len(set(manifest.subjects))} subjects, "
         f"modalities {manifest.modalities}, samples per class {class_counts(manifest)}: OK"
@@ -128,7 +139,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from fusionsearch.validate import validate_manifest
 
     manifest = read_manifest(args.manifest)
-    validate_manifest(manifest, folds=2)
+    validate_manifest(manifest, folds=2, data_root=args.data_root)
     cache = preprocess_cache(args, args.manifest)
     stats = cache.build(manifest, workers=args.workers)
     print(f"cache {cache.root}: built {stats.built}, reused {stats.reused}")
@@ -180,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = read_manifest(manifest_path)
     if args.modalities:
         manifest = manifest.select_modalities(args.modalities)
-    validate_manifest(manifest, folds=args.folds)
+    validate_manifest(manifest, folds=args.folds, data_root=args.data_root)
     searcher = make_searcher(args)  # checks the search options before anything is built
     settings = RunSettings(
         data=DataConfig(
@@ -259,6 +270,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="manifest (default: the planted XOR benchmark, made once under --storage)",
     )
     run.add_argument("--modalities", nargs="+", default=None, help="manifest columns to use (default: all)")
+    add_data_root_argument(run)
     search = run.add_argument_group("search")
     search.add_argument(
         "--searcher",
@@ -357,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     validate.add_argument("--num-classes", type=int, default=2, help="(default: 2)")
+    add_data_root_argument(validate)
     validate.set_defaults(func=cmd_validate)
 
     run = commands.add_parser("run", help="search for the best fusion mask")
@@ -376,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = data_commands.add_parser("cache", help="preprocess every sample once into the cache")
     cache.add_argument("manifest", type=Path)
+    add_data_root_argument(cache)
     add_preprocess_arguments(cache)
     cache.set_defaults(func=cmd_cache)
     return parser

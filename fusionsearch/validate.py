@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,20 +75,36 @@ def _is_class_index(label: object, num_classes: int) -> bool:
     return float(label).is_integer() and 0 <= label < num_classes
 
 
-def validate_manifest(manifest: Manifest, *, num_classes: int = 2, folds: int = 5, workers: int = 8) -> None:
+def validate_manifest(
+    manifest: Manifest,
+    *,
+    num_classes: int = 2,
+    folds: int = 5,
+    workers: int = 8,
+    data_root: str | os.PathLike | None = None,
+) -> None:
     """Raise :class:`DataError` listing every problem of ``manifest``, one line per sample.
 
     Checks the table (unique ids, subjects, labels in ``0..num_classes-1``, at least two
     classes, at least ``folds`` subjects per class) and opens every image (exists, readable,
-    3D or 4D with one volume, finite, not constant).
+    3D or 4D with one volume, finite, not constant). Images must lie inside ``data_root``
+    (default: the manifest's folder); a path that escapes it is refused without being opened,
+    so a crafted manifest cannot make fusionsearch read arbitrary files.
     """
     dataset, per_sample = table_problems(manifest, num_classes, folds)
-    jobs = [
-        (sample, modality, path)
-        for row, sample in enumerate(manifest.sample_ids)
-        for modality, path in manifest.paths(row).items()
-        if manifest.table[modality][row].is_valid
-    ]
+    root = Path(os.path.normpath(Path(data_root or manifest.root).absolute()))
+    jobs = []
+    for row, sample in enumerate(manifest.sample_ids):
+        for modality, path in manifest.paths(row).items():
+            if not manifest.table[modality][row].is_valid:
+                continue
+            if root not in Path(os.path.normpath(path)).parents:
+                per_sample[sample].append(
+                    f"{modality} path {path} is outside the dataset root {root}; move the manifest "
+                    "above the images, or pass --data-root with the folder that holds them"
+                )
+                continue
+            jobs.append((sample, modality, path))
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(check_volume, [path for _, _, path in jobs])
         for (sample, modality, _), problem in zip(jobs, results, strict=True):

@@ -68,6 +68,11 @@ def test_cli_import_writes_manifest_and_prints_report(tmp_path, capsys):
     # Relative paths resolve against the manifest's folder.
     assert all(p.is_file() for row in range(len(manifest)) for p in manifest.paths(row).values())
     assert not Path(manifest.table["T1w"][0].as_py()).is_absolute()
+    # The images are outside the manifest's folder: the import says how to validate it.
+    assert f"--data-root {root}" in printed
+    assert main(["data", "validate", str(out), "--folds", "2"]) == 2
+    assert "outside the dataset root" in capsys.readouterr().err
+    assert main(["data", "validate", str(out), "--folds", "2", "--data-root", str(root)]) == 0
 
 
 def test_cli_import_missing_label_column_is_clear(tmp_path, capsys):

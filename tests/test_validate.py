@@ -140,3 +140,17 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(DataError) as caught:
         validate_manifest(read_manifest(path), folds=2)
     assert [p.split(":")[0] for p in caught.value.problems] == ["sample s0", "sample s2", "sample s4"]
+
+
+def test_paths_escaping_the_dataset_root_are_refused_unopened(tmp_path, capsys, monkeypatch):
+    outside = write_volume(tmp_path / "outside_T1w.nii.gz", seed=7)  # a valid image, but outside
+    root = tmp_path / "dataset"
+    root.mkdir()
+    path = dataset(root, rows={0: f"s0,subj0,0,../outside_T1w.nii.gz,{outside}"})
+    opened = []
+    monkeypatch.setattr("fusionsearch.validate.check_volume", lambda p: opened.append(p))
+    err = error_of(path, capsys)
+    assert "sample s0: T1w path" in err and "is outside the dataset root" in err and "--data-root" in err
+    assert "FLAIR path" in err  # an absolute path outside the root too
+    assert not [p for p in opened if "outside" in str(p)]
+    assert main(["data", "validate", str(path), "--folds", "3", "--data-root", str(tmp_path)]) == 0
