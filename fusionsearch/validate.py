@@ -114,8 +114,11 @@ def validate_manifest(
     lines += [f"sample {sample}: {'; '.join(found)}" for sample, found in per_sample.items()]
     if lines:
         raise DataError(
-            f"the dataset in {manifest.root} has problems in {len(per_sample)} sample(s)"
-            f"{' and dataset-wide' if dataset else ''}; fix them (or drop those rows from the "
-            "manifest) and validate again:",
+            f"the dataset in {manifest.root} has "
+            + " and ".join(
+                ([f"problems in {len(per_sample)} sample(s)"] if per_sample else [])
+                + (["dataset-wide problems"] if dataset else [])
+            )
+            + "; fix them (or drop those rows from the manifest) and validate again:",
             lines,
         )
