@@ -136,12 +136,12 @@ def fit(
     that resumes training; at the end it gets the best epoch's metrics and weights. Given its
     own final checkpoint as ``resume``, it reports that result again without training.
     """
-    if resume is not None and read_meta(resume)["metrics"].get("final"):
+    resumed = read_meta(resume) if resume is not None else None
+    if resumed and resumed["metrics"].get("final"):
         # Finished before a driver crash (Tune restored the trial from its final checkpoint):
         # report the same result again instead of training more.
-        final = read_meta(resume)["metrics"]
-        report(final, resume)
-        return final
+        report(resumed["metrics"], resume)
+        return resumed["metrics"]
     started = time.time()
     settings = candidate.settings
     policy = policy or DevicePolicy.select()
@@ -155,7 +155,7 @@ def fit(
     if resume is not None:
         model.load_state_dict(load_state_dict(resume), strict=True)
         training = load_state_dict(resume, TRAINING_FILE)
-        state = read_meta(resume)["loop"]
+        state = resumed["loop"]
         log.info("candidate %s resumes after epoch %d", candidate.mask, state["epoch"])
     elif parent is not None:
         parent_mask = FusionMask.parse(read_meta(parent)["mask"])
