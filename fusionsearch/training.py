@@ -93,7 +93,7 @@ def _batches(data: CachedDataset, batch_size: int, order: np.ndarray, policy: De
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: CachedDataset, policy: DevicePolicy, batch_size: int) -> dict[str, Any]:
-    """Validation loss (mean cross-entropy), accuracy and AUC, plus the class probabilities."""
+    """Validation loss (mean cross-entropy), accuracy and AUC."""
     model.eval()
     logits = []
     for images, _ in _batches(data, batch_size, np.arange(len(data)), policy):
@@ -101,16 +101,16 @@ def evaluate(model: nn.Module, data: CachedDataset, policy: DevicePolicy, batch_
             logits.append(model(images).float())
     logits = torch.cat(logits).cpu()
     labels = data.labels
-    probabilities = logits.softmax(dim=1).numpy()
     metrics = {
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
         "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
         "val_auc": float("nan"),
     }
     if len(np.unique(labels)) > 1:
+        probabilities = logits.softmax(dim=1).numpy()
         scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
         metrics["val_auc"] = float(roc_auc_score(labels.numpy(), scores, multi_class="ovr"))
-    return metrics | {"probabilities": probabilities}
+    return metrics
 
 
 def candidate_seed(candidate: CandidateConfig) -> int:
@@ -143,14 +143,15 @@ def fit(
         report(resumed["metrics"], resume)
         return resumed["metrics"]
     started = time.time()
-    settings = candidate.settings
+    settings, train = candidate.settings, candidate.settings.train
     policy = policy or DevicePolicy.select()
     data = data or load_fold(settings.data)
     model_config = replace(settings.model, modalities=len(data.modalities))
     torch.manual_seed(candidate_seed(candidate))
     model = FusionNet(model_config, candidate.mask)
     meta = {"parent": candidate.parent, "parent_mask": candidate.parent_mask, "settings": to_dict(settings)}
-    state: dict[str, Any] = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "best_metrics": {}}
+    # The loop's progress: the last finished epoch and the metrics of the best epoch so far.
+    state: dict[str, Any] = {"epoch": 0, "best": {"val_loss": float("inf")}}
     training = None
     if resume is not None:
         model.load_state_dict(load_state_dict(resume), strict=True)
@@ -163,29 +164,27 @@ def fit(
             raise UserError(f"cannot warm-start {candidate.mask} from {parent_mask}: not a subset")
         warm_start(model, load_state_dict(parent))
     model = policy.module(model)
-    optimizer = make_optimizer(model, policy, settings.train.lr, settings.train.weight_decay)
-    best_weights = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, policy, train.lr, train.weight_decay)
+    best_weights = None
     if training is not None:
         optimizer.load_state_dict(training["optimizer"])
         best_weights = training["best_weights"]
-    train = settings.train
 
     def checkpoint_and_report(metrics: dict[str, Any], weights_model: FusionNet, extra: dict | None) -> None:
         with tempfile.TemporaryDirectory(prefix="fusionsearch-ckpt-") as directory:
             save_checkpoint(directory, weights_model, meta | {"metrics": metrics, "loop": state}, extra)
             report(metrics, Path(directory))
 
-    def improve(epoch: int, metrics: dict[str, Any]) -> None:
+    def improve(metrics: dict[str, Any]) -> None:
         nonlocal best_weights
-        if metrics["val_loss"] < state["best_loss"]:
-            state.update(best_loss=metrics["val_loss"], best_epoch=epoch, best_metrics=metrics)
+        if metrics["val_loss"] < state["best"]["val_loss"]:
+            state["best"] = metrics
             best_weights = copy.deepcopy(model.state_dict())
 
     if resume is None:
-        initial = evaluate(model, data.val, policy, train.batch_size)
-        initial.pop("probabilities")
-        improve(0, initial)
-        report({"epoch": 0, **initial}, None)
+        initial = {"epoch": 0, **evaluate(model, data.val, policy, train.batch_size)}
+        improve(initial)
+        report(initial, None)
     for epoch in range(state["epoch"] + 1, train.epochs + 1):
         model.train()
         order = np.random.default_rng([candidate_seed(candidate), epoch]).permutation(len(data.train))
@@ -194,31 +193,31 @@ def fit(
             train_step(model, optimizer, policy, x, y)
             for x, y in _batches(data.train, train.batch_size, order, policy)
         ]
-        train_loss = torch.stack(losses).mean().item()
-        seconds = time.perf_counter() - tick
-        metrics = evaluate(model, data.val, policy, train.batch_size)
-        metrics.pop("probabilities")
-        improve(epoch, metrics)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": torch.stack(losses).mean().item(),
+            "samples_per_second": len(order) / (time.perf_counter() - tick),
+            **evaluate(model, data.val, policy, train.batch_size),
+        }
+        improve(metrics)
         state["epoch"] = epoch
-        metrics |= {"epoch": epoch, "train_loss": train_loss, "samples_per_second": len(order) / seconds}
-        if epoch - state["best_epoch"] >= train.patience or epoch == train.epochs:
+        if epoch - state["best"]["epoch"] >= train.patience or epoch == train.epochs:
             break
         checkpoint_and_report(
             metrics, model, {"optimizer": optimizer.state_dict(), "best_weights": best_weights}
         )
     model.load_state_dict(best_weights)
     final = {
-        **state["best_metrics"],
-        "val_loss": state["best_loss"],
-        "best_epoch": state["best_epoch"],
+        **state["best"],  # val_loss, val_accuracy, val_auc of the best epoch
+        "best_epoch": state["best"]["epoch"],
+        "epoch": state["epoch"],
         "epochs_trained": state["epoch"],
         "train_seconds": time.time() - started,
         "started_at": started,
         "finished_at": time.time(),
         "final": True,
     }
-    final.pop("epoch", None)
-    checkpoint_and_report(final | {"epoch": state["epoch"]}, model, None)
+    checkpoint_and_report(final, model, None)
     return final
 
 
