@@ -51,18 +51,13 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) ->
     group.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: CPUs)")
 
 
-def preprocess_config(args: argparse.Namespace):
+def preprocess_cache(args: argparse.Namespace, manifest_path: Path):
+    """The preprocessing cache of ``--cache`` (default: beside the manifest) and ``--size/--spacing``."""
+    from fusionsearch.cache import PreprocessCache
     from fusionsearch.preprocess import PreprocessConfig
 
-    return PreprocessConfig(shape=args.size, spacing=args.spacing)
-
-
-def preprocess_cache(args: argparse.Namespace, manifest_path: Path):
-    from fusionsearch.cache import PreprocessCache
-
-    return PreprocessCache(
-        args.cache or manifest_path.parent / ".fusionsearch-cache", preprocess_config(args)
-    )
+    config = PreprocessConfig(shape=args.size, spacing=args.spacing)
+    return PreprocessCache(args.cache or manifest_path.parent / ".fusionsearch-cache", config)
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -176,7 +171,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
 
     from fusionsearch import storage
-    from fusionsearch.cache import PreprocessCache
     from fusionsearch.config import TrainConfig, to_dict
     from fusionsearch.driver import connect, run_search
     from fusionsearch.manifest import read_manifest
@@ -186,18 +180,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if storage.is_uri(str(args.storage)) and args.cache is None:
         raise UserError(f"--storage {args.storage} is a URI: pass --cache with a folder every node can read")
-    storage_root = Path(storage.normalise(args.storage))
-    manifest_path = (args.data or planted_manifest(storage_root, args.seed)).resolve()
+    manifest_path = (
+        args.data or planted_manifest(Path(storage.normalise(args.storage)), args.seed)
+    ).resolve()
     manifest = read_manifest(manifest_path)
     if args.modalities:
         manifest = manifest.select_modalities(args.modalities)
     validate_manifest(manifest, folds=args.folds, data_root=args.data_root)
     searcher = make_searcher(args)  # checks the search options before anything is built
+    cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
     settings = RunSettings(
         data=DataConfig(
             manifest=str(manifest_path),
-            cache=str((args.cache or storage_root / "cache").resolve()),
-            preprocess=preprocess_config(args),
+            cache=str(cache.root.resolve()),
+            preprocess=cache.config,
             modalities=tuple(manifest.modalities),
             folds=args.folds,
             fold=args.fold,
@@ -208,9 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
         ),
     )
-    stats = PreprocessCache(settings.data.cache, settings.data.preprocess).build(
-        manifest, workers=args.workers
-    )
+    stats = cache.build(manifest, workers=args.workers)
     log.info("preprocessing cache: %d built, %d reused", stats.built, stats.reused)
     gpus = args.gpus if args.gpus is not None else _local_gpus()
     connect(args.address, num_gpus=None if args.address else gpus)

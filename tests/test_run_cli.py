@@ -103,6 +103,8 @@ def test_cli_run_and_report(manifest, tmp_path, capsys):
 )
 def test_cli_bad_input_is_one_paragraph_and_exit_2(manifest, tmp_path, capsys, argv, message):
     argv = [a.replace("{manifest}", str(manifest)) for a in argv]
+    if argv[0] == "run":
+        argv += ["--cache", str(tmp_path / "cache")]
     assert main([*argv, "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
