@@ -64,7 +64,6 @@ class RoundSearcher(Searcher):
         self._queue: list[Candidate] = []
         self._pending: dict[str, Candidate] = {}
         self._trial_masks: dict[str, str] = {}
-        self._checkpoints: dict[str, str | None] = {}
         self._finished = False
         self._max_concurrent: int | None = None
 
@@ -93,7 +92,7 @@ class RoundSearcher(Searcher):
         self._pending[mask] = candidate
         self._trial_masks[trial_id] = mask
         parent_mask = str(candidate.parent) if candidate.parent else None
-        parent = self._checkpoints.get(parent_mask) if parent_mask else None
+        parent = next((r["checkpoint"] for r in self._records if r["mask"] == parent_mask), None)
         if parent_mask and parent is None:
             log.warning("parent %s of %s left no checkpoint: %s trains from scratch", parent_mask, mask, mask)
         return {"mask": mask, "parent": parent, "parent_mask": parent_mask, "round": candidate.round}
@@ -118,7 +117,6 @@ class RoundSearcher(Searcher):
             else None
         )
         self._history.append(Outcome(candidate, (value if self.mode == "min" else -value) if ok else None))
-        self._checkpoints[mask] = checkpoint
         self._records.append(
             {
                 "mask": mask,
