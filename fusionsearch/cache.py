@@ -76,7 +76,8 @@ class PreprocessCache:
         missing = [(row, t) for row, t in enumerate(targets) if not t.exists()]
         workers = min(workers or os.cpu_count() or 1, max(len(missing), 1))
         log.info("preprocessing %d of %d samples with %d worker(s)", len(missing), len(targets), workers)
-        jobs = [(manifest.sample_ids[row], manifest.paths(row), self.config, t) for row, t in missing]
+        ids = manifest.sample_ids
+        jobs = [(ids[row], manifest.paths(row), self.config, t) for row, t in missing]
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda job: _build_entry(*job), jobs))
         return CacheStats(built=len(missing), reused=len(targets) - len(missing))
