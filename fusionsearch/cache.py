@@ -5,24 +5,33 @@ preprocessing settings, so changing a setting or replacing a file rebuilds exact
 entries it affects. Entries are ``.npy`` arrays written to a temporary name and renamed into
 place, so a reader never sees half an entry and concurrent builders (trials, rounds, whole
 searches, other nodes on shared storage) are safe: the last rename wins with identical bytes.
+
+The cache's root is a local or shared folder, or a URI (``s3://``, ``gs://``: any pyarrow
+filesystem). Trials never read the manifest or the images: the driver writes an *index* (one
+row per sample: id, subject, label, entry key) into the cache, and a trial opens its fold from
+the index. On a URI root, a node copies the entries it needs once into a node-local mirror
+(``$FUSIONSEARCH_MIRROR``, default ``~/.cache/fusionsearch/mirror``) and memory-maps them there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from fusionsearch import storage
 from fusionsearch.config import to_dict
 from fusionsearch.errors import DataError
 from fusionsearch.manifest import Manifest
@@ -43,10 +52,10 @@ class CacheStats:
 
 
 class PreprocessCache:
-    """Preprocessed samples under ``root``, one ``.npy`` file per (files, settings) key."""
+    """Preprocessed samples under ``root`` (a folder or URI), one ``.npy`` per (files, settings) key."""
 
     def __init__(self, root: str | os.PathLike, config: PreprocessConfig) -> None:
-        self.root = Path(root)
+        self.root = storage.normalise(root)
         self.config = config
 
     def key(self, paths: Mapping[str, Path]) -> str:
@@ -57,12 +66,12 @@ class PreprocessCache:
         blob = json.dumps({"format": CACHE_FORMAT, "settings": to_dict(self.config), "files": files})
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def entry(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npy"
+    def entry(self, key: str) -> str:
+        return storage.join(self.root, key[:2], f"{key}.npy")
 
-    def entries(self, manifest: Manifest) -> list[Path]:
-        """The entry path of every sample of ``manifest``, in row order."""
-        return [self.entry(self.key(manifest.paths(row))) for row in range(len(manifest))]
+    def keys(self, manifest: Manifest) -> list[str]:
+        """The entry key of every sample of ``manifest``, in row order."""
+        return [self.key(manifest.paths(row)) for row in range(len(manifest))]
 
     def build(self, manifest: Manifest, workers: int | None = None) -> CacheStats:
         """Preprocess every sample of ``manifest`` that has no entry yet.
@@ -72,8 +81,8 @@ class PreprocessCache:
                 decompression, resampling and numpy release the GIL, and a process pool pays
                 seconds of imports per worker (measured slower for small datasets).
         """
-        targets = self.entries(manifest)
-        missing = [(row, t) for row, t in enumerate(targets) if not t.exists()]
+        targets = [self.entry(k) for k in self.keys(manifest)]
+        missing = [(row, t) for row, t in enumerate(targets) if not storage.exists(t)]
         workers = min(workers or os.cpu_count() or 1, max(len(missing), 1))
         log.info("preprocessing %d of %d samples with %d worker(s)", len(missing), len(targets), workers)
         ids = manifest.sample_ids
@@ -82,20 +91,63 @@ class PreprocessCache:
             list(pool.map(lambda job: _build_entry(*job), jobs))
         return CacheStats(built=len(missing), reused=len(targets) - len(missing))
 
+    def write_index(self, manifest: Manifest) -> str:
+        """Record ``manifest``'s samples and entry keys in the cache; returns the index's location.
+
+        The index is named by its content, so writing the same one twice is harmless.
+        """
+        table = pa.table(
+            {
+                "sample_id": manifest.sample_ids,
+                "subject_id": manifest.subjects,
+                "label": pa.array(manifest.labels, pa.int64()),
+                "key": self.keys(manifest),
+            },
+            metadata={"modalities": json.dumps(manifest.modalities)},
+        )
+        digest = hashlib.sha256(json.dumps([table.to_pydict(), manifest.modalities]).encode()).hexdigest()
+        location = storage.join(self.root, "index", f"{digest}.parquet")
+        if not storage.exists(location):
+            storage.write_table(location, table)
+        return location
+
     def open(self, manifest: Manifest) -> CachedDataset:
         """Memory-map the entries of ``manifest`` (built beforehand with :meth:`build`)."""
-        entries = self.entries(manifest)
-        absent = [s for s, e in zip(manifest.sample_ids, entries, strict=True) if not e.exists()]
+        return self.open_keys(self.keys(manifest), manifest.labels, manifest.sample_ids)
+
+    def open_keys(self, keys: Sequence[str], labels: Sequence[int], ids: Sequence[str]) -> CachedDataset:
+        """Memory-map the entries ``keys`` (samples ``ids`` with ``labels``)."""
+        absent = [s for s, k in zip(ids, keys, strict=True) if not storage.exists(self.entry(k))]
         if absent:
             raise DataError(
                 f"the preprocessing cache {self.root} has no entry for {len(absent)} sample(s) "
                 f"(first: {absent[0]}); build it first with PreprocessCache.build or "
                 "'fusionsearch data cache'"
             )
-        return CachedDataset([np.load(e, mmap_mode="r") for e in entries], manifest.labels)
+        return CachedDataset([np.load(self._local(k), mmap_mode="r") for k in keys], list(labels))
+
+    def _local(self, key: str) -> Path:
+        """A local file holding entry ``key``: the entry itself, or its copy in the node's mirror."""
+        if not storage.is_uri(self.root):
+            return Path(self.entry(key))
+        mirror = Path(os.environ.get("FUSIONSEARCH_MIRROR", "~/.cache/fusionsearch/mirror")).expanduser()
+        local = mirror / key[:2] / f"{key}.npy"
+        if not local.exists():  # entries are immutable (named by content), so a copy never goes stale
+            local.parent.mkdir(parents=True, exist_ok=True)
+            temporary = local.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+            temporary.write_bytes(storage.read_bytes(self.entry(key)))
+            os.replace(temporary, local)
+        return local
 
 
-def _build_entry(sample: str, paths: Mapping[str, Path], config: PreprocessConfig, target: Path) -> None:
+def read_index(location: str) -> pa.Table:
+    """The index :meth:`PreprocessCache.write_index` wrote (modality names in its metadata)."""
+    if not storage.exists(location):
+        raise DataError(f"no cache index at {location}; run the search again so the driver writes it")
+    return storage.read_table(location)
+
+
+def _build_entry(sample: str, paths: Mapping[str, Path], config: PreprocessConfig, target: str) -> None:
     try:
         array = preprocess_sample(paths, config)
     except Exception as error:  # MONAI/nibabel raise many kinds for bad files
@@ -103,11 +155,9 @@ def _build_entry(sample: str, paths: Mapping[str, Path], config: PreprocessConfi
             f"sample {sample}: preprocessing failed ({type(error).__name__}: {error}); run "
             "'fusionsearch data validate' on the manifest to list every bad file"
         ) from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.tmp")
-    with temporary.open("wb") as f:
-        np.save(f, array)
-    os.replace(temporary, target)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    storage.write_bytes(target, buffer.getvalue())
 
 
 class CachedDataset(Dataset):

@@ -47,7 +47,11 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) ->
     group.add_argument(
         "--spacing", type=float, default=None, help="voxel size in mm (default: keep the first modality's)"
     )
-    group.add_argument("--cache", type=Path, default=None, help="cache folder (default: beside the manifest)")
+    group.add_argument(
+        "--cache",
+        default=None,
+        help="cache folder or URI (default: beside the manifest; under --storage when that is a URI)",
+    )
     group.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: CPUs)")
 
 
@@ -156,6 +160,15 @@ def planted_manifest(storage_root: Path, seed: int) -> Path:
     return folder / "manifest.csv"
 
 
+def _planted_root(storage_path: str) -> Path:
+    """The planted data live in local storage, or in the user's cache folder for URI storage."""
+    from fusionsearch import storage
+
+    if storage.is_uri(storage_path):
+        return Path("~/.cache/fusionsearch").expanduser()
+    return Path(storage.normalise(storage_path))
+
+
 def make_searcher(args: argparse.Namespace):
     from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 
@@ -178,34 +191,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fusionsearch.summary import summary_text
     from fusionsearch.validate import validate_manifest
 
-    if storage.is_uri(str(args.storage)) and args.cache is None:
-        raise UserError(f"--storage {args.storage} is a URI: pass --cache with a folder every node can read")
-    manifest_path = (
-        args.data or planted_manifest(Path(storage.normalise(args.storage)), args.seed)
-    ).resolve()
+    manifest_path = (args.data or planted_manifest(_planted_root(str(args.storage)), args.seed)).resolve()
     manifest = read_manifest(manifest_path)
     if args.modalities:
         manifest = manifest.select_modalities(args.modalities)
     validate_manifest(manifest, folds=args.folds, data_root=args.data_root)
     searcher = make_searcher(args)  # checks the search options before anything is built
-    cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
-    settings = RunSettings(
-        data=DataConfig(
-            manifest=str(manifest_path),
-            cache=str(cache.root.resolve()),
-            preprocess=cache.config,
-            modalities=tuple(manifest.modalities),
-            folds=args.folds,
-            fold=args.fold,
-            split_seed=args.seed,
-        ),
-        model=model_config(args, len(manifest.modalities)),
-        train=TrainConfig(
-            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-        ),
+    model = model_config(args, len(manifest.modalities))  # checked before anything is built
+    train = TrainConfig(
+        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
+    if args.cache is None and storage.is_uri(str(args.storage)):  # nodes may not see the driver's disk
+        args.cache = storage.join(str(args.storage), ".fusionsearch-cache")
+    cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
     stats = cache.build(manifest, workers=args.workers)
     log.info("preprocessing cache: %d built, %d reused", stats.built, stats.reused)
+    data = DataConfig(
+        index=cache.write_index(manifest),
+        cache=cache.root,
+        preprocess=cache.config,
+        folds=args.folds,
+        fold=args.fold,
+        split_seed=args.seed,
+    )
+    settings = RunSettings(data=data, model=model, train=train)
     gpus = args.gpus if args.gpus is not None else _local_gpus()
     connect(args.address, num_gpus=None if args.address else gpus)
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial if gpus else 0}

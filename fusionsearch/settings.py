@@ -13,19 +13,17 @@ class DataConfig:
     """Which data a candidate trains and validates on.
 
     Attributes:
-        manifest: path of the manifest (readable from every node).
-        cache: folder of the preprocessing cache (built before any trial starts).
+        index: location of the samples' index in the cache (:meth:`PreprocessCache.write_index`).
+        cache: folder or URI of the preprocessing cache (built before any trial starts).
         preprocess: the preprocessing settings (part of the cache key).
-        modalities: manifest columns to use, in stream order (default: all).
         folds: number of cross-validation folds.
         fold: which fold's train/validation parts the search uses.
         split_seed: seed of the fold assignment.
     """
 
-    manifest: str
+    index: str
     cache: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    modalities: tuple[str, ...] | None = None
     folds: int = 5
     fold: int = 0
     split_seed: int = 0

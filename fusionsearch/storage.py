@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -36,10 +37,14 @@ def exists(path: str) -> bool:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path``, through a temporary name where the filesystem allows renames."""
+    """Write ``data`` to ``path`` through a unique temporary name, then rename it into place.
+
+    Readers never see half a file, and concurrent writers of the same bytes are safe. (On object
+    stores the rename is a copy; each object is still written whole.)
+    """
     fs, inner = _resolve(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    temporary = inner + ".tmp"
+    temporary = f"{inner}.{uuid.uuid4().hex}.tmp"
     with fs.open_output_stream(temporary) as f:
         f.write(data)
     fs.move(temporary, inner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
 import time
@@ -16,12 +17,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from fusionsearch.cache import CachedDataset, PreprocessCache
+from fusionsearch.cache import CachedDataset, PreprocessCache, read_index
 from fusionsearch.checkpoint import TRAINING_FILE, load_state_dict, read_meta, save_checkpoint
 from fusionsearch.config import to_dict
 from fusionsearch.device import DevicePolicy
 from fusionsearch.errors import UserError
-from fusionsearch.manifest import read_manifest
 from fusionsearch.mask import FusionMask
 from fusionsearch.network import FusionNet
 from fusionsearch.settings import CandidateConfig, DataConfig
@@ -72,16 +72,16 @@ class FoldData:
 
 def load_fold(config: DataConfig) -> FoldData:
     """Open the fold's samples from the preprocessing cache (which must be built already)."""
-    manifest = read_manifest(config.manifest)
-    if config.modalities:
-        manifest = manifest.select_modalities(list(config.modalities))
-    fold = make_folds(manifest.labels, manifest.subjects, config.folds, config.split_seed)[config.fold]
+    table = read_index(config.index)
+    index = table.to_pydict()
+    fold = make_folds(index["label"], index["subject_id"], config.folds, config.split_seed)[config.fold]
     cache = PreprocessCache(config.cache, config.preprocess)
-    return FoldData(
-        train=cache.open(manifest.take(fold.train.tolist())),
-        val=cache.open(manifest.take(fold.val.tolist())),
-        modalities=tuple(manifest.modalities),
-    )
+
+    def part(rows: np.ndarray) -> CachedDataset:
+        return cache.open_keys(*([index[c][r] for r in rows] for c in ("key", "label", "sample_id")))
+
+    modalities = tuple(json.loads(table.schema.metadata[b"modalities"]))
+    return FoldData(train=part(fold.train), val=part(fold.val), modalities=modalities)
 
 
 def _batches(data: CachedDataset, batch_size: int, order: np.ndarray, policy: DevicePolicy):

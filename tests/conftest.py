@@ -6,6 +6,9 @@ from fusionsearch import ModelConfig
 #: A narrow network on tiny volumes: fast enough to build dozens per test on 2 CPU cores.
 TINY = {"width": 0.125, "depth": 18}
 SIZE = 16
+#: ``fusionsearch run`` options for a search that takes seconds per candidate.
+TINY_RUN = ["--size", "16", "--width", "0.125", "--epochs", "2", "--patience", "2", "--batch-size", "8",
+            "--folds", "3", "--gpus", "0"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +28,15 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
             if tensor.is_floating_point():
                 noise = torch.randn(tensor.shape, generator=generator) * 0.3
                 tensor.copy_(noise.abs() + 0.5 if name.endswith("running_var") else noise)
+
+
+def cached_data(manifest_path, cache_root, preprocess, folds: int = 3):
+    """Build the preprocessing cache of a manifest and return the DataConfig that opens it."""
+    from fusionsearch.cache import PreprocessCache
+    from fusionsearch.manifest import read_manifest
+    from fusionsearch.settings import DataConfig
+
+    manifest = read_manifest(manifest_path)
+    cache = PreprocessCache(cache_root, preprocess)
+    cache.build(manifest, workers=2)
+    return DataConfig(index=cache.write_index(manifest), cache=cache.root, preprocess=preprocess, folds=folds)

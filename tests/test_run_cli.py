@@ -7,18 +7,17 @@ from pathlib import Path
 import pytest
 import ray
 
+from conftest import TINY_RUN as TINY
+from conftest import cached_data
 from fusionsearch.cli import main
 from fusionsearch.config import ModelConfig, TrainConfig, to_dict
 from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
 from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import DataConfig, RunSettings
+from fusionsearch.settings import RunSettings
 from fusionsearch.strategies import Candidate
 from fusionsearch.synth import SynthConfig, generate
 from searchers import RoundSearcher
-
-TINY = ["--size", "16", "--width", "0.125", "--epochs", "2", "--patience", "2", "--batch-size", "8",
-        "--folds", "3", "--gpus", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,15 +47,10 @@ class BaselineThenOne:
 
 
 def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_path):
-    from fusionsearch.cache import PreprocessCache
-    from fusionsearch.manifest import read_manifest
 
     preprocess = PreprocessConfig(shape=16)
-    PreprocessCache(tmp_path / "cache", preprocess).build(read_manifest(manifest))
     settings = RunSettings(
-        data=DataConfig(
-            manifest=str(manifest), cache=str(tmp_path / "cache"), preprocess=preprocess, folds=3
-        ),
+        data=cached_data(manifest, tmp_path / "cache", preprocess),
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=2, patience=2, batch_size=8),
     )

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from fusionsearch.cache import PreprocessCache
+from conftest import cached_data
 from fusionsearch.checkpoint import load_model, read_meta
 from fusionsearch.config import ModelConfig, TrainConfig
-from fusionsearch.manifest import read_manifest
 from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import CandidateConfig, DataConfig, RunSettings
+from fusionsearch.settings import CandidateConfig, RunSettings
 from fusionsearch.synth import SynthConfig, generate
 from fusionsearch.training import fit, load_fold
 
@@ -22,9 +21,8 @@ def tiny(tmp_path_factory):
     """Settings over a cached 24-sample planted benchmark at 16^3."""
     root = tmp_path_factory.mktemp("tiny")
     manifest = generate(root / "data", SynthConfig(n=24, size=16, seed=3))
-    PreprocessCache(root / "cache", PREPROCESS).build(read_manifest(manifest), workers=2)
     return RunSettings(
-        data=DataConfig(manifest=str(manifest), cache=str(root / "cache"), preprocess=PREPROCESS, folds=3),
+        data=cached_data(manifest, root / "cache", PREPROCESS),
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=3, patience=10, batch_size=8, lr=3e-3),
     )

@@ -1,0 +1,86 @@
+"""A search whose storage and preprocessing cache are an S3 bucket (moto's S3 server on 127.0.0.1)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import ray
+
+from conftest import TINY_RUN
+from fusionsearch.cli import main
+from fusionsearch.driver import load_result
+from fusionsearch.synth import SynthConfig, generate
+
+BUCKET = "fusionsearch-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3-compatible server with one bucket; AWS_* variables point pyarrow (and Ray) at it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
+        time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FUSIONSEARCH_MIRROR": str(tmp_path_factory.mktemp("mirror")),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        fs = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True
+        )
+        fs.create_dir(BUCKET)
+        # Ray's workers inherit the variables: started after they are set.
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        yield fs
+        ray.shutdown()
+    server.terminate()
+    server.wait()
+
+
+def test_search_with_s3_storage_keeps_everything_in_the_bucket(s3, tmp_path):
+    data = tmp_path / "data"
+    manifest = generate(data, SynthConfig(n=24, size=16, seed=1))
+    storage = f"s3://{BUCKET}/runs"
+    assert main(["run", "--data", str(manifest), "--storage", storage, "--name", "s3run", *TINY_RUN]) == 0
+
+    objects = [i.path for i in s3.get_file_info(pafs.FileSelector(BUCKET, recursive=True)) if i.is_file]
+    experiment = f"{BUCKET}/runs/s3run/"
+    assert f"{experiment}candidates.parquet" in objects and f"{experiment}fusionsearch-run.json" in objects
+    result = load_result(f"{storage}/s3run")
+    rows = result.table.to_pylist()
+    assert result.best_mask is not None and all(r["status"] == "ok" for r in rows)
+    for row in rows:  # every candidate's final weights are objects in the bucket, where children read them
+        assert row["checkpoint"].startswith(f"s3://{experiment}")
+        assert f"{row['checkpoint'].removeprefix('s3://')}/model.pt" in objects
+    assert any(r["parent_mask"] for r in rows)  # at least one child warm-started from an s3:// parent
+    # The preprocessing cache (24 entries and the index) is in the bucket too ...
+    cache = [p for p in objects if p.startswith(f"{BUCKET}/runs/.fusionsearch-cache/")]
+    assert sum(p.endswith(".npy") for p in cache) == 24 and any("/index/" in p for p in cache)
+    # ... and nothing was written beside the data on the driver's disk.
+    assert sorted(p.name for p in data.iterdir()) == ["images", "manifest.csv", "synth.json", "truth.csv"]
+    # Trials memory-mapped node-local copies of the entries they read: training and validation
+    # parts of fold 0 (2 of 3 folds), never the test part.
+    assert len(list(Path(os.environ["FUSIONSEARCH_MIRROR"]).rglob("*.npy"))) == 16
