@@ -124,7 +124,7 @@ class PreprocessCache:
                 f"(first: {absent[0]}); build it first with PreprocessCache.build or "
                 "'fusionsearch data cache'"
             )
-        return CachedDataset([np.load(self._local(k), mmap_mode="r") for k in keys], list(labels))
+        return CachedDataset([np.load(self._local(k), mmap_mode="r") for k in keys], list(labels), list(ids))
 
     def _local(self, key: str) -> Path:
         """A local file holding entry ``key``: the entry itself, or its copy in the node's mirror."""
@@ -167,9 +167,10 @@ class CachedDataset(Dataset):
     instead of holding a copy each.
     """
 
-    def __init__(self, arrays: list[np.ndarray], labels: list[int]) -> None:
+    def __init__(self, arrays: list[np.ndarray], labels: list[int], ids: list[str]) -> None:
         self.arrays = arrays
         self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.ids = ids
 
     def __len__(self) -> int:
         return len(self.arrays)

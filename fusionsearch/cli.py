@@ -169,14 +169,42 @@ def _planted_root(storage_path: str) -> Path:
     return Path(storage.normalise(storage_path))
 
 
-def make_searcher(args: argparse.Namespace):
+def make_searcher(args: argparse.Namespace, modalities: list[str]):
+    """The searcher of ``--searcher`` over the folds of ``--folds/--fold``, with its baselines."""
     from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 
+    if args.fold is not None and not 0 <= args.fold < args.folds:
+        raise UserError(f"--fold {args.fold}: choose one of 0..{args.folds - 1} (--folds {args.folds})")
+    options = {
+        "folds": range(args.folds) if args.fold is None else [args.fold],
+        "pooled": args.pooled,
+        "unimodal": modalities if args.unimodal and len(modalities) > 1 else (),
+        "ensemble": args.ensemble,
+    }
     if args.searcher == "sfsa":
-        return SFSASearcher(min_delta=args.min_delta)
+        return SFSASearcher(min_delta=args.min_delta, **options)
     if args.searcher == "beam":
-        return BeamSearcher(beam_width=args.beam_width, patience=args.beam_patience, min_delta=args.min_delta)
-    return ExhaustiveSearcher(from_scratch=args.from_scratch)
+        return BeamSearcher(
+            beam_width=args.beam_width, patience=args.beam_patience, min_delta=args.min_delta, **options
+        )
+    return ExhaustiveSearcher(from_scratch=args.from_scratch, **options)
+
+
+def finish(result, run: dict) -> int:
+    """Evaluate a finished search on its test folds, write its report, print the summary."""
+    from fusionsearch.evaluation import evaluate_search
+    from fusionsearch.report import load_evaluation, write_report
+    from fusionsearch.summary import summary_text
+
+    evaluation = None
+    if any(s == "ok" for s in result.table["status"].to_pylist()):
+        evaluate_search(
+            result.experiment_dir, result.table, run["metadata"]["settings"]["data"], run["resources"]
+        )
+        write_report(result.experiment_dir)
+        evaluation = load_evaluation(result.experiment_dir)
+    print(summary_text(result, evaluation))
+    return 0 if evaluation is not None else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -185,10 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from fusionsearch import storage
     from fusionsearch.config import TrainConfig, to_dict
-    from fusionsearch.driver import connect, run_search
+    from fusionsearch.driver import connect, read_run, run_search
     from fusionsearch.manifest import read_manifest
     from fusionsearch.settings import DataConfig, RunSettings
-    from fusionsearch.summary import summary_text
     from fusionsearch.validate import validate_manifest
 
     manifest_path = (args.data or planted_manifest(_planted_root(str(args.storage)), args.seed)).resolve()
@@ -196,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.modalities:
         manifest = manifest.select_modalities(args.modalities)
     validate_manifest(manifest, folds=args.folds, data_root=args.data_root)
-    searcher = make_searcher(args)  # checks the search options before anything is built
+    searcher = make_searcher(args, manifest.modalities)  # checks the options before anything is built
     model = model_config(args, len(manifest.modalities))  # checked before anything is built
     train = TrainConfig(
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
@@ -211,7 +238,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         cache=cache.root,
         preprocess=cache.config,
         folds=args.folds,
-        fold=args.fold,
         split_seed=args.seed,
     )
     settings = RunSettings(data=data, model=model, train=train)
@@ -227,10 +253,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=name,
         resources=resources,
         max_failures=args.max_failures,
-        metadata={"command": "run", "searcher": args.searcher, "settings": to_dict(settings)},
+        metadata={
+            "command": "run",
+            "searcher": args.searcher,
+            "manifest": str(manifest_path),
+            "modalities": manifest.modalities,
+            "pooled": args.pooled,
+            "settings": to_dict(settings),
+        },
     )
-    print(summary_text(result))
-    return 0 if result.best_mask is not None else 1
+    return finish(result, read_run(result.experiment_dir))
 
 
 def _local_gpus() -> int:
@@ -246,22 +278,41 @@ def experiment_dir(args: argparse.Namespace) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fusionsearch.driver import connect, resume_search
-    from fusionsearch.summary import summary_text
+    from fusionsearch.driver import connect, read_run, resume_search
 
     connect(args.address)
     result = resume_search(experiment_dir(args))
-    print(summary_text(result))
-    return 0 if result.best_mask is not None else 1
+    return finish(result, read_run(result.experiment_dir))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Print a search's summary; for a finished one, (re)write its report files."""
+    from fusionsearch import storage
     from fusionsearch.driver import load_result, read_run
+    from fusionsearch.evaluation import PREDICTIONS_FILE
+    from fusionsearch.report import load_evaluation, write_report
     from fusionsearch.summary import summary_text
 
     directory = experiment_dir(args)
     read_run(directory)
-    print(summary_text(load_result(directory)))
+    evaluation = None
+    if storage.exists(storage.join(directory, PREDICTIONS_FILE)):
+        write_report(directory)
+        evaluation = load_evaluation(directory)
+    print(summary_text(load_result(directory), evaluation))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Several searches side by side: results, chosen masks and cost."""
+    from fusionsearch import storage
+    from fusionsearch.report import write_comparison
+
+    base = storage.normalise(str(args.storage))
+    out = args.out or storage.join(base, "compare-" + "-".join(args.names))
+    write_comparison([storage.join(base, n) for n in args.names], out)
+    print(storage.read_bytes(storage.join(out, "comparison.md")).decode())
+    print(f"\ncomparison written to {out}/comparison.html (and .md, .csv)")
     return 0
 
 
@@ -297,9 +348,22 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: 3e-3)")
     train.add_argument("--seed", type=int, default=0, help="seed of splits, data and training (default: 0)")
-    train.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
-    train.add_argument(
-        "--fold", type=int, default=0, help="fold whose train/validation parts are used (default: 0)"
+    protocol = run.add_argument_group("evaluation protocol")
+    protocol.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    protocol.add_argument(
+        "--fold", type=int, default=None, help="search this fold only (default: every fold)"
+    )
+    protocol.add_argument(
+        "--pooled", action="store_true", help="one search over all folds, on mean validation loss"
+    )
+    protocol.add_argument(
+        "--no-unimodal", dest="unimodal", action="store_false", help="skip the unimodal baselines"
+    )
+    protocol.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also train the fusion masks the search skipped, for the brute-force ensemble "
+        "(exhaustive search always has them)",
     )
     cluster = run.add_argument_group("resources")
     cluster.add_argument(
@@ -386,9 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_arguments(resume, name_required=True)
     resume.set_defaults(func=cmd_resume)
 
-    report = commands.add_parser("report", help="print the candidates table of a search")
+    report = commands.add_parser("report", help="write a search's HTML/Markdown report and print its summary")
     add_experiment_arguments(report, name_required=True)
     report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="put several searches side by side")
+    compare.add_argument("names", nargs="+", help="experiment names under --storage")
+    compare.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"where the experiments are (default: ./{DEFAULT_STORAGE})"
+    )
+    compare.add_argument(
+        "--out", default=None, help="output folder (default: <storage>/compare-NAME1-NAME2...)"
+    )
+    compare.set_defaults(func=cmd_compare)
 
     cache = data_commands.add_parser("cache", help="preprocess every sample once into the cache")
     cache.add_argument("manifest", type=Path)

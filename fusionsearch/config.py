@@ -56,7 +56,7 @@ def _dataclass_in(hint: Any) -> type | None:
     return next((t for t in options if dataclasses.is_dataclass(t)), None)
 
 
-def _check_choice(name: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+def check_choice(name: str, value: Any, allowed: typing.Iterable[Any]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {allowed}")
@@ -86,9 +86,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.modalities, int) or self.modalities < 1:
             raise ConfigError(f"modalities={self.modalities!r} must be a positive integer")
-        _check_choice("depth", self.depth, RESNET_DEPTHS)
-        _check_choice("fusion", self.fusion, sorted(FUSION_MODULES))
-        _check_choice("stem_stride", self.stem_stride, (1, 2))
+        check_choice("depth", self.depth, RESNET_DEPTHS)
+        check_choice("fusion", self.fusion, sorted(FUSION_MODULES))
+        check_choice("stem_stride", self.stem_stride, (1, 2))
         if not 64 * self.width >= 1:
             raise ConfigError(f"width={self.width!r} must be at least 1/64")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:

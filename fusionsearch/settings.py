@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusionsearch.config import ConfigError, ModelConfig, TrainConfig
+from fusionsearch.config import ConfigError, ModelConfig, TrainConfig, check_choice
 from fusionsearch.preprocess import PreprocessConfig
 
 
@@ -17,7 +17,6 @@ class DataConfig:
         cache: folder or URI of the preprocessing cache (built before any trial starts).
         preprocess: the preprocessing settings (part of the cache key).
         folds: number of cross-validation folds.
-        fold: which fold's train/validation parts the search uses.
         split_seed: seed of the fold assignment.
     """
 
@@ -25,12 +24,7 @@ class DataConfig:
     cache: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     folds: int = 5
-    fold: int = 0
     split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.fold < self.folds:
-            raise ConfigError(f"fold={self.fold} must be in 0..{self.folds - 1} (folds={self.folds})")
 
 
 @dataclass(frozen=True)
@@ -44,10 +38,27 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class CandidateConfig:
-    """One trial: a mask to train, warm-started from ``parent`` (a checkpoint location) if given."""
+    """One trial: a mask to train on ``fold``, warm-started from ``parent`` (a checkpoint) if given.
+
+    Attributes:
+        role: ``search`` (a search candidate), ``unimodal`` (a single-stream baseline of
+            ``modality``) or ``ensemble`` (a fusion configuration for the brute-force ensemble).
+        modality: for unimodal baselines, the one modality to train on.
+    """
 
     mask: str
     settings: RunSettings
     parent: str | None = None
     parent_mask: str | None = None
     round: int = 0
+    fold: int = 0
+    role: str = "search"
+    modality: str | None = None
+
+    def __post_init__(self) -> None:
+        folds = self.settings.data.folds
+        if not 0 <= self.fold < folds:
+            raise ConfigError(f"fold={self.fold} must be in 0..{folds - 1} (folds={folds})")
+        check_choice("role", self.role, ("search", "unimodal", "ensemble"))
+        if (self.role == "unimodal") != (self.modality is not None):
+            raise ConfigError(f"role={self.role!r} with modality={self.modality!r}: only unimodal names one")

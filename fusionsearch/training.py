@@ -63,25 +63,39 @@ def train_step(
 
 @dataclass(frozen=True)
 class FoldData:
-    """The training and validation samples of one fold, memory-mapped from the cache."""
+    """The samples of one fold's parts, memory-mapped from the cache (``None``: not opened)."""
 
-    train: CachedDataset
-    val: CachedDataset
     modalities: tuple[str, ...]
+    train: CachedDataset | None = None
+    val: CachedDataset | None = None
+    test: CachedDataset | None = None
+
+    def single(self, modality: str) -> FoldData:
+        """The same samples with one modality's channel only (a unimodal baseline's input)."""
+        if modality not in self.modalities:
+            raise UserError(f"modality {modality!r} is not in the data: choose one of {self.modalities}")
+        c = self.modalities.index(modality)
+        parts = {
+            name: CachedDataset([a[c : c + 1] for a in part.arrays], part.labels.tolist(), part.ids)
+            for name in ("train", "val", "test")
+            if (part := getattr(self, name)) is not None
+        }
+        return FoldData(modalities=(modality,), **parts)
 
 
-def load_fold(config: DataConfig) -> FoldData:
-    """Open the fold's samples from the preprocessing cache (which must be built already)."""
+def load_fold(config: DataConfig, fold: int, parts: tuple[str, ...] = ("train", "val")) -> FoldData:
+    """Open ``parts`` of fold ``fold`` from the preprocessing cache (which must be built already).
+
+    Selection and training read the training and validation parts only; the test part is
+    opened once, after selection (:mod:`fusionsearch.evaluation`).
+    """
     table = read_index(config.index)
     index = table.to_pydict()
-    fold = make_folds(index["label"], index["subject_id"], config.folds, config.split_seed)[config.fold]
+    rows = make_folds(index["label"], index["subject_id"], config.folds, config.split_seed)[fold]
     cache = PreprocessCache(config.cache, config.preprocess)
-
-    def part(rows: np.ndarray) -> CachedDataset:
-        return cache.open_keys(*([index[c][r] for r in rows] for c in ("key", "label", "sample_id")))
-
-    modalities = tuple(json.loads(table.schema.metadata[b"modalities"]))
-    return FoldData(train=part(fold.train), val=part(fold.val), modalities=modalities)
+    columns = ("key", "label", "sample_id")
+    opened = {p: cache.open_keys(*([index[c][r] for r in getattr(rows, p)] for c in columns)) for p in parts}
+    return FoldData(modalities=tuple(json.loads(table.schema.metadata[b"modalities"])), **opened)
 
 
 def _batches(data: CachedDataset, batch_size: int, order: np.ndarray, policy: DevicePolicy):
@@ -145,11 +159,14 @@ def fit(
     started = time.time()
     settings, train = candidate.settings, candidate.settings.train
     policy = policy or DevicePolicy.select()
-    data = data or load_fold(settings.data)
+    data = data or load_fold(settings.data, candidate.fold)
+    if candidate.modality is not None:
+        data = data.single(candidate.modality)
     model_config = replace(settings.model, modalities=len(data.modalities))
     torch.manual_seed(candidate_seed(candidate))
     model = FusionNet(model_config, candidate.mask)
-    meta = {"parent": candidate.parent, "parent_mask": candidate.parent_mask, "settings": to_dict(settings)}
+    meta = {name: getattr(candidate, name) for name in ("parent", "parent_mask", "fold", "role", "modality")}
+    meta["settings"] = to_dict(settings)
     # The loop's progress: the last finished epoch and the metrics of the best epoch so far.
     state: dict[str, Any] = {"epoch": 0, "best": {"val_loss": float("inf")}}
     training = None

@@ -1,10 +1,14 @@
 """Ray Tune searchers for fusion-mask search: SFSA, beam and exhaustive.
 
 Each is a :class:`RoundSearcher` over a pure strategy from :mod:`fusionsearch.strategies`;
-any other strategy with ``next_round(history)`` plugs in the same way.
+any other strategy with ``next_round(history)`` plugs in the same way. Keyword ``options``
+are :class:`RoundSearcher`'s: ``metric``, ``mode``, ``folds``, ``pooled``, ``unimodal``,
+``ensemble``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fusionsearch.strategies import SFSA, BeamSearch, Exhaustive
 from searchers.rounds import CANDIDATES_FILE, RoundSearcher
@@ -13,25 +17,23 @@ from searchers.rounds import CANDIDATES_FILE, RoundSearcher
 class SFSASearcher(RoundSearcher):
     """The paper's Sequential Forward Search Algorithm."""
 
-    def __init__(self, *, num_points: int = 4, min_delta: float = 0.0, metric: str = "val_loss",
-                 mode: str = "min") -> None:  # fmt: skip
-        super().__init__(SFSA(num_points, min_delta), metric=metric, mode=mode)
+    def __init__(self, *, num_points: int = 4, min_delta: float = 0.0, **options: Any) -> None:
+        super().__init__(SFSA(num_points, min_delta), **options)
 
 
 class BeamSearcher(RoundSearcher):
     """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds."""
 
     def __init__(self, *, beam_width: int = 2, patience: int = 1, num_points: int = 4, min_delta: float = 0.0,
-                 metric: str = "val_loss", mode: str = "min") -> None:  # fmt: skip
-        super().__init__(BeamSearch(num_points, beam_width, patience, min_delta), metric=metric, mode=mode)
+                 **options: Any) -> None:  # fmt: skip
+        super().__init__(BeamSearch(num_points, beam_width, patience, min_delta), **options)
 
 
 class ExhaustiveSearcher(RoundSearcher):
     """All ``2**num_points`` masks, warm-started from the baseline (or from scratch)."""
 
-    def __init__(self, *, num_points: int = 4, from_scratch: bool = False, metric: str = "val_loss",
-                 mode: str = "min") -> None:  # fmt: skip
-        super().__init__(Exhaustive(num_points, from_scratch), metric=metric, mode=mode)
+    def __init__(self, *, num_points: int = 4, from_scratch: bool = False, **options: Any) -> None:
+        super().__init__(Exhaustive(num_points, from_scratch), **options)
 
 
 __all__ = ["CANDIDATES_FILE", "BeamSearcher", "ExhaustiveSearcher", "RoundSearcher", "SFSASearcher"]

@@ -18,7 +18,7 @@ from processes import by_name, kill_tree
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
 TINY = ["--size", "16", "--width", "0.125", "--epochs", "1", "--patience", "1", "--batch-size", "8",
-        "--folds", "3"]  # fmt: skip
+        "--folds", "3", "--fold", "0", "--no-unimodal"]  # fmt: skip
 
 
 def free_port():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import ray
 
+from conftest import TINY_EVERY_FOLD, cached_data
 from conftest import TINY_RUN as TINY
-from conftest import cached_data
 from fusionsearch.cli import main
 from fusionsearch.config import ModelConfig, TrainConfig, to_dict
 from fusionsearch.driver import load_result, run_search
@@ -64,17 +64,31 @@ def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_pa
     assert first["val_loss"] == pytest.approx(rows["0000"]["val_loss"], abs=1e-5)
 
 
-def test_cli_run_and_report(manifest, tmp_path, capsys):
+def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, capsys):
     storage = str(tmp_path / "runs")
-    code = main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY])
+    code = main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY_EVERY_FOLD])
     out = capsys.readouterr().out
     assert code == 0
-    result = load_result(str(tmp_path / "runs" / "cli"))
-    assert f"chosen mask  {result.best_mask}" in out
-    assert "late fusion  0000" in out and "against 16 for exhaustive search" in out and "wall time" in out
-    assert result.table.num_rows >= 5 and set(result.table["round"].to_pylist()) >= {0, 1}
+    table = load_result(str(tmp_path / "runs" / "cli")).table.to_pylist()
+    assert {r["fold"] for r in table} == {0, 1, 2}
+    assert sorted((r["fold"], r["modality"]) for r in table if r["role"] == "unimodal") == [
+        (f, m) for f in range(3) for m in ("FLAIR", "T1")
+    ]
+    chosen = sorted((r["fold"], r["mask"]) for r in table if r["chosen"])
+    assert [f for f, _ in chosen] == [0, 1, 2]  # one chosen mask per fold
+    for method in ("unimodal T1", "unimodal FLAIR", "late fusion (0000)", "sfsa: chosen mask"):
+        assert method in out
+    assert "chosen mask: " in out and "exhaustive search: candidates" in out
+    report = tmp_path / "runs" / "cli" / "report"
+    page = (report / "report.html").read_text()
+    assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
+    assert all(mask in page for _, mask in chosen) and "sfsa: chosen mask" in page
+    for name in ("results", "metrics_per_fold", "candidates", "cost"):
+        assert (report / f"{name}.csv").is_file() and (report / f"{name}.parquet").is_file()
+    markdown = (report / "report.md").read_text()
+    assert "| method | mask | accuracy |" in markdown and "![Search tree](search_tree.png)" in markdown
     assert main(["report", "cli", "--storage", storage]) == 0
-    assert f"chosen mask  {result.best_mask}" in capsys.readouterr().out
+    assert "held-out test folds" in capsys.readouterr().out
     # The same name again is refused, nothing is overwritten.
     assert main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY]) == 2
     assert "already exists" in capsys.readouterr().err

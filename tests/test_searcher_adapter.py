@@ -5,16 +5,34 @@ from ray.tune.search import Searcher
 from searchers import BeamSearcher, SFSASearcher
 
 
-def complete(searcher, trial_id, mask, loss, checkpoint="checkpoint_000001"):
+def complete(searcher, trial_id, mask, loss, checkpoint="checkpoint_000001", **config):
+    config = {"mask": mask, **config}
     searcher.on_trial_complete(trial_id, {"val_loss": loss, "checkpoint_dir_name": checkpoint,
-                                          "config/mask": mask})  # fmt: skip
+                                          **{f"config/{k}": v for k, v in config.items()}})  # fmt: skip
+
+
+def finish(searcher, suggestions, losses):
+    """Complete ``suggestions`` (trial id -> config) with ``losses[mask]`` (or ``losses[fold, mask]``)."""
+    for trial_id, spec in suggestions.items():
+        loss = losses.get((spec["fold"], spec["mask"]), losses.get(spec["mask"], 1.0))
+        complete(searcher, trial_id, spec["mask"], loss, fold=spec["fold"], role=spec["role"],
+                 modality=spec["modality"])  # fmt: skip
+
+
+def drain(searcher, prefix):
+    """Every suggestion the searcher has now."""
+    out = {}
+    while isinstance(spec := searcher.suggest(f"{prefix}{len(out)}"), dict):
+        out[f"{prefix}{len(out)}"] = spec
+    return out
 
 
 def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     searcher = SFSASearcher()
     searcher.experiment_dir = str(tmp_path)
     first = searcher.suggest("t0")
-    assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0}
+    assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
+                     "role": "search", "modality": None}  # fmt: skip
     assert searcher.suggest("t1") is None  # round 0 in flight
     complete(searcher, "t0", "0000", 1.0)
     round1 = [searcher.suggest(f"r1-{i}") for i in range(4)]
@@ -75,3 +93,59 @@ def test_max_mode_and_concurrency_limit():
             trial_id, {"val_accuracy": 0.6, "config/mask": searcher.suggest(trial_id)["mask"]}
         )
     assert searcher.best_mask == "1000"  # the highest accuracy wins in max mode
+
+
+def test_folds_search_independently_and_choose_their_own_mask(tmp_path):
+    searcher = SFSASearcher(folds=(0, 1))
+    searcher.experiment_dir = str(tmp_path)
+    round0 = drain(searcher, "a")
+    assert sorted((s["fold"], s["mask"]) for s in round0.values()) == [(0, "0000"), (1, "0000")]
+    finish(searcher, {"a0": round0["a0"]}, {"0000": 1.0})  # only fold 0 is done ...
+    round1 = drain(searcher, "b")  # ... and fold 0's round 1 starts while fold 1 trains
+    assert {s["fold"] for s in round1.values()} == {0} and len(round1) == 4
+    assert all(s["parent"] == f"{tmp_path}/a0/checkpoint_000001" for s in round1.values())
+    finish(searcher, {"a1": round0["a1"]}, {"0000": 1.0})
+    round1b = drain(searcher, "c")
+    assert {s["fold"] for s in round1b.values()} == {1}
+    assert all(s["parent"] == f"{tmp_path}/a1/checkpoint_000001" for s in round1b.values())  # its own fold's
+    finish(searcher, round1, {"0100": 0.5})
+    finish(searcher, round1b, {"0010": 0.5})
+    for prefix in "de":
+        finish(searcher, drain(searcher, prefix), {})  # no further improvement
+    assert searcher.suggest("z") == Searcher.FINISHED
+    assert searcher.chosen_masks() == {0: "0100", 1: "0010"}
+    chosen = [(r["fold"], r["mask"]) for r in searcher.table().to_pylist() if r["chosen"]]
+    assert sorted(chosen) == [(0, "0100"), (1, "0010")]
+
+
+def test_pooled_search_scores_the_mean_over_folds():
+    searcher = SFSASearcher(folds=(0, 1, 2), pooled=True)
+    round0 = drain(searcher, "a")
+    assert len(round0) == 3  # the baseline on every fold
+    assert drain(searcher, "x") == {}  # the round waits for all three
+    finish(searcher, round0, {})
+    round1 = drain(searcher, "b")
+    assert len(round1) == 12 and {s["fold"] for s in round1.values()} == {0, 1, 2}
+    # 1000 is best on fold 0 alone, 0001 on average.
+    finish(searcher, round1, {(0, "1000"): 0.1, (1, "1000"): 0.95, (2, "1000"): 0.95,
+                              (0, "0001"): 0.5, (1, "0001"): 0.5, (2, "0001"): 0.5})  # fmt: skip
+    assert searcher.chosen_masks() == {0: "0001", 1: "0001", 2: "0001"}
+
+
+def test_unimodal_baselines_start_at_once_and_ensemble_fills_in_the_missing_masks(tmp_path):
+    searcher = SFSASearcher(folds=(0,), unimodal=("T1w", "FLAIR"), ensemble=True)
+    searcher.experiment_dir = str(tmp_path)
+    first = drain(searcher, "a")
+    roles = sorted((s["role"], s["modality"]) for s in first.values())
+    assert roles == [("search", None), ("unimodal", "FLAIR"), ("unimodal", "T1w")]
+    assert all(s["mask"] == "0000" and s["parent"] is None for s in first.values())
+    finish(searcher, first, {})
+    finish(searcher, drain(searcher, "b"), {"0100": 0.5})
+    finish(searcher, drain(searcher, "c"), {})  # no improvement: the search ends
+    ensemble = drain(searcher, "d")
+    assert all(s["role"] == "ensemble" and s["parent_mask"] == "0000" for s in ensemble.values())
+    trained = {r["mask"] for r in searcher.table().to_pylist() if r["role"] == "search"}
+    assert {s["mask"] for s in ensemble.values()} == {f"{i:04b}" for i in range(1, 16)} - trained
+    finish(searcher, ensemble, {})
+    assert searcher.suggest("z") == Searcher.FINISHED
+    assert searcher.best_mask == "0100"  # baselines and ensemble members are never chosen

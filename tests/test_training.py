@@ -43,7 +43,7 @@ class Recorder:
 
 
 def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
-    data = load_fold(tiny.data)
+    data = load_fold(tiny.data, 0)
     parent = Recorder(tmp_path / "parent")
     final = fit(CandidateConfig(mask="0000", settings=tiny), parent, data=data)
     assert final["val_loss"] == min(r["val_loss"] for r in parent.reports if "epoch" in r)
@@ -59,7 +59,7 @@ def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
 
 def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
     recorder = Recorder(tmp_path)
-    fit(CandidateConfig(mask="1001", settings=tiny), recorder, data=load_fold(tiny.data))
+    fit(CandidateConfig(mask="1001", settings=tiny), recorder, data=load_fold(tiny.data, 0))
     meta = read_meta(recorder.checkpoints[-1])
     assert meta["format_version"] == 1 and meta["mask"] == "1001" and meta["metrics"]["final"]
     assert meta["settings"]["model"]["width"] == 0.125
@@ -68,7 +68,7 @@ def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
 
 
 def test_retry_resumes_from_its_own_epoch_checkpoint(tiny, tmp_path):
-    data = load_fold(tiny.data)
+    data = load_fold(tiny.data, 0)
     first = Recorder(tmp_path / "first")
     fit(CandidateConfig(mask="0010", settings=tiny), first, data=data)
     resumed = Recorder(tmp_path / "resumed")
@@ -79,7 +79,7 @@ def test_retry_resumes_from_its_own_epoch_checkpoint(tiny, tmp_path):
 
 
 def test_final_checkpoint_as_resume_reports_again_without_training(tiny, tmp_path):
-    data = load_fold(tiny.data)
+    data = load_fold(tiny.data, 0)
     first = Recorder(tmp_path / "first")
     final = fit(CandidateConfig(mask="0001", settings=tiny), first, data=data)
     again = Recorder(tmp_path / "again")
