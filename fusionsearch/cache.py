@@ -36,6 +36,7 @@ from fusionsearch.config import to_dict
 from fusionsearch.errors import DataError
 from fusionsearch.manifest import Manifest
 from fusionsearch.preprocess import PreprocessConfig, preprocess_sample
+from fusionsearch.settings import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,28 @@ class PreprocessCache:
             temporary.write_bytes(storage.read_bytes(self.entry(key)))
             os.replace(temporary, local)
         return local
+
+
+def cache_manifest(
+    manifest: Manifest,
+    root: str | os.PathLike,
+    preprocess: PreprocessConfig,
+    *,
+    folds: int = 5,
+    split_seed: int = 0,
+    workers: int | None = None,
+) -> DataConfig:
+    """Build ``manifest``'s cache under ``root`` and return the :class:`DataConfig` trials open it with."""
+    cache = PreprocessCache(root, preprocess)
+    stats = cache.build(manifest, workers=workers)
+    log.info("preprocessing cache %s: %d built, %d reused", cache.root, stats.built, stats.reused)
+    return DataConfig(
+        index=cache.write_index(manifest),
+        cache=cache.root,
+        preprocess=preprocess,
+        folds=folds,
+        split_seed=split_seed,
+    )
 
 
 def read_index(location: str) -> pa.Table:

@@ -212,10 +212,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time
 
     from fusionsearch import storage
+    from fusionsearch.cache import cache_manifest
     from fusionsearch.config import TrainConfig, to_dict
     from fusionsearch.driver import connect, read_run, run_search
     from fusionsearch.manifest import read_manifest
-    from fusionsearch.settings import DataConfig, RunSettings
+    from fusionsearch.settings import RunSettings
     from fusionsearch.validate import validate_manifest
 
     manifest_path = (args.data or planted_manifest(_planted_root(str(args.storage)), args.seed)).resolve()
@@ -231,15 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cache is None and storage.is_uri(str(args.storage)):  # nodes may not see the driver's disk
         args.cache = storage.join(str(args.storage), ".fusionsearch-cache")
     cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
-    stats = cache.build(manifest, workers=args.workers)
-    log.info("preprocessing cache: %d built, %d reused", stats.built, stats.reused)
-    data = DataConfig(
-        index=cache.write_index(manifest),
-        cache=cache.root,
-        preprocess=cache.config,
-        folds=args.folds,
-        split_seed=args.seed,
-    )
+    data = cache_manifest(manifest, cache.root, cache.config, folds=args.folds, split_seed=args.seed,
+                          workers=args.workers)  # fmt: skip
     settings = RunSettings(data=data, model=model, train=train)
     gpus = args.gpus if args.gpus is not None else _local_gpus()
     connect(args.address, num_gpus=None if args.address else gpus)

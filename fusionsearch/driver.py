@@ -16,6 +16,7 @@ from ray import tune
 from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
+from fusionsearch.network import NUM_POINTS
 from searchers import CANDIDATES_FILE
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,15 @@ def run_search(
         },
     )
     connect()
+    max_concurrent = max_concurrent or 2**searcher.strategy.num_points
+    _launch_rounds_together(max_concurrent)
     tuner = tune.Tuner(
         _with_resources(trainable, resources),
         param_space=config or {},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=-1,  # the searcher decides when to stop (Searcher.FINISHED)
-            max_concurrent_trials=max_concurrent or 2**searcher.strategy.num_points,
+            max_concurrent_trials=max_concurrent,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=_run_config(name, storage.normalise(storage_path), max_failures, callbacks),
@@ -159,12 +162,19 @@ def resume_search(
         )
     run = read_run(experiment_dir)
     connect()
+    _launch_rounds_together(run["max_concurrent"] or 2**NUM_POINTS)
     tuner = tune.Tuner.restore(
         experiment_dir,
         trainable=_with_resources(trainable, resources or run["resources"]),
         resume_errored=True,
     )
     return _fit(tuner, experiment_dir)
+
+
+def _launch_rounds_together(max_concurrent: int) -> None:
+    # For a custom searcher Tune keeps one trial pending at a time, so a round's trials would
+    # start one after another; let a whole round be pending (Tune reads this in fit()).
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
 
 
 def _run_config(name: str, storage_path: str, max_failures: int, callbacks: Sequence) -> tune.RunConfig:

@@ -31,7 +31,7 @@ from fusionsearch.device import DevicePolicy
 from fusionsearch.mask import FusionMask
 from fusionsearch.metrics import METRICS, classification_metrics
 from fusionsearch.settings import DataConfig
-from fusionsearch.training import load_fold
+from fusionsearch.training import Batches, load_fold, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,11 @@ def ensemble_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(members), axis=0)
 
 
-@torch.inference_mode()
 def predict(
     model: torch.nn.Module, data: CachedDataset, policy: DevicePolicy, batch_size: int = 16
 ) -> np.ndarray:
     """Class probabilities (n, classes) of ``model`` on ``data``."""
-    model = policy.module(model).eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        images = torch.from_numpy(np.stack(data.arrays[start : start + batch_size]).astype(np.float32))
-        with policy.autocast():
-            out.append(model(policy.batch(images)).float().softmax(1).cpu())
-    return torch.cat(out).numpy()
+    return predict_logits(policy.module(model), Batches(data, policy, batch_size)).softmax(1).numpy()
 
 
 def predict_fold(data: dict[str, Any], fold: int, methods: dict[str, tuple[str, list[str]]]) -> pa.Table:

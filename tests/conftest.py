@@ -34,11 +34,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
 
 def cached_data(manifest_path, cache_root, preprocess, folds: int = 3):
     """Build the preprocessing cache of a manifest and return the DataConfig that opens it."""
-    from fusionsearch.cache import PreprocessCache
+    from fusionsearch.cache import cache_manifest
     from fusionsearch.manifest import read_manifest
-    from fusionsearch.settings import DataConfig
 
-    manifest = read_manifest(manifest_path)
-    cache = PreprocessCache(cache_root, preprocess)
-    cache.build(manifest, workers=2)
-    return DataConfig(index=cache.write_index(manifest), cache=cache.root, preprocess=preprocess, folds=folds)
+    return cache_manifest(read_manifest(manifest_path), cache_root, preprocess, folds=folds, workers=2)
