@@ -337,8 +337,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--from-scratch", action="store_true", help="exhaustive: train every mask from scratch"
     )
     train = run.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=8, help="max epochs per candidate (default: 8)")
-    train.add_argument("--patience", type=int, default=4, help="early-stopping patience (default: 4)")
+    train.add_argument("--epochs", type=int, default=12, help="max epochs per candidate (default: 12)")
+    train.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: 8)")
     train.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: 3e-3)")
     train.add_argument("--seed", type=int, default=0, help="seed of splits, data and training (default: 0)")

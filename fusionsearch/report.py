@@ -126,8 +126,19 @@ def search_cost(candidates: pa.Table, run: dict[str, Any], searcher: str, num_po
         ),
         "exhaustive compute is": "measured"
         if searcher == "exhaustive"
-        else "estimated (mean candidate x count)",
+        else "estimated: mean candidate x count",
+        "peak RSS per trial MB (median, max)": _median_and_max([r.get("peak_rss_mb") for r in rows]),
     }
+
+
+def _median_and_max(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{np.median(known):.0f}, {max(known):.0f}" if known else "-"
+
+
+def _median_and_max(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{np.median(known):.0f}, {max(known):.0f}" if known else "-"
 
 
 # --- figures --------------------------------------------------------------------------
@@ -311,6 +322,7 @@ def cost_rows(cost: dict[str, Any]) -> list[list[str]]:
             f"exhaustive search: compute ({unit}, {cost['exhaustive compute is']})",
             f"{cost['exhaustive compute']:.3f}",
         ],
+        ["peak RSS per trial, MB (median, max)", cost["peak RSS per trial MB (median, max)"]],
     ]
 
 

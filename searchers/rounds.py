@@ -22,7 +22,7 @@ CANDIDATES_FILE = "candidates.parquet"
 ROLES = ("search", "unimodal", "ensemble")
 #: Metrics copied from a candidate's final report into the candidates table.
 REPORTED = ("val_accuracy", "val_auc", "best_epoch", "epochs_trained", "train_seconds", "started_at",
-            "finished_at")  # fmt: skip
+            "finished_at", "peak_rss_mb")  # fmt: skip
 SCHEMA = pa.schema(
     [
         ("fold", pa.int64()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,11 @@ logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    tune.report(metrics | {"node_id": ray.get_runtime_context().get_node_id()}, checkpoint=checkpoint)
+    # Peak resident memory of this trial's process (Linux reports KiB). The cache is memory-
+    # mapped, so its pages count here but are shared with every trial on the node.
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tune.report(metrics | {"node_id": ray.get_runtime_context().get_node_id(), "peak_rss_mb": peak_rss_mb},
+                checkpoint=checkpoint)  # fmt: skip
 
 
 def train_candidate(config: dict[str, Any]) -> None:

@@ -1,0 +1,57 @@
+"""Every benchmark runs at CI size and prints its figures (full-size runs are by hand)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+TINY_DATA = ["--n", "24", "--size", "16", "--width", "0.125"]
+
+
+def run(script, *args, timeout=600):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+NUMBER = r"[0-9]+\.[0-9]+"
+
+
+def test_trainable_vs_model_prints_both_rates_and_their_ratio():
+    out = run("trainable_vs_model.py", *TINY_DATA, "--epochs", "2", "--steps", "2")
+    loop = float(re.search(rf"trainable loop: +({NUMBER}) samples/s", out).group(1))
+    model = float(re.search(rf"model only: +({NUMBER}) samples/s", out).group(1))
+    ratio = float(re.search(rf"ratio loop / model: ({NUMBER})", out).group(1))
+    assert loop > 0 and model > 0 and ratio == pytest.approx(loop / model, abs=2e-3)
+
+
+def test_round_overhead_prints_a_row_per_round_size():
+    out = run("round_overhead.py", "--ks", "1", "2", "--rounds", "2", "--duration", "0.2")
+    rows = re.findall(rf"^ +([12]) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["1", "2"]
+    for k, per_round, per_trial, _, _ in rows:
+        assert float(per_trial) == pytest.approx(float(per_round) / int(k), abs=0.01)
+
+
+def test_warm_vs_scratch_prints_a_row_per_child_and_the_median_ratio():
+    out = run("warm_vs_scratch.py", *TINY_DATA, "--epochs", "2", "--batch", "8", "--children", "0110", "1010")
+    assert len(re.findall(rf"^ +(0110|1010) +{NUMBER} +[0-9]+ +{NUMBER} +[0-9]+ +{NUMBER} +{NUMBER}$", out,
+                          re.MULTILINE)) == 2  # fmt: skip
+    assert re.search(rf"median scratch/warm time to target: {NUMBER}", out)
+
+
+def test_search_cost_compares_the_searchers():
+    out = run("search_cost.py", "--n", "24", "--synth-size", "16", "--searchers", "sfsa", "exhaustive",
+              "--size", "16", "--width", "0.125", "--epochs", "1", "--patience", "1", "--batch-size", "8",
+              "--folds", "3", "--fold", "0", "--gpus", "0", timeout=900)  # fmt: skip
+    rows = dict(
+        re.findall(
+            rf"^(sfsa|exhaustive) +([0-9]+) +{NUMBER} +{NUMBER} +{NUMBER} ± {NUMBER}", out, re.MULTILINE
+        )
+    )
+    assert rows["exhaustive"] == "16" and 5 <= int(rows["sfsa"]) <= 11
+    assert "exhaustive: 1.00 of exhaustive compute" in out
