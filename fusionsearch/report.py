@@ -195,15 +195,12 @@ def tree_figure(evaluation: Evaluation) -> bytes:
     search = [r for r in evaluation.candidates.to_pylist() if r["role"] == "search"]
     folds = sorted({r["fold"] for r in search})
     tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
-    widths = [1 + max(r["round"] for r in search if r["fold"] == f) for f in folds]
+    rounds = 1 + max(r["round"] for r in search)
+    # One row per fold, so the figure keeps its width (and its text legible) however many folds.
     figure, axes = plt.subplots(
-        1,
-        len(folds),
-        figsize=(1.7 * sum(widths) + 0.5, 0.42 * tallest + 1.8),
-        squeeze=False,
-        gridspec_kw={"width_ratios": widths},
+        len(folds), 1, figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)), squeeze=False
     )
-    for ax, fold in zip(axes[0], folds, strict=True):
+    for ax, fold in zip(axes[:, 0], folds, strict=True):
         rows = [r for r in search if r["fold"] == fold]
         path = _chosen_path(rows)
         place = {}
@@ -238,18 +235,19 @@ def tree_figure(evaluation: Evaluation) -> bytes:
                 zorder=2,
                 **style,
             )
-        rounds = sorted({r["round"] for r in rows})
+        fold_rounds = sorted({r["round"] for r in rows})
         ax.set(
-            xlim=(-0.6, max(rounds) + 0.6),
+            xlim=(-0.6, rounds - 0.4),
             ylim=(-tallest / 2 - 0.3, tallest / 2 + 0.3),
-            xticks=rounds,
+            xticks=fold_rounds,
             yticks=[],
             xlabel="round",
             title=f"fold {fold}",
         )
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
-    figure.suptitle("search tree: mask and validation loss (chosen path in red)", fontsize=10, y=1.03)
+    figure.suptitle("search tree: mask and validation loss (chosen path in red)", fontsize=10, y=1.0)
+    figure.tight_layout()
     return _png(figure)
 
 

@@ -104,3 +104,45 @@ def test_lost_worker_node_costs_only_time(cluster, tmp_path):
         history += [Outcome(c, LAND[str(c.mask)]) for c in candidates]
     assert {r["mask"] for r in rows} == {str(o.candidate.mask) for o in history}
     assert [r["mask"] for r in rows if r["chosen"]] == [str(best_outcome(history).candidate.mask)] == ["0110"]
+
+
+CRASH_DRIVER = """
+import ray, sys
+from fusionsearch.driver import resume_search, run_search
+from searchers import SFSASearcher
+from trainables.scripted import scripted_trainable
+ray.init(address={address!r}, log_to_driver=False)
+if sys.argv[1] == "run":
+    run_search(SFSASearcher(), trainable=scripted_trainable, storage_path={storage!r}, name="crash",
+               config={{"landscape": {land!r}, "duration": 2.0}}, resources={{"cpu": 1}}, max_failures=0)
+else:
+    resume_search({storage!r} + "/crash", trainable=scripted_trainable)
+"""
+
+
+def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tmp_path):
+    address, env = cluster
+    script = tmp_path / "driver.py"
+    script.write_text(CRASH_DRIVER.format(address=address, land=LAND, storage=str(tmp_path / "runs")))
+    driver = subprocess.Popen([sys.executable, str(script), "run"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    experiment = tmp_path / "runs" / "crash"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        (experiment / "candidates.parquet").is_file() and load_result(str(experiment)).table.num_rows >= 5
+    ):
+        time.sleep(0.2)
+    kill_tree(driver.pid)  # the driver only: the cluster's nodes live on
+    driver.wait()
+    before = {r["mask"]: r for r in load_result(str(experiment)).table.to_pylist()}
+    assert len(before) >= 5, "round 1 did not finish before the deadline"
+    resume = subprocess.run([sys.executable, str(script), "resume"], env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    after = load_result(str(experiment)).table.to_pylist()
+    assert [r["mask"] for r in after if r["chosen"]] == ["0110"]
+    assert len(after) == len({r["mask"] for r in after})  # each candidate trained once
+    for row in after:
+        if row["mask"] in before:  # finished before the crash: the same trial, not retrained
+            assert (row["trial_id"], row["started_at"]) == (before[row["mask"]]["trial_id"],
+                                                            before[row["mask"]]["started_at"])  # fmt: skip

@@ -89,6 +89,9 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
     assert "| method | mask | accuracy |" in markdown and "![Search tree](search_tree.png)" in markdown
     assert main(["report", "cli", "--storage", storage]) == 0
     assert "held-out test folds" in capsys.readouterr().out
+    assert main(["compare", "cli", "cli", "--storage", storage, "--out", str(tmp_path / "cmp")]) == 0
+    comparison = (tmp_path / "cmp" / "comparison.html").read_text()
+    assert comparison.count("sfsa: chosen mask") == 2 and (tmp_path / "cmp" / "comparison.csv").is_file()
     # The same name again is refused, nothing is overwritten.
     assert main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -102,6 +105,8 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
         (["run", "--data", "{manifest}", "--folds", "20"], "fewer than the 20 folds"),
         (["run", "--data", "{manifest}", "--modalities", "T1", "T2w"], "modalities ['T2w'] are not columns"),
         (["report", "nope"], "not a fusionsearch experiment"),
+        (["compare", "nope", "other"], "not a fusionsearch experiment"),
+        (["run", "--data", "{manifest}", "--folds", "3", "--fold", "3"], "--fold 3: choose one of 0..2"),
         (
             ["run", "--data", "{manifest}", "--searcher", "beam", "--beam-width", "0"],
             "beam_width=0 must be >= 1",
