@@ -81,6 +81,7 @@ def test_search_with_s3_storage_keeps_everything_in_the_bucket(s3, tmp_path):
     assert sum(p.endswith(".npy") for p in cache) == 24 and any("/index/" in p for p in cache)
     # ... and nothing was written beside the data on the driver's disk.
     assert sorted(p.name for p in data.iterdir()) == ["images", "manifest.csv", "synth.json", "truth.csv"]
-    # Trials memory-mapped node-local copies of the entries they read: training and validation
-    # parts of fold 0 (2 of 3 folds), never the test part.
-    assert len(list(Path(os.environ["FUSIONSEARCH_MIRROR"]).rglob("*.npy"))) == 16
+    # Trials and the evaluation memory-mapped node-local copies of the entries they read.
+    assert len(list(Path(os.environ["FUSIONSEARCH_MIRROR"]).rglob("*.npy"))) == 24
+    # The held-out predictions and the report went to the bucket as well.
+    assert f"{experiment}predictions.parquet" in objects and f"{experiment}report/report.html" in objects
