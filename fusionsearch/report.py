@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from matplotlib.figure import Figure
 
 from fusionsearch import storage
 from fusionsearch.driver import load_result, read_run
@@ -142,21 +143,18 @@ def _median_and_max(values: list[float | None]) -> str:
 
 
 # --- figures --------------------------------------------------------------------------
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def roc_figure(evaluation: Evaluation) -> bytes:
     """ROC curves per method, test predictions pooled over folds (binary tasks)."""
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure, axes = plt.subplots(figsize=(5.5, 5))
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.subplots()
     rows = evaluation.predictions.to_pylist()
     for method in evaluation.results["method"].to_pylist():
         part = [r for r in rows if r["method"] == method]
@@ -190,16 +188,13 @@ def _chosen_path(rows: list[dict[str, Any]]) -> set[str]:
 
 def tree_figure(evaluation: Evaluation) -> bytes:
     """Every fold's search tree: candidates by round with their validation loss; the chosen path in red."""
-    import matplotlib.pyplot as plt
-
     search = [r for r in evaluation.candidates.to_pylist() if r["role"] == "search"]
     folds = sorted({r["fold"] for r in search})
     tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
     rounds = 1 + max(r["round"] for r in search)
     # One row per fold, so the figure keeps its width (and its text legible) however many folds.
-    figure, axes = plt.subplots(
-        len(folds), 1, figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)), squeeze=False
-    )
+    figure = Figure(figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
+    axes = figure.subplots(len(folds), 1, squeeze=False)
     for ax, fold in zip(axes[:, 0], folds, strict=True):
         rows = [r for r in search if r["fold"] == fold]
         path = _chosen_path(rows)
@@ -253,12 +248,11 @@ def tree_figure(evaluation: Evaluation) -> bytes:
 
 def rounds_figure(evaluation: Evaluation) -> bytes:
     """Validation loss of every candidate by round, and each fold's best-so-far line."""
-    import matplotlib.pyplot as plt
-
     search = [
         r for r in evaluation.candidates.to_pylist() if r["role"] == "search" and r["val_loss"] is not None
     ]
-    figure, axes = plt.subplots(figsize=(5.5, 4))
+    figure = Figure(figsize=(5.5, 4))
+    axes = figure.subplots()
     for fold in sorted({r["fold"] for r in search}):
         rows = [r for r in search if r["fold"] == fold]
         rounds = sorted({r["round"] for r in rows})
@@ -271,6 +265,9 @@ def rounds_figure(evaluation: Evaluation) -> bytes:
             alpha=0.5,
             color=line[0].get_color(),
         )
+    losses = [r["val_loss"] for r in search]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # late rounds' gains are small
+        axes.set_yscale("log")
     axes.set(xlabel="round", ylabel="validation loss", title="validation loss per round")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend(fontsize=8)
