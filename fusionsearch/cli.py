@@ -193,7 +193,7 @@ def make_searcher(args: argparse.Namespace, modalities: list[str]):
 def finish(result, run: dict) -> int:
     """Evaluate a finished search on its test folds, write its report, print the summary."""
     from fusionsearch.evaluation import evaluate_search
-    from fusionsearch.report import load_evaluation, write_report
+    from fusionsearch.report import write_report
     from fusionsearch.summary import summary_text
 
     evaluation = None
@@ -201,8 +201,7 @@ def finish(result, run: dict) -> int:
         evaluate_search(
             result.experiment_dir, result.table, run["metadata"]["settings"]["data"], run["resources"]
         )
-        write_report(result.experiment_dir)
-        evaluation = load_evaluation(result.experiment_dir)
+        evaluation = write_report(result.experiment_dir)
     print(summary_text(result, evaluation))
     return 0 if evaluation is not None else 1
 
@@ -284,15 +283,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fusionsearch import storage
     from fusionsearch.driver import load_result, read_run
     from fusionsearch.evaluation import PREDICTIONS_FILE
-    from fusionsearch.report import load_evaluation, write_report
+    from fusionsearch.report import write_report
     from fusionsearch.summary import summary_text
 
     directory = experiment_dir(args)
     read_run(directory)
     evaluation = None
     if storage.exists(storage.join(directory, PREDICTIONS_FILE)):
-        write_report(directory)
-        evaluation = load_evaluation(directory)
+        evaluation = write_report(directory)
     print(summary_text(load_result(directory), evaluation))
     return 0
 

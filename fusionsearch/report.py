@@ -345,9 +345,9 @@ def _write_csv(path: str, table: pa.Table) -> None:
     storage.write_bytes(path, buffer.getvalue())
 
 
-def write_report(experiment_dir: str) -> str:
+def write_report(experiment_dir: str) -> Evaluation:
     """Write ``report.html`` (self-contained), ``report.md`` with PNG figures, and the tables as
-    CSV and Parquet under ``<experiment>/report``; returns that folder."""
+    CSV and Parquet under ``<experiment>/report``; returns the evaluation shown."""
     evaluation = load_evaluation(experiment_dir)
     out = storage.join(experiment_dir, REPORT_DIR)
     figures = {
@@ -388,7 +388,7 @@ def write_report(experiment_dir: str) -> str:
     page += ["<h2>Settings</h2>", f"<pre>{html.escape(settings)}</pre>", "</body></html>"]
     storage.write_bytes(storage.join(out, "report.md"), "\n".join(markdown).encode())
     storage.write_bytes(storage.join(out, "report.html"), "\n".join(page).encode())
-    return out
+    return evaluation
 
 
 def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str, Any, str | None]]:
