@@ -17,6 +17,7 @@ from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.network import NUM_POINTS
+from fusionsearch.warm_actors import keep_warm
 from searchers import CANDIDATES_FILE
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,6 @@ def run_search(
     )
     connect()
     max_concurrent = max_concurrent or 2**searcher.strategy.num_points
-    _launch_rounds_together(max_concurrent)
     tuner = tune.Tuner(
         _with_resources(trainable, resources),
         param_space=config or {},
@@ -141,10 +141,11 @@ def run_search(
             num_samples=-1,  # the searcher decides when to stop (Searcher.FINISHED)
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # a round's trials run in the previous round's actors: see _fit
         ),
         run_config=_run_config(name, storage.normalise(storage_path), max_failures, callbacks),
     )
-    return _fit(tuner, experiment_dir)
+    return _fit(tuner, experiment_dir, max_concurrent)
 
 
 def resume_search(
@@ -162,19 +163,12 @@ def resume_search(
         )
     run = read_run(experiment_dir)
     connect()
-    _launch_rounds_together(run["max_concurrent"] or 2**NUM_POINTS)
     tuner = tune.Tuner.restore(
         experiment_dir,
         trainable=_with_resources(trainable, resources or run["resources"]),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir)
-
-
-def _launch_rounds_together(max_concurrent: int) -> None:
-    # For a custom searcher Tune keeps one trial pending at a time, so a round's trials would
-    # start one after another; let a whole round be pending (Tune reads this in fit()).
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
+    return _fit(tuner, experiment_dir, run["max_concurrent"] or 2**NUM_POINTS)
 
 
 def _run_config(name: str, storage_path: str, max_failures: int, callbacks: Sequence) -> tune.RunConfig:
@@ -189,9 +183,15 @@ def _run_config(name: str, storage_path: str, max_failures: int, callbacks: Sequ
     )
 
 
-def _fit(tuner: tune.Tuner, experiment_dir: str) -> SearchResult:
+def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchResult:
+    # Make rounds cheap. For a custom searcher Tune keeps one trial pending at a time, so a
+    # round's trials would start one after another: let a whole round be pending (read when
+    # fit() builds its controller). And keep the finished trials' actors for the next round,
+    # instead of starting a fresh process (with its imports) per trial.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
     start = time.perf_counter()
-    grid = tuner.fit()
+    with keep_warm(max_concurrent):
+        grid = tuner.fit()
     wall = time.perf_counter() - start
     errors = {os.path.basename(r.path.rstrip("/")): str(r.error).strip().splitlines()[-1]
               for r in grid if r.error}  # fmt: skip

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray import tune
 
 from fusionsearch.driver import load_result
 from fusionsearch.mask import FusionMask
@@ -44,7 +45,7 @@ def cluster(tmp_path):
         subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, stdout=subprocess.DEVNULL)
 
 
-def test_search_spreads_over_nodes_and_children_warm_start_across_them(cluster, tmp_path):
+def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp_path):
     address, env = cluster
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=2))
     command = [sys.executable, "-m", "fusionsearch.cli", "run", "--address", address, "--data", str(manifest),
@@ -54,14 +55,49 @@ def test_search_spreads_over_nodes_and_children_warm_start_across_them(cluster, 
     experiment = tmp_path / "runs" / "cluster"
     rows = load_result(str(experiment)).table.to_pylist()
     by_mask = {r["mask"]: r for r in rows}
-    assert all(r["status"] == "ok" for r in rows)
-    assert len({r["node_id"] for r in rows}) >= 2  # trials ran on both worker nodes
-    crossed = [r for r in rows if r["parent_mask"] and r["node_id"] != by_mask[r["parent_mask"]]["node_id"]]
-    assert crossed, "no child trained on another node than its parent"
-    for child in crossed:  # it warm-started from the parent's checkpoint on the shared storage
+    assert all(r["status"] == "ok" for r in rows) and len(rows) > 1
+    workers = set(json.loads(subprocess.run([sys.executable, "-c", NODES.format(address=address)], env=env,
+                                            capture_output=True, text=True, check=True).stdout))  # fmt: skip
+    assert len(workers) == 2 and {r["node_id"] for r in rows} <= workers  # the head has no GPU
+    for child in (r for r in rows if r["parent_mask"]):  # warm-started from the parent's checkpoint
         first = json.loads((experiment / child["trial_id"] / "result.json").read_text().splitlines()[0])
         assert first["epoch"] == 0
         assert abs(first["val_loss"] - by_mask[child["parent_mask"]]["val_loss"]) < 1e-5
+    # These candidates train in a fraction of a second, less than a new actor takes to start, so
+    # Tune runs them one after another in the warm actor (faster). To see a round spread over
+    # both nodes, scripted candidates of round 1 wait for each other (2 at once: 1 CPU per node).
+    script = tmp_path / "spread.py"
+    script.write_text(SPREAD_DRIVER.format(address=address, land=LAND, storage=str(tmp_path / "runs"),
+                                           gather=str(tmp_path / "gather")))  # fmt: skip
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=600, capture_output=True)
+    rows = load_result(str(tmp_path / "runs" / "spread")).table.to_pylist()
+    by_mask = {r["mask"]: r for r in rows}
+    assert {r["node_id"] for r in rows} == workers
+    crossed = [r for r in rows if r["parent_mask"] and r["node_id"] != by_mask[r["parent_mask"]]["node_id"]]
+    assert crossed, "no child trained on another node than its parent"
+    for child in crossed:  # it read its parent's checkpoint from the shared storage
+        with tune.Checkpoint(child["checkpoint"]).as_directory() as directory:
+            state = json.loads((Path(directory) / "state.json").read_text())
+        assert state["parent_seen"] == child["parent_mask"]
+
+
+NODES = """
+import json, ray
+ray.init(address={address!r}, log_to_driver=False)
+print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]))
+"""
+
+SPREAD_DRIVER = """
+import ray
+from fusionsearch.driver import run_search
+from searchers import SFSASearcher
+from trainables.scripted import scripted_trainable
+ray.init(address={address!r}, log_to_driver=False)
+run_search(SFSASearcher(), trainable=scripted_trainable, storage_path={storage!r}, name="spread",
+           config={{"landscape": {land!r}, "duration": 0.5,
+                   "gather": {{"dir": {gather!r}, "sizes": {{"1": 2}}}}}},
+           resources={{"cpu": 1}}, max_failures=0)
+"""
 
 
 LAND = {str(m): 2.0 for m in FusionMask.all_masks(4)} | {"0000": 1.0, "0100": 0.5, "0110": 0.4, "1000": 0.9}

@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import cached_data
@@ -86,3 +87,14 @@ def test_final_checkpoint_as_resume_reports_again_without_training(tiny, tmp_pat
     fit(CandidateConfig(mask="0001", settings=tiny), again, resume=first.checkpoints[-1], data=data)
     assert len(again.reports) == 1 and again.reports[0]["val_loss"] == final["val_loss"]
     assert again.reports[0]["started_at"] == final["started_at"]
+
+
+def test_peak_rss_is_measured_from_each_trials_start():
+    # A reused actor trains trial after trial: one trial's peak must not carry into the next.
+    from trainables.candidate import _peak_rss_mb, _reset_peak_rss
+
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    high = _peak_rss_mb()
+    del block
+    _reset_peak_rss()
+    assert _peak_rss_mb() < high - 200

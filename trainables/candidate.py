@@ -22,11 +22,27 @@ logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    # Peak resident memory of this trial's process (Linux reports KiB). The cache is memory-
-    # mapped, so its pages count here but are shared with every trial on the node.
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tune.report(metrics | {"node_id": ray.get_runtime_context().get_node_id(), "peak_rss_mb": peak_rss_mb},
+    tune.report(metrics | {"node_id": ray.get_runtime_context().get_node_id(), "peak_rss_mb": _peak_rss_mb()},
                 checkpoint=checkpoint)  # fmt: skip
+
+
+def _reset_peak_rss() -> None:
+    # The actor may have trained earlier trials (reuse_actors): start this trial's peak afresh.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this trial's process since :func:`_reset_peak_rss`, in MiB.
+
+    The cache is memory-mapped, so its pages count here but are shared with every trial on
+    the node. Where /proc is missing, the process's lifetime peak (Linux reports KiB).
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_candidate(config: dict[str, Any]) -> None:
@@ -37,6 +53,9 @@ def train_candidate(config: dict[str, Any]) -> None:
     otherwise it starts from scratch. Uses the GPU Ray assigned, else the CPU.
     """
     candidate = from_dict(CandidateConfig, config)
+    _reset_peak_rss()
+    if torch.cuda.is_available():  # release an earlier trial's cached blocks: Batches sizes by free memory
+        torch.cuda.empty_cache()
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     own = tune.get_checkpoint()

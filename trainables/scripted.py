@@ -7,6 +7,7 @@ and ``parent``, ends with a report carrying ``val_loss`` and a checkpoint) witho
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +19,10 @@ from ray import tune
 def scripted_trainable(config: dict) -> None:
     """Reports ``landscape[mask]`` after ``duration`` seconds; fails for masks in ``fail``.
 
-    Its checkpoint records its own mask and what it read from its parent's checkpoint, so
-    tests can check warm-start plumbing end to end.
+    Its checkpoint records its own mask, its process id and what it read from its parent's
+    checkpoint, so tests can check warm-start plumbing and actor reuse end to end. With
+    ``gather={"dir": ..., "sizes": {round: n}}``, a trial of such a round first waits until
+    all ``n`` trials of its round have started (so they provably run at once).
     """
     mask = config["mask"]
     own = tune.get_checkpoint()
@@ -29,6 +32,8 @@ def scripted_trainable(config: dict) -> None:
             tune.report(state["metrics"], checkpoint=tune.Checkpoint.from_directory(directory))
         return
     started = time.time()
+    if size := config.get("gather", {}).get("sizes", {}).get(str(config.get("round"))):
+        _gather(Path(config["gather"]["dir"]) / str(config["round"]), mask, size)
     parent_seen = None
     if config.get("parent"):
         with tune.Checkpoint(config["parent"]).as_directory() as parent:
@@ -38,7 +43,17 @@ def scripted_trainable(config: dict) -> None:
     time.sleep(config.get("duration", 0.0))
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
-                   "node_id": ray.get_runtime_context().get_node_id()}  # fmt: skip
+                   "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
         state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics}
         (Path(directory) / "state.json").write_text(json.dumps(state))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _gather(directory: Path, mask: str, size: int, timeout: float = 120.0) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / mask).touch()
+    deadline = time.monotonic() + timeout
+    while len(list(directory.iterdir())) < size:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(directory.iterdir()))} of {size} trials of the round started")
+        time.sleep(0.05)

@@ -1,0 +1,66 @@
+"""Keep a search's trial actors warm between its rounds.
+
+Starting a trial actor costs a worker process and about 1.5 s of imports (Ray Tune, torch,
+MONAI) before the trainable's first line runs; a round whose trials all start fresh actors
+pays that on its critical path, and on a small machine once per trial. Ray Tune can hand a
+finished trial's actor to the next trial (``TuneConfig(reuse_actors=True)``), but it keeps at
+most one idle actor: it keeps an actor only for a trial already pending, and when a round
+ends none is, because the searcher proposes the next round only once the last result is in.
+So all but one actor would stop, and the next round would start k - 1 fresh ones.
+
+:func:`keep_warm` makes the Tune controller created inside it keep up to ``count`` idle actors
+while the search runs. Idle actors hold their trial's resources, which only trials of the
+same shape (every trial of a search) can use; they are released when a trial of another shape
+is waiting, and all of them when the search ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+# Ray Tune internals (checked with 2.52-2.60): the controller builds its cache from this name.
+from ray.tune.execution import tune_controller
+from ray.tune.utils.object_cache import _ObjectCache
+
+log = logging.getLogger(__name__)
+
+
+class WarmActorCache(_ObjectCache):
+    """Tune's idle-actor cache, keeping up to ``keep`` idle actors between trials."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(may_keep_one=True)
+        self.keep = keep
+
+    def cache_object(self, key: Hashable, obj: Any) -> bool:
+        if self.num_cached_objects < self.keep and not self._wanted_elsewhere(key):
+            self._cached_objects[key].append(obj)
+            self._num_cached_objects += 1
+            return True
+        return super().cache_object(key, obj)
+
+    def flush_cached_objects(self, force_all: bool = False) -> Iterator[Any]:
+        waiting = any(self._wanted_elsewhere(key) for key, objs in self._cached_objects.items() if objs)
+        if force_all or waiting:
+            yield from super().flush_cached_objects(force_all=force_all)
+
+    def _wanted_elsewhere(self, key: Hashable) -> bool:
+        """Whether trials of another resource shape are waiting (for resources ours hold)."""
+        return any(count > 0 for other, count in self._max_num_objects.items() if other != key)
+
+
+@contextlib.contextmanager
+def keep_warm(count: int) -> Iterator[None]:
+    """Within this context, new Tune controllers keep up to ``count`` idle trial actors."""
+    if getattr(tune_controller, "_ObjectCache", None) is not _ObjectCache:
+        log.warning("this Ray Tune version's actor cache is unknown: rounds start fresh trial actors")
+        yield
+        return
+    tune_controller._ObjectCache = lambda may_keep_one=True: WarmActorCache(count)
+    try:
+        yield
+    finally:
+        tune_controller._ObjectCache = _ObjectCache
