@@ -8,6 +8,8 @@ From the trials' own timestamps: a round's wall time is the time from the previo
 last finish to its own last finish; its overhead is that minus its slowest trial, i.e. what
 Ray Tune, the searcher and trial start-up add. The first round (Ray and actor warm-up) is
 reported apart. Also printed: how far apart a round's trials start (they should start together).
+Trials run in actors kept warm between rounds; choose ``--duration`` longer than it takes the
+machine to start k actors (about 1.5 s of CPU each), or not all k will ever start.
 """
 
 from __future__ import annotations
