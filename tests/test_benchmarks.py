@@ -1,11 +1,17 @@
 """Every benchmark runs at CI size and prints its figures (full-size runs are by hand)."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from searchers import CANDIDATES_FILE
+from searchers.rounds import SCHEMA
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_DATA = ["--n", "24", "--size", "16", "--width", "0.125"]
@@ -51,3 +57,27 @@ def test_search_cost_compares_the_searchers():
     row = rf"^(sfsa|beam) +([0-9]+) +{NUMBER} +{NUMBER} +{NUMBER} ± {NUMBER}"
     candidates = dict(re.findall(row, out, re.MULTILINE))
     assert 5 <= int(candidates["sfsa"]) <= 11 and int(candidates["beam"]) >= int(candidates["sfsa"])
+
+
+def test_early_stop_replay_stops_siblings_and_flags_a_stopped_winner(tmp_path):
+    # Three siblings of one round, epochs 0-4, reporting in the order 1000, 0100, 0001 each epoch:
+    # 1000 improves steadily, 0100 never improves, 0001 learns late and wins (0.1).
+    curves = {"1000": [1.0, 0.9, 0.8, 0.7, 0.6], "0100": [1.0, 1.2, 1.1, 1.0, 1.0],
+              "0001": [1.0, 1.1, 1.1, 0.2, 0.1]}  # fmt: skip
+    rows = []
+    for i, (mask, losses) in enumerate(curves.items()):
+        trial = tmp_path / f"t{i}"
+        trial.mkdir()
+        pace = 1.0 + i / 100  # seconds per epoch
+        lines = [{"epoch": e, "val_loss": v, "time_total_s": e * pace, "time_this_iter_s": pace}
+                 for e, v in enumerate(losses)]  # fmt: skip
+        lines.append({"final": True, "val_loss": min(losses), "time_total_s": 9})
+        (trial / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        rows.append({"fold": 0, "role": "search", "mask": mask, "parent_mask": "0000", "round": 1,
+                     "val_loss": min(losses), "status": "ok", "trial_id": trial.name,
+                     "chosen": mask == "0001", "started_at": 100.0})  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp_path / CANDIDATES_FILE)
+    out = run("early_stop_replay.py", str(tmp_path), "--grace", "1", "--reduction", "2")
+    # Rung at epoch 1: 1000 (0.9) passes first; 0100 (best 1.0) and 0001 (best 1.0) fall below the median.
+    assert re.search(r" 1 +2 +2/3 +6/12 +6/12  1 of 1$", out, re.MULTILINE), out
+    assert "fold 0 round 1: 0001 (0.100) stopped at epoch 1 (best 1.000), 1000 instead" in out
