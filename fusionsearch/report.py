@@ -137,11 +137,6 @@ def _median_and_max(values: list[float | None]) -> str:
     return f"{np.median(known):.0f}, {max(known):.0f}" if known else "-"
 
 
-def _median_and_max(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    return f"{np.median(known):.0f}, {max(known):.0f}" if known else "-"
-
-
 # --- figures --------------------------------------------------------------------------
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
