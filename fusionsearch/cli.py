@@ -228,14 +228,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     train = TrainConfig(
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
+    gpus = args.gpus if args.gpus is not None else _local_gpus()
+    connect(args.address, num_gpus=None if args.address else gpus)  # an unreachable cluster: before any build
     if args.cache is None and storage.is_uri(str(args.storage)):  # nodes may not see the driver's disk
         args.cache = storage.join(str(args.storage), ".fusionsearch-cache")
     cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
     data = cache_manifest(manifest, cache.root, cache.config, folds=args.folds, split_seed=args.seed,
                           workers=args.workers)  # fmt: skip
     settings = RunSettings(data=data, model=model, train=train)
-    gpus = args.gpus if args.gpus is not None else _local_gpus()
-    connect(args.address, num_gpus=None if args.address else gpus)
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial if gpus else 0}
     name = args.name or f"{args.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"
     log.info("search %s: %s, %s fusion, trials of %s", name, args.searcher, args.fusion, resources)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return
     try:
         if address:
+            if address != "auto":
+                _check_listening(address)
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(
@@ -78,6 +81,15 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             "check the address (HOST:PORT of the head's GCS, or 'auto' on a cluster node) and, for "
             "clusters with token authentication, set RAY_AUTH_MODE=token"
         ) from None
+
+
+def _check_listening(address: str, timeout: float = 5.0) -> None:
+    # Against an address where nothing listens, ray.init retries for about 13 minutes.
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as error:
+        raise ConnectionError(f"nothing accepts connections at {host}:{port}: {error}") from None
 
 
 def _with_resources(trainable: Callable | None, resources: dict[str, float] | None) -> Callable:

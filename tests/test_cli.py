@@ -1,7 +1,9 @@
+import socket
 import subprocess
 import sys
 
 from fusionsearch.cli import main
+from fusionsearch.synth import SynthConfig, generate
 
 
 def test_help_lists_commands():
@@ -21,3 +23,17 @@ def test_bad_mask_is_one_line_error_and_exit_2(capsys):
     assert main(["smoke", "--mask", "01", "--size", "16"]) == 2
     err = capsys.readouterr().err
     assert "4 candidate fusion points" in err and "Traceback" not in err
+
+
+def test_unreachable_cluster_is_a_prompt_one_paragraph_error(tmp_path):
+    # Where nothing listens, ray.init alone would retry for about 13 minutes.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    manifest = generate(tmp_path / "data", SynthConfig(n=12, size=16))
+    done = subprocess.run([sys.executable, "-m", "fusionsearch.cli", "run", "--data", str(manifest),
+                           "--address", address, "--folds", "3", "--storage", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert f"cannot reach the Ray cluster at '{address}'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / ".fusionsearch-cache").exists()  # nothing was built
