@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from fusionsearch.cache import PreprocessCache
-from fusionsearch.manifest import read_manifest
-from fusionsearch.preprocess import PreprocessConfig, preprocess_sample
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.data.cache import PreprocessCache
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.preprocess import preprocess_sample
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.settings import PreprocessConfig
 
 
 def main() -> None:

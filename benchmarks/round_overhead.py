@@ -23,7 +23,7 @@ import ray
 
 from fusionsearch.driver import run_search
 from fusionsearch.mask import FusionMask
-from fusionsearch.strategies import Candidate
+from fusionsearch.search.strategies import Candidate
 from searchers import RoundSearcher
 from trainables.scripted import scripted_trainable
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fusionsearch import storage
 from fusionsearch.cli import main as fusionsearch
-from fusionsearch.report import chosen_frequency, load_evaluation
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.report.pages import chosen_frequency, load_evaluation
 
 
 def main() -> None:
@@ -50,18 +50,18 @@ def main() -> None:
             chosen = next(r for r in evaluation.results.to_pylist() if r["method"] == "chosen")
             masks = ", ".join(f"{m} x{n}" for m, n in chosen_frequency(evaluation.candidates).most_common())
             rows.append((searcher, evaluation.cost, chosen, masks))
-    unit = rows[0][1]["unit"]
+    unit = rows[0][1].unit
     print(
         f"{'searcher':<11} {'candidates':>10} {unit:>10} {'wall min':>9} {'test accuracy':>15}  chosen masks"
     )
     for searcher, cost, chosen, masks in rows:
         accuracy = f"{chosen['accuracy_mean']:.3f} ± {chosen['accuracy_std']:.3f}"
-        print(f"{searcher:<11} {cost['search candidates']:>10} {cost['search compute']:>10.3f} "
-              f"{cost['wall hours'] * 60:>9.1f} {accuracy:>15}  {masks}")  # fmt: skip
+        print(f"{searcher:<11} {cost.search_candidates:>10} {cost.search_compute:>10.3f} "
+              f"{cost.wall_hours * 60:>9.1f} {accuracy:>15}  {masks}")  # fmt: skip
     exhaustive = next((c for s, c, _, _ in rows if s == "exhaustive"), None)
     if exhaustive:
         for searcher, cost, _, _ in rows:
-            share = cost["search compute"] / exhaustive["search compute"]
+            share = cost.search_compute / exhaustive.search_compute
             print(f"{searcher}: {share:.2f} of exhaustive compute")
 
 

@@ -14,7 +14,7 @@ import statistics
 import torch
 
 from fusionsearch import DevicePolicy, FusionNet, ModelConfig
-from fusionsearch.training import measure_step_rate
+from fusionsearch.train.profiling import measure_step_rate
 
 
 def main() -> None:

@@ -3,11 +3,11 @@
     python benchmarks/trainable_vs_model.py                           # CPU-sized
     python benchmarks/trainable_vs_model.py --size 128 --width 1 --batch 8 --n 120 --epochs 4   # GPU
 
-The loop is :func:`fusionsearch.training.fit` on a cached planted benchmark: batches come from
+The loop is :func:`fusionsearch.train.loop.fit` on a cached planted benchmark: batches come from
 the memory-mapped preprocessing cache (or GPU-resident copy), are copied to the device and
 trained on; samples/s is measured per epoch over the training pass (validation excluded) and
 the median of the epochs after the first is reported. The model-only rate is
-:func:`fusionsearch.training.measure_step_rate` on a fixed random batch already on the device.
+:func:`fusionsearch.train.profiling.measure_step_rate` on a fixed random batch already on the device.
 Target: ratio >= 0.9.
 """
 
@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 
 from fusionsearch import DevicePolicy, FusionNet, ModelConfig
-from fusionsearch.cache import cache_manifest
-from fusionsearch.config import TrainConfig
-from fusionsearch.manifest import read_manifest
-from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import CandidateConfig, RunSettings
-from fusionsearch.synth import SynthConfig, generate
-from fusionsearch.training import fit, load_fold, measure_step_rate
+from fusionsearch.data.cache import cache_manifest
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.search.records import Trial
+from fusionsearch.settings import PreprocessConfig, RunSettings, TrainConfig
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.folds import load_fold
+from fusionsearch.train.loop import fit
+from fusionsearch.train.profiling import measure_step_rate
 
 
 def main() -> None:
@@ -55,11 +57,11 @@ def main() -> None:
         settings = RunSettings(
             data=data,
             model=model_config,
-            # +2: a warm-up epoch, and the last epoch, which fit reports only in its final summary.
-            train=TrainConfig(epochs=args.epochs + 2, patience=args.epochs + 2, batch_size=args.batch),
+            # +1: a warm-up epoch, left out of the median.
+            train=TrainConfig(epochs=args.epochs + 1, patience=args.epochs + 1, batch_size=args.batch),
         )
         reports = []
-        fit(CandidateConfig(mask=args.mask, settings=settings), lambda m, _: reports.append(m), data=fold,
+        fit(CandidateConfig(Trial(args.mask), settings), lambda m, _: reports.append(m), data=fold,
             policy=policy)  # fmt: skip
         loop = [
             r["samples_per_second"] for r in reports if r.get("samples_per_second") and not r.get("final")

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from fusionsearch import FusionMask, ModelConfig
-from fusionsearch.cache import cache_manifest
-from fusionsearch.config import TrainConfig
-from fusionsearch.manifest import read_manifest
-from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import CandidateConfig, RunSettings
-from fusionsearch.synth import SynthConfig, generate
-from fusionsearch.training import fit, load_fold
+from fusionsearch.data.cache import cache_manifest
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.search.records import Trial
+from fusionsearch.settings import PreprocessConfig, RunSettings, TrainConfig
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.folds import load_fold
+from fusionsearch.train.loop import fit
 
 
 class Curve:
@@ -81,7 +82,7 @@ def main() -> None:
             train=TrainConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch, lr=args.lr),
         )
         parent = Curve(keep=scratch / "parent")
-        fit(CandidateConfig(mask=args.parent, settings=settings), parent, data=fold)
+        fit(CandidateConfig(Trial(args.parent), settings), parent, data=fold)
         print(
             f"device={'cuda' if torch.cuda.is_available() else 'cpu'} n={args.n} size={args.size}^3 "
             f"width={args.width} epochs={args.epochs}; parent {args.parent}: "
@@ -95,12 +96,12 @@ def main() -> None:
         for child in children:
             warm, cold = Curve(), Curve()
             fit(
-                CandidateConfig(mask=child, settings=settings, parent=str(scratch / "parent")),
+                CandidateConfig(Trial(child, parent_mask=args.parent), settings, str(scratch / "parent")),
                 warm,
                 data=fold,
                 parent=scratch / "parent",
             )
-            fit(CandidateConfig(mask=child, settings=settings), cold, data=fold)
+            fit(CandidateConfig(Trial(child), settings), cold, data=fold)
             target = max(warm.best(), cold.best())
             (we, ws), (ce, cs) = warm.reach(target), cold.reach(target)
             ratios.append(cs / ws)

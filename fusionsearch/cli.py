@@ -4,31 +4,62 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusionsearch.config import ModelConfig
-from fusionsearch.errors import UserError
+from fusionsearch.errors import SearchInterrupted, UserError
+from fusionsearch.settings import (
+    DEFAULT_STORAGE,
+    DEMO,
+    SEARCHERS,
+    ModelConfig,
+    PreprocessConfig,
+    ResourceConfig,
+    SearchConfig,
+    TrainConfig,
+)
 
 log = logging.getLogger("fusionsearch")
 
+# The defaults every option shows and falls back to: the settings records' own.
+MODEL, TRAIN, PREPROCESS = ModelConfig(), TrainConfig(), PreprocessConfig()
+SEARCH, RESOURCES = SearchConfig(), ResourceConfig()
 
-def add_model_arguments(parser: argparse.ArgumentParser, width: float = 1.0) -> None:
+
+def _fusion_choices() -> list[str]:
+    from fusionsearch.model.fusion import FUSION_MODULES
+
+    return sorted(FUSION_MODULES)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, demo: str | None = None) -> None:
+    """Network options; where ``demo`` names a use (e.g. "smoke"), ``--width`` defaults to :data:`DEMO`'s."""
     group = parser.add_argument_group("network")
-    group.add_argument("--fusion", default="mmtm", help="fusion module: mmtm or spatial (default: mmtm)")
-    group.add_argument("--depth", type=int, default=18, help="ResNet depth: 10, 18 or 34 (default: 18)")
-    group.add_argument("--width", type=float, default=width, help=f"channel multiplier (default: {width})")
-    group.add_argument("--stem-stride", type=int, default=2, help="first-convolution stride (default: 2)")
+    group.add_argument(
+        "--fusion",
+        default=MODEL.fusion,
+        choices=_fusion_choices(),
+        help=f"fusion module (default: {MODEL.fusion})",
+    )
+    group.add_argument(
+        "--depth", type=int, default=MODEL.depth, help=f"ResNet depth: 10, 18 or 34 (default: {MODEL.depth})"
+    )
+    width = f"{MODEL.width}; {DEMO['width']} for {demo}" if demo else f"{MODEL.width}"
+    group.add_argument("--width", type=float, default=None, help=f"channel multiplier (default: {width})")
+    group.add_argument(
+        "--stem-stride",
+        type=int,
+        default=MODEL.stem_stride,
+        help=f"first-convolution stride (default: {MODEL.stem_stride})",
+    )
 
 
-def model_config(args: argparse.Namespace, modalities: int) -> ModelConfig:
+def model_config(args: argparse.Namespace, modalities: int, demo: bool = False) -> ModelConfig:
+    width = args.width if args.width is not None else (DEMO["width"] if demo else MODEL.width)
     return ModelConfig(
-        modalities=modalities,
-        depth=args.depth,
-        fusion=args.fusion,
-        stem_stride=args.stem_stride,
-        width=args.width,
+        modalities=modalities, depth=args.depth, fusion=args.fusion, stem_stride=args.stem_stride, width=width
     )
 
 
@@ -41,9 +72,14 @@ def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) -> None:
+def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
     group = parser.add_argument_group("preprocessing")
-    group.add_argument("--size", type=int, default=size, help=f"cube edge after crop/pad (default: {size})")
+    size = (
+        f"{PREPROCESS.shape}; {DEMO['shape']} for the planted demo (no --data)"
+        if demo
+        else f"{PREPROCESS.shape}"
+    )
+    group.add_argument("--size", type=int, default=None, help=f"cube edge after crop/pad (default: {size})")
     group.add_argument(
         "--spacing", type=float, default=None, help="voxel size in mm (default: keep the first modality's)"
     )
@@ -52,25 +88,21 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, size: int = 64) ->
         default=None,
         help="cache folder or URI (default: beside the manifest; under --storage when that is a URI)",
     )
-    group.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: CPUs)")
+    group.add_argument("--workers", type=int, default=None, help="preprocessing threads (default: CPUs)")
 
 
-def preprocess_cache(args: argparse.Namespace, manifest_path: Path):
-    """The preprocessing cache of ``--cache`` (default: beside the manifest) and ``--size/--spacing``."""
-    from fusionsearch.cache import PreprocessCache
-    from fusionsearch.preprocess import PreprocessConfig
-
-    config = PreprocessConfig(shape=args.size, spacing=args.spacing)
-    return PreprocessCache(args.cache or manifest_path.parent / ".fusionsearch-cache", config)
+def preprocess_config(args: argparse.Namespace, demo: bool = False) -> PreprocessConfig:
+    size = args.size if args.size is not None else (DEMO["shape"] if demo else PREPROCESS.shape)
+    return PreprocessConfig(shape=size, spacing=args.spacing)
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Train one candidate for a few steps on random tensors: checks the install and device."""
-    from fusionsearch.device import DevicePolicy
-    from fusionsearch.network import FusionNet
-    from fusionsearch.training import measure_step_rate
+    from fusionsearch.model.device import DevicePolicy
+    from fusionsearch.model.network import FusionNet
+    from fusionsearch.train.profiling import measure_step_rate
 
-    config = model_config(args, args.modalities)
+    config = model_config(args, args.modalities, demo=True)
     policy = DevicePolicy.select(args.device)
     model = FusionNet(config, args.mask)
     rate = measure_step_rate(model, policy, size=args.size, batch=args.batch, steps=args.steps)
@@ -84,7 +116,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from fusionsearch.synth import SynthConfig, generate
+    from fusionsearch.data.synth import SynthConfig, generate
 
     config = SynthConfig(n=args.n, size=args.size, seed=args.seed, task=args.task, modalities=args.modalities)
     manifest = generate(args.out, config)
@@ -93,8 +125,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import_bids(args: argparse.Namespace) -> int:
-    from fusionsearch.bids import import_bids
-    from fusionsearch.manifest import write_manifest
+    from fusionsearch.data.bids import import_bids
+    from fusionsearch.data.manifest import write_manifest
 
     table, report = import_bids(
         args.root,
@@ -121,8 +153,8 @@ def cmd_import_bids(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fusionsearch.manifest import class_counts, read_manifest
-    from fusionsearch.validate import validate_manifest
+    from fusionsearch.data.manifest import class_counts, read_manifest
+    from fusionsearch.data.validate import validate_manifest
 
     manifest = read_manifest(args.manifest)
     validate_manifest(manifest, num_classes=args.num_classes, folds=args.folds, data_root=args.data_root)
@@ -134,171 +166,94 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from fusionsearch.manifest import read_manifest
-    from fusionsearch.validate import validate_manifest
+    from fusionsearch.data.cache import PreprocessCache
+    from fusionsearch.data.manifest import read_manifest
+    from fusionsearch.data.validate import validate_manifest
 
     manifest = read_manifest(args.manifest)
     validate_manifest(manifest, folds=2, data_root=args.data_root)
-    cache = preprocess_cache(args, args.manifest)
+    cache = PreprocessCache(
+        args.cache or args.manifest.parent / ".fusionsearch-cache", preprocess_config(args)
+    )
     stats = cache.build(manifest, workers=args.workers)
     print(f"cache {cache.root}: built {stats.built}, reused {stats.reused}")
     return 0
 
 
-DEFAULT_STORAGE = "fusionsearch-runs"
-PLANTED = {"n": 400, "size": 32}
+def _print_result(result) -> int:
+    from fusionsearch.report.summary import summary_text
 
-
-def planted_manifest(storage_root: Path, seed: int) -> Path:
-    """The planted XOR benchmark under the storage folder, generated on first use."""
-    from fusionsearch.synth import SynthConfig, generate
-
-    folder = storage_root / "planted" / f"xor-n{PLANTED['n']}-size{PLANTED['size']}-seed{seed}"
-    if not (folder / "manifest.csv").is_file():
-        log.info("generating the planted XOR benchmark in %s (once)", folder)
-        generate(folder, SynthConfig(n=PLANTED["n"], size=PLANTED["size"], seed=seed))
-    return folder / "manifest.csv"
-
-
-def _planted_root(storage_path: str) -> Path:
-    """The planted data live in local storage, or in the user's cache folder for URI storage."""
-    from fusionsearch import storage
-
-    if storage.is_uri(storage_path):
-        return Path("~/.cache/fusionsearch").expanduser()
-    return Path(storage.normalise(storage_path))
-
-
-def make_searcher(args: argparse.Namespace, modalities: list[str]):
-    """The searcher of ``--searcher`` over the folds of ``--folds/--fold``, with its baselines."""
-    from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
-
-    if args.fold is not None and not 0 <= args.fold < args.folds:
-        raise UserError(f"--fold {args.fold}: choose one of 0..{args.folds - 1} (--folds {args.folds})")
-    options = {
-        "folds": range(args.folds) if args.fold is None else [args.fold],
-        "pooled": args.pooled,
-        "unimodal": modalities if args.unimodal and len(modalities) > 1 else (),
-        "ensemble": args.ensemble,
-    }
-    if args.searcher == "sfsa":
-        return SFSASearcher(min_delta=args.min_delta, **options)
-    if args.searcher == "beam":
-        return BeamSearcher(
-            beam_width=args.beam_width, patience=args.beam_patience, min_delta=args.min_delta, **options
-        )
-    return ExhaustiveSearcher(from_scratch=args.from_scratch, **options)
-
-
-def finish(result, run: dict) -> int:
-    """Evaluate a finished search on its test folds, write its report, print the summary."""
-    from fusionsearch.evaluation import evaluate_search
-    from fusionsearch.report import write_report
-    from fusionsearch.summary import summary_text
-
-    evaluation = None
-    if any(s == "ok" for s in result.table["status"].to_pylist()):
-        evaluate_search(
-            result.experiment_dir, result.table, run["metadata"]["settings"]["data"], run["resources"]
-        )
-        evaluation = write_report(result.experiment_dir)
-    print(summary_text(result, evaluation))
-    return 0 if evaluation is not None else 1
+    print(summary_text(result.search, result.evaluation))
+    return 0 if result.evaluation is not None else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the data, build the preprocessing cache, run the search, print the answer."""
-    import time
-
-    from fusionsearch import storage
-    from fusionsearch.cache import cache_manifest
-    from fusionsearch.config import TrainConfig, to_dict
-    from fusionsearch.driver import connect, read_run, run_search
-    from fusionsearch.manifest import read_manifest
-    from fusionsearch.settings import RunSettings
-    from fusionsearch.validate import validate_manifest
-
-    manifest_path = (args.data or planted_manifest(_planted_root(str(args.storage)), args.seed)).resolve()
-    manifest = read_manifest(manifest_path)
-    if args.modalities:
-        manifest = manifest.select_modalities(args.modalities)
-    validate_manifest(manifest, folds=args.folds, data_root=args.data_root)
-    searcher = make_searcher(args, manifest.modalities)  # checks the options before anything is built
-    model = model_config(args, len(manifest.modalities))  # checked before anything is built
+    demo = args.data is None
+    search = SearchConfig(
+        searcher=args.searcher,
+        min_delta=args.min_delta,
+        beam_width=args.beam_width,
+        beam_patience=args.beam_patience,
+        from_scratch=args.from_scratch,
+        folds=args.folds,
+        fold=args.fold,
+        pooled=args.pooled,
+        unimodal=args.unimodal,
+        ensemble=args.ensemble,
+    )
+    epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
-        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
-    gpus = args.gpus if args.gpus is not None else _local_gpus()
-    connect(args.address, num_gpus=None if args.address else gpus)  # an unreachable cluster: before any build
-    if args.cache is None and storage.is_uri(str(args.storage)):  # nodes may not see the driver's disk
-        args.cache = storage.join(str(args.storage), ".fusionsearch-cache")
-    cache = preprocess_cache(args, manifest_path)  # the same cache 'fusionsearch data cache' builds
-    data = cache_manifest(manifest, cache.root, cache.config, folds=args.folds, split_seed=args.seed,
-                          workers=args.workers)  # fmt: skip
-    settings = RunSettings(data=data, model=model, train=train)
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial if gpus else 0}
-    name = args.name or f"{args.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"
-    log.info("search %s: %s, %s fusion, trials of %s", name, args.searcher, args.fusion, resources)
-    result = run_search(
-        searcher,
-        config={"settings": to_dict(settings)},
-        storage_path=str(args.storage),
-        name=name,
-        resources=resources,
+    resources = ResourceConfig(
+        gpus=args.gpus,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
         max_failures=args.max_failures,
-        metadata={
-            "command": "run",
-            "searcher": args.searcher,
-            "manifest": str(manifest_path),
-            "modalities": manifest.modalities,
-            "pooled": args.pooled,
-            "settings": to_dict(settings),
-        },
     )
-    return finish(result, read_run(result.experiment_dir))
+    model = model_config(args, MODEL.modalities, demo)
+    preprocess = preprocess_config(args, demo)
 
+    from fusionsearch import pipeline
 
-def _local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def experiment_dir(args: argparse.Namespace) -> str:
-    from fusionsearch import storage
-
-    return storage.join(storage.normalise(str(args.storage)), args.name)
+    return _print_result(
+        pipeline.run(
+            args.data,
+            name=args.name,
+            storage_path=args.storage,
+            modalities=args.modalities,
+            data_root=args.data_root,
+            search=search,
+            model=model,
+            train=train,
+            preprocess=preprocess,
+            resources=resources,
+            cache=args.cache,
+            workers=args.workers,
+            address=args.address,
+        )
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fusionsearch.driver import connect, read_run, resume_search
+    from fusionsearch import pipeline
 
-    connect(args.address)
-    result = resume_search(experiment_dir(args))
-    return finish(result, read_run(result.experiment_dir))
+    return _print_result(pipeline.resume(args.name, args.storage, args.address))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print a search's summary; for a finished one, (re)write its report files."""
-    from fusionsearch import storage
-    from fusionsearch.driver import load_result, read_run
-    from fusionsearch.evaluation import PREDICTIONS_FILE
-    from fusionsearch.report import write_report
-    from fusionsearch.summary import summary_text
+    from fusionsearch import pipeline
 
-    directory = experiment_dir(args)
-    read_run(directory)
-    evaluation = None
-    if storage.exists(storage.join(directory, PREDICTIONS_FILE)):
-        evaluation = write_report(directory)
-    print(summary_text(load_result(directory), evaluation))
+    _print_result(pipeline.report(args.name, args.storage))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Several searches side by side: results, chosen masks and cost."""
     from fusionsearch import storage
-    from fusionsearch.report import write_comparison
+    from fusionsearch.report.pages import write_comparison
 
     base = storage.normalise(str(args.storage))
     out = args.out or storage.join(base, "compare-" + "-".join(args.names))
@@ -320,28 +275,63 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     search = run.add_argument_group("search")
     search.add_argument(
         "--searcher",
-        choices=["sfsa", "beam", "exhaustive"],
-        default="sfsa",
-        help="search strategy (default: sfsa)",
-    )
-    search.add_argument("--beam-width", type=int, default=2, help="beam: masks kept per round (default: 2)")
-    search.add_argument(
-        "--beam-patience", type=int, default=1, help="beam: non-improving rounds tolerated (default: 1)"
+        choices=list(SEARCHERS),
+        default=SEARCH.searcher,
+        help=f"search strategy (default: {SEARCH.searcher})",
     )
     search.add_argument(
-        "--min-delta", type=float, default=0.0, help="least loss decrease that counts (default: 0)"
+        "--beam-width",
+        type=int,
+        default=SEARCH.beam_width,
+        help=f"beam: masks kept per round (default: {SEARCH.beam_width})",
+    )
+    search.add_argument(
+        "--beam-patience",
+        type=int,
+        default=SEARCH.beam_patience,
+        help=f"beam: non-improving rounds tolerated (default: {SEARCH.beam_patience})",
+    )
+    search.add_argument(
+        "--min-delta",
+        type=float,
+        default=SEARCH.min_delta,
+        help=f"least loss decrease that counts (default: {SEARCH.min_delta:g})",
     )
     search.add_argument(
         "--from-scratch", action="store_true", help="exhaustive: train every mask from scratch"
     )
     train = run.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=12, help="max epochs per candidate (default: 12)")
-    train.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: 8)")
-    train.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
-    train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: 3e-3)")
-    train.add_argument("--seed", type=int, default=0, help="seed of splits, data and training (default: 0)")
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"max epochs per candidate (default: {TRAIN.epochs}; {DEMO['epochs']} for the planted demo)",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=TRAIN.patience,
+        help=f"early-stopping patience (default: {TRAIN.patience})",
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=TRAIN.batch_size, help=f"(default: {TRAIN.batch_size})"
+    )
+    train.add_argument(
+        "--lr", type=float, default=TRAIN.lr, help=f"AdamW learning rate (default: {TRAIN.lr:g})"
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=TRAIN.seed,
+        help=f"seed of splits, data and training (default: {TRAIN.seed})",
+    )
     protocol = run.add_argument_group("evaluation protocol")
-    protocol.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    protocol.add_argument(
+        "--folds",
+        type=int,
+        default=SEARCH.folds,
+        help=f"cross-validation folds, at least 3 (default: {SEARCH.folds})",
+    )
     protocol.add_argument(
         "--fold", type=int, default=None, help="search this fold only (default: every fold)"
     )
@@ -359,12 +349,25 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     cluster = run.add_argument_group("resources")
     cluster.add_argument(
-        "--gpus", type=int, default=None, help="GPUs to use; 0 = CPU (default: all local GPUs)"
+        "--gpus", type=int, default=None, help="GPUs of a local Ray to use; 0 = CPU (default: all local GPUs)"
     )
-    cluster.add_argument("--gpus-per-trial", type=float, default=1, help="(default: 1)")
-    cluster.add_argument("--cpus-per-trial", type=float, default=1, help="(default: 1)")
     cluster.add_argument(
-        "--max-failures", type=int, default=2, help="retries of a failing trial (default: 2)"
+        "--gpus-per-trial",
+        type=float,
+        default=RESOURCES.gpus_per_trial,
+        help=f"(default: {RESOURCES.gpus_per_trial:g})",
+    )
+    cluster.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=RESOURCES.cpus_per_trial,
+        help=f"(default: {RESOURCES.cpus_per_trial:g})",
+    )
+    cluster.add_argument(
+        "--max-failures",
+        type=int,
+        default=RESOURCES.max_failures,
+        help=f"retries of a failing trial (default: {RESOURCES.max_failures})",
     )
 
 
@@ -382,6 +385,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: boo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fusionsearch.data.synth import TASKS, SynthConfig
+
     parser = argparse.ArgumentParser(
         prog="fusionsearch",
         description="Find where to fuse imaging modalities in a multi-stream 3D CNN.",
@@ -391,21 +396,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     smoke = commands.add_parser("smoke", help="train one candidate a few steps on random tensors")
     smoke.add_argument("--mask", default="0100", help="fusion mask, e.g. 0100 (default: 0100)")
-    smoke.add_argument("--modalities", type=int, default=2, help="number of streams (default: 2)")
+    smoke.add_argument(
+        "--modalities",
+        type=int,
+        default=MODEL.modalities,
+        help=f"number of streams (default: {MODEL.modalities})",
+    )
     smoke.add_argument("--size", type=int, default=32, help="cube edge in voxels (default: 32)")
     smoke.add_argument("--batch", type=int, default=4, help="batch size (default: 4)")
     smoke.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
     smoke.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    add_model_arguments(smoke, width=0.25)
+    add_model_arguments(smoke, demo="smoke")
     smoke.set_defaults(func=cmd_smoke)
 
     synth = commands.add_parser("synth", help="write the planted XOR benchmark (NIfTI + manifest)")
     synth.add_argument("out", type=Path, help="output folder")
-    synth.add_argument("--n", type=int, default=400, help="number of samples (default: 400)")
-    synth.add_argument("--size", type=int, default=32, help="cube edge in voxels (default: 32)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    synth.add_argument("--task", default="xor", help="xor or colocalized (default: xor)")
-    synth.add_argument("--modalities", type=int, default=2, help="number of contrasts (default: 2)")
+    planted = SynthConfig()
+    synth.add_argument("--n", type=int, default=planted.n, help=f"number of samples (default: {planted.n})")
+    synth.add_argument(
+        "--size", type=int, default=planted.size, help=f"cube edge in voxels (default: {planted.size})"
+    )
+    synth.add_argument(
+        "--seed", type=int, default=planted.seed, help=f"random seed (default: {planted.seed})"
+    )
+    synth.add_argument(
+        "--task", default=planted.task, choices=TASKS, help=f"planted task (default: {planted.task})"
+    )
+    synth.add_argument(
+        "--modalities",
+        type=int,
+        default=planted.modalities,
+        help=f"number of contrasts (default: {planted.modalities})",
+    )
     synth.set_defaults(func=cmd_synth)
 
     data = commands.add_parser("data", help="import, validate and cache datasets")
@@ -426,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = data_commands.add_parser("validate", help="check every sample before training")
     validate.add_argument("manifest", type=Path)
-    validate.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    validate.add_argument(
+        "--folds", type=int, default=SEARCH.folds, help=f"cross-validation folds (default: {SEARCH.folds})"
+    )
     validate.add_argument("--num-classes", type=int, default=2, help="(default: 2)")
     add_data_root_argument(validate)
     validate.set_defaults(func=cmd_validate)
@@ -434,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="search for the best fusion mask")
     add_experiment_arguments(run, name_required=False)
     add_run_arguments(run)
-    add_model_arguments(run, width=0.25)
-    add_preprocess_arguments(run, size=PLANTED["size"])
+    add_model_arguments(run, demo="the planted demo (no --data)")
+    add_preprocess_arguments(run, demo=True)
     run.set_defaults(func=cmd_run)
 
     resume = commands.add_parser("resume", help="continue an interrupted search")
@@ -465,13 +489,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error (2, with argparse's message) or --help (0)
+        return exit_.code if isinstance(exit_.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # a second Ctrl-C: out at once; Tune's last saved state stays
+        print("fusionsearch: interrupted at once; 'fusionsearch resume NAME' continues from the last "
+              "saved state", file=sys.stderr)  # fmt: skip
+        return 130
+    except SearchInterrupted as error:
+        name = error.experiment_dir.rstrip("/").rsplit("/", 1)
+        print(f"fusionsearch {args.command}: interrupted ({signal.Signals(error.signum).name}): finished "
+              f"candidates and the search state are kept in {error.experiment_dir}; continue with "
+              f"'fusionsearch resume {name[1]} --storage {name[0]}'", file=sys.stderr)  # fmt: skip
+        return error.exit_code
     except UserError as error:
         command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"fusionsearch {command}: error: {error}", file=sys.stderr)

@@ -1,13 +1,19 @@
-"""Run a fusion-mask search on Ray Tune: ``run_search`` and ``resume_search``."""
+"""Run a fusion-mask search on Ray Tune (``run_search``, ``resume_search``) and the held-out tasks.
+
+The only module of the package, with :mod:`fusionsearch.warm_actors`, that starts Ray work.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -15,28 +21,35 @@ import ray
 from ray import tune
 
 from fusionsearch import storage
-from fusionsearch.errors import UserError
-from fusionsearch.mask import FusionMask
-from fusionsearch.network import NUM_POINTS
+from fusionsearch.errors import SearchInterrupted, UserError
+from fusionsearch.mask import NUM_POINTS
+from fusionsearch.report.evaluation import method_checkpoints, predict_fold
+from fusionsearch.search import experiment
+from fusionsearch.search.experiment import (
+    DEFAULT_TRAINABLE,
+    PREDICTIONS_FILE,
+    RunRecord,
+    SearchResult,
+    load_result,
+    read_run,
+)
+from fusionsearch.settings import DataConfig, RunSettings, from_dict, to_dict
 from fusionsearch.warm_actors import keep_warm
-from searchers import CANDIDATES_FILE
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "fusionsearch-run.json"
-# Keeping one checkpoint per trial forces a state snapshot per checkpoint, which is what we
-# want (a resumed search sees every finished candidate); Tune warns about it each time.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """A finished (or stopped) search: the chosen mask and one table row per candidate."""
-
-    best_mask: FusionMask | None
-    table: pa.Table
-    experiment_dir: str
-    wall_seconds: float
+__all__ = [
+    "SearchInterrupted",
+    "SearchResult",
+    "check_resources",
+    "check_resumable",
+    "connect",
+    "evaluate_search",
+    "load_result",
+    "read_run",
+    "resume_search",
+    "run_search",
+]
 
 
 class ProgressLog(tune.Callback):
@@ -57,9 +70,18 @@ class ProgressLog(tune.Callback):
         )
 
 
-def trial_dirname(trial: Any) -> str:
-    """Trial folders are named after the trial id, so checkpoint locations are predictable."""
-    return trial.trial_id
+class FailureLog(tune.Callback):
+    """Keeps the last line of each failed trial's error in the experiment's ``errors.json``."""
+
+    def __init__(self, experiment_dir: str) -> None:
+        self.experiment_dir = experiment_dir
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        text = ""
+        with contextlib.suppress(OSError, TypeError):
+            text = Path(trial.error_file).read_text()
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        experiment.record_error(self.experiment_dir, trial.trial_id, lines[-1] if lines else "failed")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -83,6 +105,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ) from None
 
 
+def check_resources(per_trial: dict[str, float], *, whole_cluster: bool) -> None:
+    """Refuse per-trial resources that no node of the connected Ray can give, before anything starts.
+
+    With ``whole_cluster`` (a local Ray this process started) a misfit is a :class:`UserError`; on
+    a cluster the autoscaler may still add a node that fits, so it is only logged.
+    """
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for key, flag in (("cpu", "--cpus-per-trial"), ("gpu", "--gpus-per-trial")):
+        largest = max((node.get(key.upper(), 0.0) for node in nodes), default=0.0)
+        asked = per_trial.get(key, 0) or 0
+        if asked > largest:
+            message = (
+                f"{flag} {asked:g}: the largest node of the Ray cluster has {largest:g} {key.upper()}(s), so "
+                f"no trial could start; ask for at most {largest:g} per trial"
+            )
+            if whole_cluster:
+                raise UserError(message)
+            log.warning("%s (unless the autoscaler adds a larger node)", message)
+
+
 def _check_listening(address: str, timeout: float = 5.0) -> None:
     # Against an address where nothing listens, ray.init retries for about 13 minutes.
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -92,12 +134,19 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing accepts connections at {host}:{port}: {error}") from None
 
 
-def _with_resources(trainable: Callable | None, resources: dict[str, float] | None) -> Callable:
+def _trainable(trainable: Callable | None, resources: dict[str, float] | None) -> Callable:
     if trainable is None:
         from trainables import train_candidate
 
         trainable = train_candidate
     return tune.with_resources(trainable, resources) if resources else trainable
+
+
+def _searcher_name(searcher: Any) -> str:
+    name = type(searcher).__name__
+    return {"SFSASearcher": "sfsa", "BeamSearcher": "beam", "ExhaustiveSearcher": "exhaustive"}.get(
+        name, name
+    )
 
 
 def run_search(
@@ -118,14 +167,15 @@ def run_search(
     Args:
         trainable: a function trainable reading ``mask``/``parent`` from its config and ending
             with a report that carries the metric and a checkpoint; default
-            :func:`trainables.train_candidate`.
+            :func:`trainables.train_candidate`, which needs ``config={"settings": ...}`` (a
+            :class:`~fusionsearch.settings.RunSettings` or its dict).
         config: constant config entries every trial gets (e.g. ``{"settings": ...}``).
         storage_path: where results, checkpoints and state live (local, NFS, or a URI).
         name: the experiment's name; its folder is ``<storage_path>/<name>``.
         resources: per-trial resources for ``tune.with_resources``, e.g. ``{"cpu": 4, "gpu": 1}``.
         max_concurrent: most trials at once (default: a whole round).
         max_failures: retries of a failing trial before it counts as a failed candidate.
-        metadata: anything JSON-able to keep beside the results (the CLI keeps its settings).
+        metadata: anything JSON-able to keep beside the results (the CLI keeps its manifest).
     """
     experiment_dir = storage.join(storage.normalise(storage_path), name)
     if storage.exists(experiment_dir):
@@ -133,29 +183,53 @@ def run_search(
             f"an experiment named {name!r} already exists at {experiment_dir}; continue it with "
             f"'fusionsearch resume {name}', or choose another --name (nothing was deleted)"
         )
-    searcher.experiment_dir = experiment_dir
-    storage.write_json(
-        storage.join(experiment_dir, RUN_FILE),
-        {
-            "resources": resources,
-            "max_concurrent": max_concurrent,
-            "max_failures": max_failures,
-            "metadata": metadata or {},
-        },
+    config = dict(config or {})
+    settings = None
+    if trainable is None:
+        if "settings" not in config:
+            raise UserError(
+                "run_search with the default trainable needs config={'settings': RunSettings(...)} "
+                "(data, model and training settings); or pass trainable=your_function"
+            )
+        settings = from_dict(RunSettings, config["settings"])
+        config["settings"] = to_dict(settings)
+    num_points = getattr(searcher, "num_points", NUM_POINTS)
+    max_concurrent = max_concurrent or 2**num_points
+    run = RunRecord(
+        resources=resources,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        trainable=DEFAULT_TRAINABLE
+        if trainable is None
+        else f"{trainable.__module__}.{trainable.__qualname__}",
+        settings=settings,
+        searcher=_searcher_name(searcher),
+        num_points=num_points,
+        metadata=metadata or {},
     )
+    if hasattr(searcher, "set_experiment_dir"):
+        searcher.set_experiment_dir(experiment_dir)
+    experiment.write_run(experiment_dir, run)
     connect()
-    max_concurrent = max_concurrent or 2**searcher.strategy.num_points
     tuner = tune.Tuner(
-        _with_resources(trainable, resources),
-        param_space=config or {},
+        _trainable(trainable, resources),
+        param_space=config,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=-1,  # the searcher decides when to stop (Searcher.FINISHED)
             max_concurrent_trials=max_concurrent,
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=experiment.trial_dirname,  # checkpoint locations depend on it
             reuse_actors=True,  # a round's trials run in the previous round's actors: see _fit
         ),
-        run_config=_run_config(name, storage.normalise(storage_path), max_failures, callbacks),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage.normalise(storage_path),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[ProgressLog(), FailureLog(experiment_dir), *callbacks],
+            verbose=0,
+        ),
     )
     return _fit(tuner, experiment_dir, max_concurrent)
 
@@ -166,72 +240,124 @@ def resume_search(
     trainable: Callable | None = None,
     resources: dict[str, float] | None = None,
 ) -> SearchResult:
-    """Continue an interrupted search from its storage: finished candidates are not retrained."""
+    """Continue an interrupted search from its storage: finished candidates are not retrained.
+
+    A search started with a trainable of your own needs it again here (``trainable=``).
+    """
     experiment_dir = storage.normalise(experiment_dir)
-    if not tune.Tuner.can_restore(experiment_dir):
-        raise UserError(
-            f"no search to resume at {experiment_dir}; pass the experiment's folder "
-            "(<storage>/<name>) of a search started with 'fusionsearch run'"
-        )
-    run = read_run(experiment_dir)
+    run = check_resumable(experiment_dir, own_trainable=trainable is not None)
     connect()
     tuner = tune.Tuner.restore(
         experiment_dir,
-        trainable=_with_resources(trainable, resources or run["resources"]),
+        trainable=_trainable(trainable, resources or run.resources),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir, run["max_concurrent"] or 2**NUM_POINTS)
+    return _fit(tuner, experiment_dir, run.max_concurrent)
 
 
-def _run_config(name: str, storage_path: str, max_failures: int, callbacks: Sequence) -> tune.RunConfig:
-    return tune.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        failure_config=tune.FailureConfig(max_failures=max_failures),
-        # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[ProgressLog(), *callbacks],
-        verbose=0,
-    )
+def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunRecord:
+    """The run record of a search that can be resumed here, or a :class:`UserError` saying why not.
+
+    A search that trains with a trainable of its author's needs that function again
+    (``own_trainable``): the CLI cannot import it, so the message says how to resume from Python.
+    """
+    if not tune.Tuner.can_restore(experiment_dir):
+        raise UserError(
+            f"no search to resume at {experiment_dir}; pass the experiment's folder "
+            "(<storage>/<name>) of a search started with 'fusionsearch run' or run_search"
+        )
+    run = read_run(experiment_dir)
+    if not own_trainable and not run.default_trainable:
+        function = run.trainable.rsplit(".", 1)[-1]
+        raise UserError(
+            f"the search at {experiment_dir} trains with its own trainable {run.trainable!r}, which "
+            "the command line cannot import; resume it from Python, where that function is "
+            f"defined: fusionsearch.resume_search({experiment_dir!r}, trainable={function}) "
+            "(finished candidates are not retrained)"
+        )
+    return run
+
+
+@contextlib.contextmanager
+def _tune_environment(max_concurrent: int) -> Iterator[None]:
+    """Tune settings read from the environment, set for one ``fit()`` and restored afterwards."""
+    values = {
+        # For a custom searcher Tune keeps one trial pending at a time, so a round's trials
+        # would start one after another: let a whole round be pending.
+        "TUNE_MAX_PENDING_TRIALS_PG": str(max_concurrent),
+        # One checkpoint per trial forces a state snapshot per checkpoint, which is what we want
+        # (a resumed search sees every finished candidate); Tune warns about it each time.
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    }
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[dict[str, int | None]]:
+    """Stop cleanly on SIGINT and SIGTERM; the yielded dict's ``signal`` says which stopped the search.
+
+    Tune handles the first SIGINT itself (and SIGUSR1 alike): it stops the trials, saves the
+    experiment state and returns from ``fit()``, restoring the SIGINT handler it found, ours. A
+    SIGTERM (a pod eviction, ``scancel``) is turned into that same request. A second SIGINT or
+    SIGTERM raises :class:`KeyboardInterrupt` at once.
+    """
+    state: dict[str, int | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield state
+        return
+
+    def second_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def terminate(signum: int, frame: Any) -> None:
+        if state["signal"] is not None:
+            raise KeyboardInterrupt
+        state["signal"] = signal.SIGTERM
+        signal.raise_signal(signal.SIGUSR1)  # Tune's own stop request
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, second_interrupt),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}  # fmt: skip
+    try:
+        yield state
+    finally:
+        if state["signal"] is None and signal.getsignal(signal.SIGINT) is second_interrupt:
+            state["signal"] = signal.SIGINT  # Tune's handler ran and put ours back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchResult:
-    # Make rounds cheap. For a custom searcher Tune keeps one trial pending at a time, so a
-    # round's trials would start one after another: let a whole round be pending (read when
-    # fit() builds its controller). And keep the finished trials' actors for the next round,
-    # instead of starting a fresh process (with its imports) per trial.
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_concurrent)
+    # Keep the finished trials' actors for the next round instead of starting a fresh process
+    # (with its imports) per trial.
     start = time.perf_counter()
-    with keep_warm(max_concurrent):
-        grid = tuner.fit()
-    wall = time.perf_counter() - start
-    errors = {os.path.basename(r.path.rstrip("/")): str(r.error).strip().splitlines()[-1]
-              for r in grid if r.error}  # fmt: skip
-    if errors:  # record why candidates failed beside their rows
-        path = storage.join(experiment_dir, CANDIDATES_FILE)
-        table = storage.read_table(path)
-        column = [errors.get(t) for t in table["trial_id"].to_pylist()]
-        storage.write_table(
-            path,
-            table.set_column(table.schema.get_field_index("error"), "error", pa.array(column, pa.string())),
-        )
-    return load_result(experiment_dir, wall)
+    with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
+        tuner.fit()
+    if interrupted["signal"] is not None:
+        raise SearchInterrupted(experiment_dir, interrupted["signal"])
+    return load_result(experiment_dir, time.perf_counter() - start)
 
 
-def read_run(experiment_dir: str) -> dict[str, Any]:
-    """What :func:`run_search` recorded about a search (resources, limits, metadata)."""
-    path = storage.join(experiment_dir, RUN_FILE)
-    if not storage.exists(path):
-        raise UserError(f"{experiment_dir} is not a fusionsearch experiment (it has no {RUN_FILE})")
-    return storage.read_json(path)
-
-
-def load_result(experiment_dir: str, wall_seconds: float = float("nan")) -> SearchResult:
-    """The candidates table of a search (finished or running) and its chosen mask."""
-    path = storage.join(experiment_dir, CANDIDATES_FILE)
-    if not storage.exists(path):
-        raise UserError(f"no candidates table at {path}: has a round of this search finished yet?")
-    table = storage.read_table(path)
-    chosen = [m for m, c in zip(table["mask"].to_pylist(), table["chosen"].to_pylist(), strict=True) if c]
-    best = FusionMask.parse(chosen[0]) if chosen else None
-    return SearchResult(best_mask=best, table=table, experiment_dir=experiment_dir, wall_seconds=wall_seconds)
+def evaluate_search(
+    experiment_dir: str, candidates: pa.Table, data: DataConfig, resources: dict[str, float] | None = None
+) -> pa.Table:
+    """Predict every fold's test part with every method (one Ray task per fold); store and return it."""
+    folds = sorted(set(candidates["fold"].to_pylist()))
+    num_points = len(candidates["mask"][0].as_py())
+    resources = resources or {}
+    task = ray.remote(predict_fold).options(
+        num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0)
+    )
+    jobs = [task.remote(data, fold, method_checkpoints(candidates, fold, num_points)) for fold in folds]
+    log.info("evaluating on the test parts of %d fold(s)", len(folds))
+    predictions = pa.concat_tables(ray.get(jobs))
+    storage.write_table(storage.join(experiment_dir, PREDICTIONS_FILE), predictions)
+    return predictions

@@ -12,6 +12,9 @@ from itertools import product
 
 from fusionsearch.errors import UserError
 
+#: Candidate fusion points of the network: after each of a ResNet's four residual stages.
+NUM_POINTS = 4
+
 
 class MaskError(UserError):
     """A mask string that is not ``m`` characters of ``0``/``1``."""

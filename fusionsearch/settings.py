@@ -1,11 +1,170 @@
-"""The settings of a search run and of one candidate, as Ray's config dict carries them."""
+"""Every setting of a search, as typed records: the one source of defaults.
+
+Plain dicts (Ray configs, JSON, CLI) become these once, at the edge (:func:`from_dict`). This
+module imports no torch, MONAI or Ray, so the Ray-side code and the CLI read it cheaply.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from fusionsearch.config import ConfigError, ModelConfig, TrainConfig, check_choice
-from fusionsearch.preprocess import PreprocessConfig
+from fusionsearch.errors import UserError
+
+T = TypeVar("T")
+
+RESNET_DEPTHS = (10, 18, 34)
+SEARCHERS = ("sfsa", "beam", "exhaustive")
+
+
+class ConfigError(UserError):
+    """A settings value or dict that does not describe a valid settings object."""
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build the frozen dataclass ``cls`` from ``values``, recursing into nested dataclasses.
+
+    Unknown keys are rejected with the list of allowed ones, so a typo in a config never
+    silently falls back to a default.
+    """
+    if isinstance(values, cls):
+        return values
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} setting(s) {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        nested = _dataclass_in(hints[name])
+        if nested and isinstance(value, Mapping):
+            value = from_dict(nested, value)
+        elif isinstance(value, list):  # JSON and Ray restores turn tuples into lists
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The JSON-friendly dict form of a settings dataclass (inverse of :func:`from_dict`)."""
+    return dataclasses.asdict(obj)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass in a type hint such as ``ModelConfig`` or ``ModelConfig | None``."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return next((t for t in options if dataclasses.is_dataclass(t)), None)
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {allowed}")
+
+
+def _positive_ints(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The multi-stream network, apart from its fusion mask.
+
+    Attributes:
+        modalities: number of input streams, one 3D ResNet each (one channel per stream).
+        depth: ResNet depth, 10, 18 or 34.
+        fusion: name of the registered fusion module used at active points (checked against
+            the registry, :data:`fusionsearch.model.fusion.FUSION_MODULES`, when the network
+            is built).
+        stem_stride: stride of the first convolution. 2 is the standard ResNet; MONAI's
+            default 1 costs 8x the FLOPs.
+        width: channel multiplier (MONAI ``widen_factor``); below 1 for small CPU runs.
+        num_classes: number of output classes.
+    """
+
+    modalities: int = 2
+    depth: int = 18
+    fusion: str = "mmtm"
+    stem_stride: int = 2
+    width: float = 1.0
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, "modalities")
+        check_choice("depth", self.depth, RESNET_DEPTHS)
+        check_choice("stem_stride", self.stem_stride, (1, 2))
+        if not 64 * self.width >= 1:
+            raise ConfigError(f"width={self.width!r} must be at least 1/64")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ConfigError(f"num_classes={self.num_classes!r} must be an integer >= 2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one candidate is trained.
+
+    Attributes:
+        epochs: maximum training epochs.
+        patience: stop after this many epochs without a lower validation loss. Learning on
+            hard fusion tasks is sudden (the loss may rise for several epochs, then collapse),
+            so keep it generous.
+        batch_size: training batch size.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: base seed; each candidate derives its own from it and its mask.
+    """
+
+    epochs: int = 30
+    patience: int = 8
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, "epochs", "batch_size")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ConfigError(f"patience={self.patience!r} must be a non-negative integer")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be positive")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How raw NIfTI volumes become one ``(N, *shape)`` array per sample.
+
+    Attributes:
+        shape: target cube edge (or ``(D, H, W)``); volumes are cropped/padded to it.
+        spacing: target voxel size in mm for the reference (first) modality, or ``None`` to
+            keep its own grid. The other modalities are resampled onto the reference grid
+            using the NIfTI affines (scanner space), so they need not be co-registered.
+        orientation: axis codes every volume is reoriented to.
+        crop_foreground: crop to the bounding box of the non-zero voxels before padding.
+        dtype: storage type of the cached arrays (``float16`` halves memory and I/O).
+    """
+
+    shape: int | tuple[int, int, int] = 64
+    spacing: float | tuple[float, float, float] | None = None
+    orientation: str = "RAS"
+    crop_foreground: bool = True
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if any(s < 4 for s in self.spatial_shape):
+            raise ConfigError(f"shape={self.shape!r}: every edge must be at least 4 voxels")
+        check_choice("dtype", self.dtype, ("float16", "float32"))
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        shape = self.shape
+        return (shape,) * 3 if isinstance(shape, int) else tuple(int(s) for s in shape)
 
 
 @dataclass(frozen=True)
@@ -37,28 +196,86 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class CandidateConfig:
-    """One trial: a mask to train on ``fold``, warm-started from ``parent`` (a checkpoint) if given.
+class SearchConfig:
+    """Which searcher runs on which folds, with which baselines.
 
     Attributes:
-        role: ``search`` (a search candidate), ``unimodal`` (a single-stream baseline of
-            ``modality``) or ``ensemble`` (a fusion configuration for the brute-force ensemble).
-        modality: for unimodal baselines, the one modality to train on.
+        searcher: ``sfsa``, ``beam`` or ``exhaustive``.
+        min_delta: least decrease of the validation loss that counts as an improvement.
+        beam_width: beam: masks kept per round.
+        beam_patience: beam: non-improving rounds tolerated.
+        from_scratch: exhaustive: train every mask from scratch instead of from 0000.
+        folds: number of cross-validation folds (at least 3: train, validation, test).
+        fold: search this fold only (``None``: every fold).
+        pooled: one search over all folds, scored on the mean validation loss.
+        unimodal: train a single-stream baseline per modality beside the search.
+        ensemble: also train the fusion masks the search skipped (brute-force ensemble).
     """
 
-    mask: str
-    settings: RunSettings
-    parent: str | None = None
-    parent_mask: str | None = None
-    round: int = 0
-    fold: int = 0
-    role: str = "search"
-    modality: str | None = None
+    searcher: str = "sfsa"
+    min_delta: float = 0.0
+    beam_width: int = 2
+    beam_patience: int = 1
+    from_scratch: bool = False
+    folds: int = 5
+    fold: int | None = None
+    pooled: bool = False
+    unimodal: bool = True
+    ensemble: bool = False
 
     def __post_init__(self) -> None:
-        folds = self.settings.data.folds
-        if not 0 <= self.fold < folds:
-            raise ConfigError(f"fold={self.fold} must be in 0..{folds - 1} (folds={folds})")
-        check_choice("role", self.role, ("search", "unimodal", "ensemble"))
-        if (self.role == "unimodal") != (self.modality is not None):
-            raise ConfigError(f"role={self.role!r} with modality={self.modality!r}: only unimodal names one")
+        check_choice("searcher", self.searcher, SEARCHERS)
+        if not isinstance(self.folds, int) or self.folds < 3:
+            raise ConfigError(
+                f"folds={self.folds!r}: need at least 3 (each fold's train, validation and test parts)"
+            )
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"fold={self.fold}: choose one of 0..{self.folds - 1} (folds={self.folds})")
+        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0:
+            raise ConfigError(
+                f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "
+                f"min_delta={self.min_delta} >= 0"
+            )
+
+    @property
+    def search_folds(self) -> tuple[int, ...]:
+        return tuple(range(self.folds)) if self.fold is None else (self.fold,)
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """What each trial gets, and how often a failing one is retried.
+
+    Attributes:
+        gpus: GPUs of a local Ray to use; ``None``: every local GPU (ignored with an address).
+        gpus_per_trial: GPUs per candidate (fractions share a GPU) when GPUs are used.
+        cpus_per_trial: CPUs per candidate.
+        max_failures: retries of a failing trial, each from its own last checkpoint.
+    """
+
+    gpus: int | None = None
+    gpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 0):
+            raise ConfigError(f"gpus={self.gpus!r} must be a non-negative integer (0 = CPU only)")
+        if not self.gpus_per_trial > 0 or not self.cpus_per_trial > 0:
+            raise ConfigError(
+                f"gpus_per_trial={self.gpus_per_trial!r} and cpus_per_trial={self.cpus_per_trial!r} "
+                "must be positive"
+            )
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ConfigError(f"max_failures={self.max_failures!r} must be a non-negative integer")
+
+    def per_trial(self, gpus: int) -> dict[str, float]:
+        """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only)."""
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial if gpus else 0}
+
+
+#: Settings of the planted demo (``fusionsearch run`` without ``--data``): a narrow network on
+#: small volumes, so it finishes in minutes on a laptop's CPU. Real data get the defaults above.
+DEMO = {"width": 0.25, "shape": 32, "epochs": 12}
+#: Where experiments live unless ``--storage`` says otherwise.
+DEFAULT_STORAGE = "fusionsearch-runs"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -72,3 +75,14 @@ def write_json(path: str, value: Any) -> None:
 
 def read_json(path: str) -> Any:
     return json.loads(read_bytes(path))
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[str]:
+    """A local folder with the contents of ``location``: the folder itself, or a temporary copy of a URI."""
+    if not is_uri(location):
+        yield normalise(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="fusionsearch-") as directory:
+        pafs.copy_files(location, directory)
+        yield directory

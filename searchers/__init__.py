@@ -1,38 +1,48 @@
 """Ray Tune searchers for fusion-mask search: SFSA, beam and exhaustive.
 
-Each is a :class:`RoundSearcher` over a pure strategy from :mod:`fusionsearch.strategies`;
-any other strategy with ``next_round(history)`` plugs in the same way. Keyword ``options``
-are :class:`RoundSearcher`'s: ``metric``, ``mode``, ``folds``, ``pooled``, ``unimodal``,
-``ensemble``.
+Each is a :class:`RoundSearcher` over a pure strategy from :mod:`fusionsearch.search.strategies`;
+any other :class:`~fusionsearch.search.strategies.Strategy` plugs in the same way. Keyword
+``options`` are :class:`RoundSearcher`'s: ``metric``, ``mode``, ``folds``, ``pooled``,
+``unimodal``, ``ensemble``, ``experiment_dir``. Importing this package loads Ray Tune, not
+torch or MONAI.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fusionsearch.strategies import SFSA, BeamSearch, Exhaustive
-from searchers.rounds import CANDIDATES_FILE, RoundSearcher
+from fusionsearch.mask import NUM_POINTS
+from fusionsearch.search.experiment import CANDIDATES_FILE
+from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive
+from searchers.rounds import RoundSearcher
 
 
 class SFSASearcher(RoundSearcher):
     """The paper's Sequential Forward Search Algorithm."""
 
-    def __init__(self, *, num_points: int = 4, min_delta: float = 0.0, **options: Any) -> None:
+    def __init__(self, *, num_points: int = NUM_POINTS, min_delta: float = 0.0, **options: Any) -> None:
         super().__init__(SFSA(num_points, min_delta), **options)
 
 
 class BeamSearcher(RoundSearcher):
     """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds."""
 
-    def __init__(self, *, beam_width: int = 2, patience: int = 1, num_points: int = 4, min_delta: float = 0.0,
-                 **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        beam_width: int = 2,
+        patience: int = 1,
+        num_points: int = NUM_POINTS,
+        min_delta: float = 0.0,
+        **options: Any,
+    ) -> None:
         super().__init__(BeamSearch(num_points, beam_width, patience, min_delta), **options)
 
 
 class ExhaustiveSearcher(RoundSearcher):
     """All ``2**num_points`` masks, warm-started from the baseline (or from scratch)."""
 
-    def __init__(self, *, num_points: int = 4, from_scratch: bool = False, **options: Any) -> None:
+    def __init__(self, *, num_points: int = NUM_POINTS, from_scratch: bool = False, **options: Any) -> None:
         super().__init__(Exhaustive(num_points, from_scratch), **options)
 
 

@@ -10,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fusionsearch.search.records import SCHEMA
 from searchers import CANDIDATES_FILE
-from searchers.rounds import SCHEMA
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_DATA = ["--n", "24", "--size", "16", "--width", "0.125"]
+
+pytestmark = pytest.mark.slow
 
 
 def run(script, *args, timeout=600):

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from fusionsearch.bids import import_bids
 from fusionsearch.cli import main
-from fusionsearch.manifest import read_manifest
+from fusionsearch.data.bids import import_bids
+from fusionsearch.data.manifest import read_manifest
 from trees import ds004199_tree, oasis_tree
 
 

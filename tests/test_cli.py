@@ -1,9 +1,9 @@
-import socket
 import subprocess
 import sys
 
+from conftest import free_port
 from fusionsearch.cli import main
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.data.synth import SynthConfig, generate
 
 
 def test_help_lists_commands():
@@ -27,9 +27,7 @@ def test_bad_mask_is_one_line_error_and_exit_2(capsys):
 
 def test_unreachable_cluster_is_a_prompt_one_paragraph_error(tmp_path):
     # Where nothing listens, ray.init alone would retry for about 13 minutes.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"
     manifest = generate(tmp_path / "data", SynthConfig(n=12, size=16))
     done = subprocess.run([sys.executable, "-m", "fusionsearch.cli", "run", "--data", str(manifest),
                            "--address", address, "--folds", "3", "--storage", str(tmp_path / "runs")],

@@ -2,30 +2,23 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from ray import tune
 
+from conftest import TINY_RUN, free_port, scripted_driver, wait_for
+from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result
 from fusionsearch.mask import FusionMask
-from fusionsearch.strategies import SFSA, Outcome, best_outcome
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.search.strategies import SFSA, Outcome, best_outcome
 from processes import by_name, kill_tree
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
-TINY = ["--size", "16", "--width", "0.125", "--epochs", "1", "--patience", "1", "--batch-size", "8",
-        "--folds", "3", "--fold", "0", "--no-unimodal"]  # fmt: skip
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TINY = [*TINY_RUN, "--epochs", "1", "--patience", "1"]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -33,6 +26,7 @@ def cluster(tmp_path):
     port = free_port()
     env = os.environ | {
         "RAY_AUTH_MODE": "token",
+        "FUSIONSEARCH_CPU_FALLBACK": "1",  # the workers' GPUs are logical: no CUDA here
         "DASHBOARD_PORT": str(free_port()),
         # `ray` from this interpreter's environment, activated or not.
         "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
@@ -49,7 +43,7 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
     address, env = cluster
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=2))
     command = [sys.executable, "-m", "fusionsearch.cli", "run", "--address", address, "--data", str(manifest),
-               "--storage", str(tmp_path / "runs"), "--name", "cluster", "--gpus", "2", *TINY]  # fmt: skip
+               "--storage", str(tmp_path / "runs"), "--name", "cluster", *TINY, "--gpus", "2"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     experiment = tmp_path / "runs" / "cluster"
@@ -103,31 +97,19 @@ run_search(SFSASearcher(), trainable=scripted_trainable, storage_path={storage!r
 LAND = {str(m): 2.0 for m in FusionMask.all_masks(4)} | {"0000": 1.0, "0100": 0.5, "0110": 0.4, "1000": 0.9}
 
 
-LOST_NODE_DRIVER = """
-import ray
-from fusionsearch.driver import run_search
-from searchers import SFSASearcher
-from trainables.scripted import scripted_trainable
-ray.init(address={address!r}, log_to_driver=False)
-run_search(SFSASearcher(), trainable=scripted_trainable, config={{"landscape": {land!r}, "duration": 4.0}},
-           storage_path={storage!r}, name="lost-node", resources={{"cpu": 1}}, max_failures=3)
-"""
-
-
 def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     address, env = cluster
     victim = by_name("raylet")[-1]  # the last worker node started
     experiment = tmp_path / "runs" / "lost-node"
-    script = tmp_path / "driver.py"
-    script.write_text(LOST_NODE_DRIVER.format(address=address, land=LAND, storage=str(tmp_path / "runs")))
+    started = tmp_path / "started"
+    config = {"landscape": LAND, "duration": 4.0, "started": str(started)}
+    script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs",
+                             name="lost-node", config=config, max_failures=3)  # fmt: skip
     driver = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 300
-    while not (experiment / "candidates.parquet").is_file() and time.time() < deadline:  # round 0 done
-        if driver.poll() is not None:
-            break
-        time.sleep(0.1)
-    time.sleep(2.0)  # round 1's 4-second trials are running
+    # Kill a node while round 1's 4-second trials run on it (one CPU per worker node: both busy).
+    wait_for(lambda: len(list(started.glob("1-*"))) >= 2 or driver.poll() is not None, what="round 1 to run")
+    assert driver.poll() is None, driver.communicate()[1][-3000:]
     kill_tree(victim)
     _, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stderr[-3000:]
@@ -142,32 +124,15 @@ def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     assert [r["mask"] for r in rows if r["chosen"]] == [str(best_outcome(history).candidate.mask)] == ["0110"]
 
 
-CRASH_DRIVER = """
-import ray, sys
-from fusionsearch.driver import resume_search, run_search
-from searchers import SFSASearcher
-from trainables.scripted import scripted_trainable
-ray.init(address={address!r}, log_to_driver=False)
-if sys.argv[1] == "run":
-    run_search(SFSASearcher(), trainable=scripted_trainable, storage_path={storage!r}, name="crash",
-               config={{"landscape": {land!r}, "duration": 2.0}}, resources={{"cpu": 1}}, max_failures=0)
-else:
-    resume_search({storage!r} + "/crash", trainable=scripted_trainable)
-"""
-
-
 def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tmp_path):
     address, env = cluster
-    script = tmp_path / "driver.py"
-    script.write_text(CRASH_DRIVER.format(address=address, land=LAND, storage=str(tmp_path / "runs")))
+    script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs", name="crash",
+                             config={"landscape": LAND, "duration": 2.0})  # fmt: skip
     driver = subprocess.Popen([sys.executable, str(script), "run"], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     experiment = tmp_path / "runs" / "crash"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        (experiment / "candidates.parquet").is_file() and load_result(str(experiment)).table.num_rows >= 5
-    ):
-        time.sleep(0.2)
+    wait_for(lambda: (experiment / "candidates.parquet").is_file()
+             and load_result(str(experiment)).table.num_rows >= 5, what="round 1 to finish")  # fmt: skip
     kill_tree(driver.pid)  # the driver only: the cluster's nodes live on
     driver.wait()
     before = {r["mask"]: r for r in load_result(str(experiment)).table.to_pylist()}

@@ -1,7 +1,7 @@
 import pytest
 
 from fusionsearch import ConfigError, ModelConfig
-from fusionsearch.config import from_dict, to_dict
+from fusionsearch.settings import from_dict, to_dict
 
 
 def test_round_trip():

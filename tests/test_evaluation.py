@@ -5,20 +5,17 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 from sklearn import metrics as sk
 
 from conftest import cached_data
-from fusionsearch.cache import read_index
-from fusionsearch.config import ModelConfig, TrainConfig, to_dict
-from fusionsearch.driver import run_search
+from fusionsearch.data.cache import read_index
+from fusionsearch.data.splits import make_folds
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.driver import evaluate_search, run_search
 from fusionsearch.errors import DataError
-from fusionsearch.evaluation import evaluate_search, method_checkpoints, predict
-from fusionsearch.metrics import classification_metrics
-from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import RunSettings
-from fusionsearch.splits import make_folds
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.report.evaluation import method_checkpoints, predict
+from fusionsearch.report.metrics import classification_metrics
+from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
 from searchers import ExhaustiveSearcher
 
 
@@ -74,13 +71,7 @@ def test_methods_of_a_fold_and_the_ensemble_of_exactly_the_fusion_configurations
     assert "ensemble" not in method_checkpoints(rows(search + without), 0)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
+@pytest.mark.slow
 def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its_members(local_ray, tmp_path):
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=4))
     data = cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16))
@@ -100,10 +91,10 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     table = result.table
     assert table.num_rows == 16 and set(table["status"].to_pylist()) == {"ok"}
     with pytest.raises(DataError, match="no entry"):  # the test part is needed only now
-        evaluate_search(result.experiment_dir, table, to_dict(data))
+        evaluate_search(result.experiment_dir, table, data)
     for entry, content in hidden.items():
         entry.write_bytes(content)
-    predictions = evaluate_search(result.experiment_dir, table, to_dict(data)).to_pylist()
+    predictions = evaluate_search(result.experiment_dir, table, data).to_pylist()
     assert (tmp_path / "runs" / "ex" / "predictions.parquet").is_file()
     by_method = {}
     for r in predictions:
@@ -115,9 +106,9 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     chosen = next(r for r in table.to_pylist() if r["chosen"])
     assert chosen["val_loss"] == min(table["val_loss"].to_pylist())  # exhaustive: the best validation loss
     # The ensemble's probabilities are the mean of the 15 fusion configurations' (not 0000's).
-    from fusionsearch.checkpoint import load_model
-    from fusionsearch.device import DevicePolicy
-    from fusionsearch.training import load_fold
+    from fusionsearch.model.checkpoint import load_model
+    from fusionsearch.model.device import DevicePolicy
+    from fusionsearch.train.folds import load_fold
 
     test = load_fold(data, 0, parts=("test",)).test
     members = [predict(load_model(r["checkpoint"]), test, DevicePolicy.select())

@@ -105,7 +105,7 @@ def test_bad_masks_and_settings_are_clear_errors():
     with pytest.raises(MaskError, match="single stream"):
         FusionNet(tiny_config(modalities=1), "0100")
     with pytest.raises(ConfigError, match=r"choose one of \['mmtm', 'spatial'\]"):
-        tiny_config(fusion="concat")
+        FusionNet(tiny_config(fusion="concat"), "0100")
     with pytest.raises(ConfigError, match=r"choose one of \[10, 18, 34\]"):
         tiny_config(depth=50)
 

@@ -11,18 +11,14 @@ import pyarrow.fs as pafs
 import pytest
 import ray
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, free_port
 from fusionsearch.cli import main
+from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result
-from fusionsearch.synth import SynthConfig, generate
 
 BUCKET = "fusionsearch-test"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

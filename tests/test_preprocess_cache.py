@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import fusionsearch.cache
-from fusionsearch.cache import PreprocessCache
+import fusionsearch.data.cache
+from fusionsearch.data.cache import PreprocessCache
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.preprocess import preprocess_sample
 from fusionsearch.errors import DataError
-from fusionsearch.manifest import read_manifest
-from fusionsearch.preprocess import PreprocessConfig, preprocess_sample
+from fusionsearch.settings import PreprocessConfig
 from trees import write_volume
 
 SETTINGS = PreprocessConfig(shape=16, crop_foreground=False)
@@ -65,7 +66,7 @@ def test_second_build_does_no_preprocessing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("preprocessed again")
 
-    monkeypatch.setattr(fusionsearch.cache, "preprocess_sample", fail)
+    monkeypatch.setattr(fusionsearch.data.cache, "preprocess_sample", fail)
     stats = PreprocessCache(tmp_path / "cache", SETTINGS).build(manifest, workers=1)
     assert (stats.built, stats.reused) == (0, 4)
 

@@ -5,26 +5,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import ray
 
 from conftest import TINY_EVERY_FOLD, cached_data
 from conftest import TINY_RUN as TINY
 from fusionsearch.cli import main
-from fusionsearch.config import ModelConfig, TrainConfig, to_dict
+from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
-from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import RunSettings
-from fusionsearch.strategies import Candidate
-from fusionsearch.synth import SynthConfig, generate
+from fusionsearch.search.strategies import Candidate
+from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
 from searchers import RoundSearcher
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +36,8 @@ class BaselineThenOne:
         return []
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_path):
 
     preprocess = PreprocessConfig(shape=16)
@@ -64,6 +56,29 @@ def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_pa
     assert first["val_loss"] == pytest.approx(rows["0000"]["val_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_search_started_from_python_is_reported_and_resumed_from_the_cli(manifest, tmp_path, capsys):
+    settings = RunSettings(
+        data=cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16)),
+        model=ModelConfig(width=0.125),
+        train=TrainConfig(epochs=1, patience=1, batch_size=8),
+    )
+    run_search(RoundSearcher(BaselineThenOne()), config={"settings": settings}, storage_path=tmp_path,
+               name="py", resources={"cpu": 1})  # fmt: skip
+    storage = ["--storage", str(tmp_path)]
+    assert main(["report", "py", *storage]) == 0  # not evaluated yet: the candidates and the chosen mask
+    assert "chosen mask:" in capsys.readouterr().out
+    assert not (tmp_path / "py" / "report").exists()
+    # resume: nothing left to train; it evaluates on the test part and writes the report.
+    assert main(["resume", "py", *storage]) == 0
+    out = capsys.readouterr().out
+    assert "held-out test folds" in out and "late fusion (0000)" in out
+    assert (tmp_path / "py" / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, capsys):
     storage = str(tmp_path / "runs")
     code = main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY_EVERY_FOLD])
@@ -101,12 +116,12 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
     ("argv", "message"),
     [
         (["run", "--data", "missing.csv"], "missing.csv does not exist"),
-        (["run", "--fusion", "concat", "--data", "{manifest}"], "fusion='concat' is not allowed"),
+        (["run", "--fusion", "concat", "--data", "{manifest}"], "--fusion: invalid choice: 'concat'"),
         (["run", "--data", "{manifest}", "--folds", "20"], "fewer than the 20 folds"),
         (["run", "--data", "{manifest}", "--modalities", "T1", "T2w"], "modalities ['T2w'] are not columns"),
         (["report", "nope"], "not a fusionsearch experiment"),
         (["compare", "nope", "other"], "not a fusionsearch experiment"),
-        (["run", "--data", "{manifest}", "--folds", "3", "--fold", "3"], "--fold 3: choose one of 0..2"),
+        (["run", "--data", "{manifest}", "--folds", "3", "--fold", "3"], "fold=3: choose one of 0..2"),
         (
             ["run", "--data", "{manifest}", "--searcher", "beam", "--beam-width", "0"],
             "beam_width=0 must be >= 1",

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 from ray import tune
 
+from conftest import scripted_driver
+from fusionsearch.cli import main
 from fusionsearch.driver import load_result, resume_search, run_search
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
-from fusionsearch.strategies import SFSA, BeamSearch, Outcome, best_outcome
+from fusionsearch.search.strategies import SFSA, BeamSearch, Outcome, best_outcome
 from processes import kill_tree
 from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 from trainables.scripted import scripted_trainable
@@ -24,11 +25,7 @@ LAND |= {"0000": 1.0, "1000": 0.9, "0100": 0.5, "0010": 0.7, "0001": 0.8, "0110"
          "1100": 0.6}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def search(tmp_path, searcher, name="search", **config):
@@ -108,27 +105,25 @@ def test_failing_candidate_does_not_stall_the_search(tmp_path):
     assert {m for m, r in rows.items() if r["round"] == 2} == {"1010", "0110", "0011"}
 
 
+def test_resuming_a_search_with_a_users_trainable_from_the_cli_says_how_to_do_it(tmp_path, capsys):
+    search(tmp_path, ExhaustiveSearcher(num_points=1), name="own", duration=0.0)
+    assert main(["resume", "own", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "own trainable 'trainables.scripted.scripted_trainable'" in err and "Traceback" not in err
+    assert "resume_search(" in err and "trainable=scripted_trainable" in err
+    assert len(err.strip().splitlines()) == 1  # one paragraph
+
+
 def test_existing_experiment_is_never_overwritten(tmp_path):
     search(tmp_path, ExhaustiveSearcher(num_points=1), name="once", duration=0.0)
     with pytest.raises(UserError, match=r"already exists.*fusionsearch resume once"):
         search(tmp_path, SFSASearcher(), name="once")
 
 
-DRIVER = """
-import sys, ray
-from fusionsearch.driver import run_search
-from searchers import SFSASearcher
-from trainables.scripted import scripted_trainable
-land = {land!r}
-ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-run_search(SFSASearcher(), trainable=scripted_trainable, config={{"landscape": land, "duration": 1.0}},
-           storage_path={storage!r}, name="crash", resources={{"cpu": 1}}, max_failures=0)
-"""
-
-
+@pytest.mark.slow
 def test_killed_driver_resumes_without_retraining(tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(land=LAND, storage=str(tmp_path)))
+    script = scripted_driver(tmp_path / "driver.py", storage=tmp_path, name="crash",
+                             config={"landscape": LAND, "duration": 1.0})  # fmt: skip
     process = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     table_path = tmp_path / "crash" / "candidates.parquet"

@@ -29,7 +29,7 @@ def drain(searcher, prefix):
 
 def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     searcher = SFSASearcher()
-    searcher.experiment_dir = str(tmp_path)
+    searcher.set_experiment_dir(str(tmp_path))
     first = searcher.suggest("t0")
     assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
                      "role": "search", "modality": None}  # fmt: skip
@@ -97,7 +97,7 @@ def test_max_mode_and_concurrency_limit():
 
 def test_folds_search_independently_and_choose_their_own_mask(tmp_path):
     searcher = SFSASearcher(folds=(0, 1))
-    searcher.experiment_dir = str(tmp_path)
+    searcher.set_experiment_dir(str(tmp_path))
     round0 = drain(searcher, "a")
     assert sorted((s["fold"], s["mask"]) for s in round0.values()) == [(0, "0000"), (1, "0000")]
     finish(searcher, {"a0": round0["a0"]}, {"0000": 1.0})  # only fold 0 is done ...
@@ -134,7 +134,7 @@ def test_pooled_search_scores_the_mean_over_folds():
 
 def test_unimodal_baselines_start_at_once_and_ensemble_fills_in_the_missing_masks(tmp_path):
     searcher = SFSASearcher(folds=(0,), unimodal=("T1w", "FLAIR"), ensemble=True)
-    searcher.experiment_dir = str(tmp_path)
+    searcher.set_experiment_dir(str(tmp_path))
     first = drain(searcher, "a")
     roles = sorted((s["role"], s["modality"]) for s in first.values())
     assert roles == [("search", None), ("unimodal", "FLAIR"), ("unimodal", "T1w")]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from fusionsearch.data.splits import make_folds
 from fusionsearch.errors import DataError
-from fusionsearch.splits import make_folds
 
 
 def sessions(n_subjects=30, seed=0):

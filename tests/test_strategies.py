@@ -5,7 +5,7 @@ import random
 import pytest
 
 from fusionsearch.mask import FusionMask
-from fusionsearch.strategies import SFSA, BeamSearch, Exhaustive, Outcome, best_outcome
+from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, Outcome, best_outcome
 
 
 def simulate(strategy, landscape):
@@ -64,14 +64,37 @@ def test_sfsa_stops_when_every_point_is_active():
     assert str(best_outcome(history).candidate.mask) == "1111"
 
 
+def sfsa_by_definition(num_points, land, min_delta=0.0):
+    """SFSA written from the paper's definition, independently of the strategies module.
+
+    Train A0 = 0...0; each round, train every one-point extension of the current best,
+    warm-started from it; keep the round's best (lowest loss, then lowest bit string) if it
+    beats the current best by more than ``min_delta``, else stop.
+    """
+    best = "0" * num_points
+    best_loss, trained, round_ = land[best], [(0, best, None)], 0
+    while "0" in best:
+        round_ += 1
+        children = [best[:i] + "1" + best[i + 1 :] for i in range(num_points) if best[i] == "0"]
+        trained += [(round_, child, best) for child in children]
+        winner = min(children, key=lambda c: (land[c], c))
+        if not land[winner] < best_loss - min_delta:
+            break
+        best, best_loss = winner, land[winner]
+    return trained, best
+
+
 @pytest.mark.parametrize("num_points", [3, 4, 5])
-def test_beam_width_one_without_patience_is_sfsa(num_points):
+@pytest.mark.parametrize("min_delta", [0.0, 0.05])
+def test_sfsa_and_beam_one_without_patience_follow_the_definition(num_points, min_delta):
     rng = random.Random(num_points)
     for _ in range(50):
         land = {str(m): rng.random() for m in FusionMask.all_masks(num_points)}
-        assert trained(simulate(BeamSearch(num_points, beam_width=1, patience=0), land)) == trained(
-            simulate(SFSA(num_points), land)
-        )
+        expected, best = sfsa_by_definition(num_points, land, min_delta)
+        for strategy in (SFSA(num_points, min_delta), BeamSearch(num_points, 1, 0, min_delta)):
+            history = simulate(strategy, land)
+            assert trained(history) == expected
+            assert str(strategy.chosen(history).candidate.mask) == best
 
 
 PAIR = landscape_from({

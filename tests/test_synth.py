@@ -7,9 +7,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from fusionsearch.cli import main
-from fusionsearch.manifest import read_manifest
-from fusionsearch.synth import SynthConfig, make_sample
-from fusionsearch.validate import validate_manifest
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.synth import SynthConfig, make_sample
+from fusionsearch.data.validate import validate_manifest
 
 #: A classifier on one modality is "at chance" within this margin of 50 % (n = 200, 5-fold CV:
 #: the standard error of an accuracy near 0.5 is ~0.035, so 0.12 is over 3 standard errors).

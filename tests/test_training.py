@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import cached_data
-from fusionsearch.checkpoint import load_model, read_meta
-from fusionsearch.config import ModelConfig, TrainConfig
-from fusionsearch.preprocess import PreprocessConfig
-from fusionsearch.settings import CandidateConfig, RunSettings
-from fusionsearch.synth import SynthConfig, generate
-from fusionsearch.training import fit, load_fold
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.model.checkpoint import load_model, read_meta
+from fusionsearch.search.records import Trial
+from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.folds import load_fold
+from fusionsearch.train.loop import fit
 
 PREPROCESS = PreprocessConfig(shape=16)
 
@@ -46,13 +47,15 @@ class Recorder:
 def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
     data = load_fold(tiny.data, 0)
     parent = Recorder(tmp_path / "parent")
-    final = fit(CandidateConfig(mask="0000", settings=tiny), parent, data=data)
+    final = fit(CandidateConfig(Trial("0000"), tiny), parent, data=data)
     assert final["val_loss"] == min(r["val_loss"] for r in parent.reports if "epoch" in r)
-    assert [r["epoch"] for r in parent.reports] == [0, 1, 2, 3]  # epoch 0: before any update
+    # Every epoch is reported, the last included (epoch 0: before any update), then the final result.
+    assert [r["epoch"] for r in parent.reports[:-1]] == [0, 1, 2, 3]
+    assert "train_loss" in parent.reports[-2] and not parent.reports[-2].get("final")
     assert parent.reports[-1]["final"] and final["best_epoch"] in (0, 1, 2, 3)
 
     child = Recorder(tmp_path / "child")
-    fit(CandidateConfig(mask="0100", settings=tiny, parent="x", parent_mask="0000"), child,
+    fit(CandidateConfig(Trial("0100", parent_mask="0000"), tiny, parent="x"), child,
         parent=parent.checkpoints[-1], data=data)  # fmt: skip
     assert child.reports[0]["epoch"] == 0
     assert abs(child.reports[0]["val_loss"] - final["val_loss"]) < 1e-5
@@ -60,7 +63,7 @@ def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
 
 def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
     recorder = Recorder(tmp_path)
-    fit(CandidateConfig(mask="1001", settings=tiny), recorder, data=load_fold(tiny.data, 0))
+    fit(CandidateConfig(Trial("1001"), tiny), recorder, data=load_fold(tiny.data, 0))
     meta = read_meta(recorder.checkpoints[-1])
     assert meta["format_version"] == 1 and meta["mask"] == "1001" and meta["metrics"]["final"]
     assert meta["settings"]["model"]["width"] == 0.125
@@ -71,10 +74,11 @@ def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
 def test_retry_resumes_from_its_own_epoch_checkpoint(tiny, tmp_path):
     data = load_fold(tiny.data, 0)
     first = Recorder(tmp_path / "first")
-    fit(CandidateConfig(mask="0010", settings=tiny), first, data=data)
+    fit(CandidateConfig(Trial("0010"), tiny), first, data=data)
     resumed = Recorder(tmp_path / "resumed")
-    fit(CandidateConfig(mask="0010", settings=tiny), resumed, resume=first.checkpoints[0], data=data)
-    assert [r["epoch"] for r in resumed.reports] == [2, 3]  # epoch 1's checkpoint: goes on at 2
+    fit(CandidateConfig(Trial("0010"), tiny), resumed, resume=first.checkpoints[0], data=data)
+    assert [r["epoch"] for r in resumed.reports[:-1]] == [2, 3]  # epoch 1's checkpoint: goes on at 2
+    assert resumed.reports[-1]["final"]
     # Same seed, same data order, restored optimizer: the resumed run repeats the original.
     assert resumed.reports[-1]["val_loss"] == pytest.approx(first.reports[-1]["val_loss"], abs=1e-4)
 
@@ -82,9 +86,9 @@ def test_retry_resumes_from_its_own_epoch_checkpoint(tiny, tmp_path):
 def test_final_checkpoint_as_resume_reports_again_without_training(tiny, tmp_path):
     data = load_fold(tiny.data, 0)
     first = Recorder(tmp_path / "first")
-    final = fit(CandidateConfig(mask="0001", settings=tiny), first, data=data)
+    final = fit(CandidateConfig(Trial("0001"), tiny), first, data=data)
     again = Recorder(tmp_path / "again")
-    fit(CandidateConfig(mask="0001", settings=tiny), again, resume=first.checkpoints[-1], data=data)
+    fit(CandidateConfig(Trial("0001"), tiny), again, resume=first.checkpoints[-1], data=data)
     assert len(again.reports) == 1 and again.reports[0]["val_loss"] == final["val_loss"]
     assert again.reports[0]["started_at"] == final["started_at"]
 

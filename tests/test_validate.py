@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fusionsearch.cli import main
+from fusionsearch.data.manifest import read_manifest
+from fusionsearch.data.validate import validate_manifest
 from fusionsearch.errors import DataError
-from fusionsearch.manifest import read_manifest
-from fusionsearch.validate import validate_manifest
 from trees import write_volume
 
 HEADER = "sample_id,subject_id,label,T1w,FLAIR\n"
@@ -148,7 +148,7 @@ def test_paths_escaping_the_dataset_root_are_refused_unopened(tmp_path, capsys, 
     root.mkdir()
     path = dataset(root, rows={0: f"s0,subj0,0,../outside_T1w.nii.gz,{outside}"})
     opened = []
-    monkeypatch.setattr("fusionsearch.validate.check_volume", lambda p: opened.append(p))
+    monkeypatch.setattr("fusionsearch.data.validate.check_volume", lambda p: opened.append(p))
     err = error_of(path, capsys)
     assert "sample s0: T1w path" in err and "is outside the dataset root" in err and "--data-root" in err
     assert "FLAIR path" in err  # an absolute path outside the root too

@@ -1,9 +1,10 @@
-"""The Ray Tune trainable: a thin wrapper around :func:`fusionsearch.training.fit`."""
+"""The Ray Tune trainable: a thin wrapper around :func:`fusionsearch.train.loop.fit`."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,14 @@ import ray
 import torch
 from ray import tune
 
-from fusionsearch.config import from_dict
-from fusionsearch.settings import CandidateConfig
-from fusionsearch.training import fit
+from fusionsearch.errors import UserError
+from fusionsearch.model.checkpoint import CheckpointError, read_meta
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.loop import fit
+
+#: Set to 1 on nodes whose GPUs are logical (a test cluster): a trial given a GPU that CUDA cannot
+#: see then trains on the CPU instead of failing.
+CPU_FALLBACK = "FUSIONSEARCH_CPU_FALLBACK"
 
 # Ray logs every persisted checkpoint at INFO level in the worker; the driver shows progress.
 logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -46,22 +52,64 @@ def _peak_rss_mb() -> float:
 
 
 def train_candidate(config: dict[str, Any]) -> None:
-    """Train the candidate ``config`` describes (keys: mask, parent, parent_mask, round, settings).
+    """Train the candidate ``config`` describes (a :class:`CandidateConfig` as Ray's flat dict).
 
     A retried trial resumes from its own last checkpoint (``tune.get_checkpoint()``); otherwise
     the candidate warm-starts from ``parent``, a checkpoint location on the shared storage;
     otherwise it starts from scratch. Uses the GPU Ray assigned, else the CPU.
+
+    A mistake that a retry would repeat (a :class:`UserError`: bad settings or data, a parent
+    checkpoint that is missing or corrupt, a GPU that CUDA cannot see) is not retried: the trial
+    ends with one report ``{"val_loss": nan, "failed": True, "error": message}``, which the
+    searcher records as a failed candidate. Anything else (a lost node, an out-of-memory kill, a
+    storage hiccup) raises, and Tune retries the trial from its last checkpoint.
     """
-    candidate = from_dict(CandidateConfig, config)
-    _reset_peak_rss()
-    if torch.cuda.is_available():  # release an earlier trial's cached blocks: Batches sizes by free memory
-        torch.cuda.empty_cache()
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    own = tune.get_checkpoint()
-    with contextlib.ExitStack() as stack:
-        resume = Path(stack.enter_context(own.as_directory())) if own else None
-        parent = None
-        if resume is None and candidate.parent:
-            parent = Path(stack.enter_context(tune.Checkpoint(candidate.parent).as_directory()))
-        fit(candidate, _report, resume=resume, parent=parent)
+    try:
+        candidate = CandidateConfig.from_config(config)
+        _reset_peak_rss()
+        _check_gpu()
+        if (
+            torch.cuda.is_available()
+        ):  # release an earlier trial's cached blocks: Batches sizes by free memory
+            torch.cuda.empty_cache()
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        own = tune.get_checkpoint()
+        with contextlib.ExitStack() as stack:
+            resume = Path(stack.enter_context(own.as_directory())) if own else None
+            parent = _open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
+            fit(candidate, _report, resume=resume, parent=parent)
+    except UserError as error:
+        message = " ".join(str(error).split())
+        logging.getLogger(__name__).error("candidate %s failed: %s", config.get("mask"), message)
+        tune.report({"val_loss": float("nan"), "failed": True, "error": f"{type(error).__name__}: {message}"})
+
+
+def _open_parent(location: str, stack: contextlib.ExitStack) -> Path:
+    """The parent's final checkpoint as a local folder; a :class:`CheckpointError` naming it if unreadable."""
+    try:
+        folder = Path(stack.enter_context(tune.Checkpoint(location).as_directory()))
+    except Exception as error:  # a URI that is gone, an unreachable store
+        raise CheckpointError(f"the parent checkpoint {location} cannot be opened ({error})") from None
+    try:
+        read_meta(folder)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"the parent checkpoint {location} is missing or corrupt ({error}); the child does not train "
+            "from scratch instead: retrain the parent (a new search) or restore its checkpoint, then resume"
+        ) from None
+    return folder
+
+
+def _check_gpu() -> None:
+    """A trial given a GPU must see one: otherwise it fails once, naming its node."""
+    gpus = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
+    if gpus and not torch.cuda.is_available() and os.environ.get(CPU_FALLBACK) != "1":
+        context = ray.get_runtime_context()
+        raise UserError(
+            f"this trial was given {gpus:g} GPU(s) on node {ray.util.get_node_ip_address()} "
+            f"({context.get_node_id()}), but torch {torch.__version__} there sees no CUDA device "
+            f"(CUDA build: {torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); install torch's CUDA build matching the "
+            f"node's driver, or, for a cluster of logical GPUs (tests), set {CPU_FALLBACK}=1 on its nodes"
+        )

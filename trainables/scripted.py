@@ -22,7 +22,8 @@ def scripted_trainable(config: dict) -> None:
     Its checkpoint records its own mask, its process id and what it read from its parent's
     checkpoint, so tests can check warm-start plumbing and actor reuse end to end. With
     ``gather={"dir": ..., "sizes": {round: n}}``, a trial of such a round first waits until
-    all ``n`` trials of its round have started (so they provably run at once).
+    all ``n`` trials of its round have started (so they provably run at once). With
+    ``started=DIR``, each trial touches ``DIR/<round>-<mask>`` as it begins (tests wait on it).
     """
     mask = config["mask"]
     own = tune.get_checkpoint()
@@ -32,6 +33,9 @@ def scripted_trainable(config: dict) -> None:
             tune.report(state["metrics"], checkpoint=tune.Checkpoint.from_directory(directory))
         return
     started = time.time()
+    if config.get("started"):
+        Path(config["started"]).mkdir(parents=True, exist_ok=True)
+        Path(config["started"], f"{config.get('round')}-{mask}").touch()
     if size := config.get("gather", {}).get("sizes", {}).get(str(config.get("round"))):
         _gather(Path(config["gather"]["dir"]) / str(config["round"]), mask, size)
     parent_seen = None

@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import pyarrow as pa
 
+from fusionsearch.data.manifest import LABEL, SAMPLE, SESSION, SUBJECT, read_text_table
 from fusionsearch.errors import DataError
-from fusionsearch.manifest import LABEL, SAMPLE, SESSION, SUBJECT, read_text_table
 
 NULL_VALUES = ["n/a", "N/A", "NA", "nan", ""]
 

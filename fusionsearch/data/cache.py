@@ -32,11 +32,10 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionsearch import storage
-from fusionsearch.config import to_dict
+from fusionsearch.data.manifest import Manifest
+from fusionsearch.data.preprocess import preprocess_sample
 from fusionsearch.errors import DataError
-from fusionsearch.manifest import Manifest
-from fusionsearch.preprocess import PreprocessConfig, preprocess_sample
-from fusionsearch.settings import DataConfig
+from fusionsearch.settings import DataConfig, PreprocessConfig, to_dict
 
 log = logging.getLogger(__name__)
 

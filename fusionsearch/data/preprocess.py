@@ -1,9 +1,8 @@
-"""Preprocessing of one sample with MONAI dictionary transforms, configured by one object."""
+"""Preprocessing of one sample with MONAI dictionary transforms, configured by :class:`PreprocessConfig`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,39 +18,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from fusionsearch.config import ConfigError
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How raw NIfTI volumes become one ``(N, *shape)`` array per sample.
-
-    Attributes:
-        shape: target cube edge (or ``(D, H, W)``); volumes are cropped/padded to it.
-        spacing: target voxel size in mm for the reference (first) modality, or ``None`` to
-            keep its own grid. The other modalities are resampled onto the reference grid
-            using the NIfTI affines (scanner space), so they need not be co-registered.
-        orientation: axis codes every volume is reoriented to.
-        crop_foreground: crop to the bounding box of the non-zero voxels before padding.
-        dtype: storage type of the cached arrays (``float16`` halves memory and I/O).
-    """
-
-    shape: int | tuple[int, int, int] = 64
-    spacing: float | tuple[float, float, float] | None = None
-    orientation: str = "RAS"
-    crop_foreground: bool = True
-    dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if any(s < 4 for s in self.spatial_shape):
-            raise ConfigError(f"shape={self.shape!r}: every edge must be at least 4 voxels")
-        if self.dtype not in ("float16", "float32"):
-            raise ConfigError(f"dtype={self.dtype!r} is not allowed; choose one of ['float16', 'float32']")
-
-    @property
-    def spatial_shape(self) -> tuple[int, int, int]:
-        shape = self.shape
-        return (shape,) * 3 if isinstance(shape, int) else tuple(int(s) for s in shape)
+from fusionsearch.settings import PreprocessConfig
 
 
 def build_transforms(modalities: Sequence[str], config: PreprocessConfig) -> Compose:

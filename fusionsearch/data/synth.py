@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 from scipy import ndimage
 
-from fusionsearch.config import ConfigError
-from fusionsearch.manifest import write_manifest
+from fusionsearch.data.manifest import write_manifest
+from fusionsearch.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from fusionsearch.data.manifest import SUBJECT, Manifest
 from fusionsearch.errors import DataError
-from fusionsearch.manifest import SUBJECT, Manifest
 
 
 def check_volume(path: Path) -> str | None:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fusionsearch.config import ModelConfig, from_dict, to_dict
 from fusionsearch.errors import UserError
-from fusionsearch.network import FusionNet
+from fusionsearch.model.network import FusionNet
+from fusionsearch.settings import ModelConfig, from_dict, to_dict
 
 FORMAT_VERSION = 1
 MODEL_FILE, TRAINING_FILE, META_FILE = "model.pt", "training.pt", "meta.json"
@@ -67,7 +68,14 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_state_dict(directory: str | os.PathLike, name: str = MODEL_FILE) -> dict[str, Any]:
     """A tensor dict from the checkpoint, loaded without unpickling arbitrary objects."""
-    return torch.load(Path(directory) / name, map_location="cpu", weights_only=True)
+    path = Path(directory) / name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise CheckpointError(
+            f"{path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:200]}): "
+            "the checkpoint is missing or corrupt"
+        ) from None
 
 
 def load_model(directory: str | os.PathLike) -> FusionNet:

@@ -6,13 +6,14 @@ import torch
 from monai.networks.nets import resnet
 from torch import nn
 
-from fusionsearch.config import ModelConfig
-from fusionsearch.fusion import build_fusion
-from fusionsearch.mask import FusionMask, MaskError
+from fusionsearch.mask import NUM_POINTS, FusionMask, MaskError
+from fusionsearch.model.fusion import FUSION_MODULES, build_fusion
+from fusionsearch.settings import ModelConfig, check_choice
 
-#: Candidate fusion points: after each of the four residual stages.
+#: The residual stages after which a stream can fuse: candidate point ``i`` follows ``STAGES[i]``.
 STAGES = ("layer1", "layer2", "layer3", "layer4")
-NUM_POINTS = len(STAGES)
+if len(STAGES) != NUM_POINTS:
+    raise ImportError(f"fusionsearch.mask.NUM_POINTS={NUM_POINTS} but the network has {len(STAGES)} stages")
 
 _FACTORIES = {10: resnet.resnet10, 18: resnet.resnet18, 34: resnet.resnet34}
 
@@ -30,6 +31,7 @@ class FusionNet(nn.Module):
 
     def __init__(self, config: ModelConfig, mask: FusionMask | str) -> None:
         super().__init__()
+        check_choice("fusion", config.fusion, sorted(FUSION_MODULES))
         self.config = config
         self.mask = FusionMask.parse(mask, NUM_POINTS)
         if self.mask.active and config.modalities < 2:

@@ -1,4 +1,4 @@
-"""Held-out classification metrics (scikit-learn) and their mean ± std over folds."""
+"""Held-out classification metrics (scikit-learn): per method and fold, and their mean ± std over folds."""
 
 from __future__ import annotations
 
@@ -48,3 +48,35 @@ def mean_and_std(per_fold: pa.Table, group: str = "method") -> pa.Table:
     aggregations = [(m, f) for m in METRICS for f in ("mean", "stddev")]
     table = per_fold.group_by(group, use_threads=False).aggregate(aggregations)
     return table.rename_columns([n.replace("_stddev", "_std") for n in table.column_names])
+
+
+def fold_metrics(predictions: pa.Table) -> pa.Table:
+    """One row per (method, fold) with every metric of :data:`METRICS`."""
+    rows = []
+    keys = sorted(set(zip(predictions["method"].to_pylist(), predictions["fold"].to_pylist(), strict=True)))
+    for method, fold in keys:
+        part = predictions.filter(
+            pa.compute.and_(
+                pa.compute.equal(predictions["method"], method), pa.compute.equal(predictions["fold"], fold)
+            )
+        )
+        probabilities = np.array(part["probabilities"].to_pylist())
+        rows.append(
+            {
+                "method": method,
+                "fold": fold,
+                "mask": part["mask"][0].as_py(),
+                **classification_metrics(part["label"].to_pylist(), probabilities),
+            }
+        )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("method", pa.string()),
+                ("fold", pa.int64()),
+                ("mask", pa.string()),
+                *[(m, pa.float64()) for m in METRICS],
+            ]
+        ),
+    )

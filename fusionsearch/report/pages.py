@@ -17,18 +17,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from matplotlib.figure import Figure
 
 from fusionsearch import storage
-from fusionsearch.driver import load_result, read_run
 from fusionsearch.errors import UserError
-from fusionsearch.evaluation import PREDICTIONS_FILE, fold_metrics
-from fusionsearch.metrics import METRICS, mean_and_std
+from fusionsearch.report.cost import Cost, cost_rows, search_cost
+from fusionsearch.report.figures import method_title, roc_figure, rounds_figure, tree_figure
+from fusionsearch.report.metrics import METRICS, fold_metrics, mean_and_std
+from fusionsearch.search.experiment import PREDICTIONS_FILE, REPORT_DIR, read_candidates, read_run
+from fusionsearch.settings import to_dict
 
-REPORT_DIR = "report"
 METHOD_ORDER = ("unimodal", "late fusion", "chosen", "ensemble")
 
 
@@ -43,14 +42,14 @@ class Evaluation:
     predictions: pa.Table
     per_fold: pa.Table  # method x fold metrics
     results: pa.Table  # method: mean and std of every metric
-    cost: dict[str, Any]
-    settings: dict[str, Any]
+    cost: Cost
+    settings: dict[str, Any]  # the run's settings and metadata, as the report shows them
 
 
 def load_evaluation(experiment_dir: str) -> Evaluation:
     """Read a search's candidates, held-out predictions and settings from its storage."""
     run = read_run(experiment_dir)
-    candidates = load_result(experiment_dir).table
+    candidates = read_candidates(experiment_dir)
     path = storage.join(experiment_dir, PREDICTIONS_FILE)
     if not storage.exists(path):
         raise UserError(
@@ -59,20 +58,22 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
         )
     predictions = storage.read_table(path)
     per_fold = fold_metrics(predictions)
-    meta = run.get("metadata", {})
-    searcher = meta.get("searcher", "search")
     num_points = len(candidates["mask"][0].as_py())
     results = _ordered(mean_and_std(per_fold.drop_columns(["fold", "mask"])))
     return Evaluation(
         name=experiment_dir.rstrip("/").rsplit("/", 1)[-1],
-        searcher=searcher,
+        searcher=run.searcher,
         num_points=num_points,
         candidates=candidates,
         predictions=predictions,
         per_fold=per_fold,
         results=results,
-        cost=search_cost(candidates, run, searcher, num_points),
-        settings=meta,
+        cost=search_cost(candidates, run, num_points),
+        settings={
+            **run.metadata,
+            "searcher": run.searcher,
+            "settings": to_dict(run.settings) if run.settings else None,
+        },
     )
 
 
@@ -84,189 +85,10 @@ def _ordered(results: pa.Table) -> pa.Table:
     return results.take(order)
 
 
-def method_title(method: str, searcher: str) -> str:
-    """Display names: the chosen mask of an exhaustive search is its best mask."""
-    if method == "chosen":
-        return "exhaustive: best mask" if searcher == "exhaustive" else f"{searcher}: chosen mask"
-    return {"late fusion": "late fusion (0000)", "ensemble": "brute-force ensemble"}.get(method, method)
-
-
 def chosen_frequency(candidates: pa.Table) -> Counter:
     """How often each mask was chosen across folds."""
     rows = candidates.to_pylist()
     return Counter(r["mask"] for r in rows if r["chosen"])
-
-
-def search_cost(candidates: pa.Table, run: dict[str, Any], searcher: str, num_points: int) -> dict[str, Any]:
-    """Trials trained, compute hours, wall time, and what exhaustive search needs for the same folds."""
-    rows = [r for r in candidates.to_pylist() if r["status"] == "ok" or r["train_seconds"]]
-    search = [r for r in rows if r["role"] == "search"]
-    folds = len({r["fold"] for r in candidates.to_pylist()})
-    resources = run.get("resources") or {}
-    gpus = resources.get("gpu") or 0
-    unit, per_trial = ("GPU-hours", gpus) if gpus else ("CPU-hours", resources.get("cpu", 1))
-    seconds = [r["train_seconds"] or 0.0 for r in search]
-    starts = [r["started_at"] for r in rows if r["started_at"]]
-    ends = [r["finished_at"] for r in rows if r["finished_at"]]
-    exhaustive_candidates = 2**num_points * folds
-    mean_seconds = float(np.mean(seconds)) if seconds else float("nan")
-    return {
-        "folds": folds,
-        "search candidates": len(search),
-        "search candidates per fold": len(search) / folds if folds else float("nan"),
-        "baseline trials": len(rows) - len(search),
-        "unit": unit,
-        "search compute": sum(seconds) * per_trial / 3600,
-        "total compute": sum(r["train_seconds"] or 0.0 for r in rows) * per_trial / 3600,
-        "wall hours": (max(ends) - min(starts)) / 3600 if starts and ends else float("nan"),
-        "exhaustive candidates": exhaustive_candidates,
-        "exhaustive compute": (
-            sum(seconds) * per_trial / 3600
-            if searcher == "exhaustive"
-            else mean_seconds * exhaustive_candidates * per_trial / 3600
-        ),
-        "exhaustive compute is": "measured"
-        if searcher == "exhaustive"
-        else "estimated: mean candidate x count",
-        "peak RSS per trial MB (median, max)": _median_and_max([r.get("peak_rss_mb") for r in rows]),
-    }
-
-
-def _median_and_max(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    return f"{np.median(known):.0f}, {max(known):.0f}" if known else "-"
-
-
-# --- figures --------------------------------------------------------------------------
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def roc_figure(evaluation: Evaluation) -> bytes:
-    """ROC curves per method, test predictions pooled over folds (binary tasks)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    figure = Figure(figsize=(5.5, 5))
-    axes = figure.subplots()
-    rows = evaluation.predictions.to_pylist()
-    for method in evaluation.results["method"].to_pylist():
-        part = [r for r in rows if r["method"] == method]
-        labels = np.array([r["label"] for r in part])
-        probabilities = np.array([r["probabilities"] for r in part])
-        if probabilities.shape[1] != 2 or len(set(labels)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
-        auc = roc_auc_score(labels, probabilities[:, 1])
-        axes.plot(fpr, tpr, lw=2, label=f"{method_title(method, evaluation.searcher)} (AUC {auc:.3f})")
-    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    axes.set(
-        xlabel="1 - specificity",
-        ylabel="sensitivity",
-        title="ROC, test folds pooled",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-    )
-    axes.legend(loc="lower right", fontsize=8)
-    return _png(figure)
-
-
-def _chosen_path(rows: list[dict[str, Any]]) -> set[str]:
-    by_mask = {r["mask"]: r for r in rows}
-    path, mask = set(), next((r["mask"] for r in rows if r["chosen"]), None)
-    while mask:
-        path.add(mask)
-        mask = by_mask.get(mask, {}).get("parent_mask")
-    return path
-
-
-def tree_figure(evaluation: Evaluation) -> bytes:
-    """Every fold's search tree: candidates by round with their validation loss; the chosen path in red."""
-    search = [r for r in evaluation.candidates.to_pylist() if r["role"] == "search"]
-    folds = sorted({r["fold"] for r in search})
-    tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
-    rounds = 1 + max(r["round"] for r in search)
-    # One row per fold, so the figure keeps its width (and its text legible) however many folds.
-    figure = Figure(figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
-    axes = figure.subplots(len(folds), 1, squeeze=False)
-    for ax, fold in zip(axes[:, 0], folds, strict=True):
-        rows = [r for r in search if r["fold"] == fold]
-        path = _chosen_path(rows)
-        place = {}
-        for round_ in sorted({r["round"] for r in rows}):
-            members = sorted((r for r in rows if r["round"] == round_), key=lambda r: r["mask"])
-            for i, r in enumerate(members):
-                place[r["mask"]] = (round_, -(i - (len(members) - 1) / 2))
-        for r in rows:
-            if r["parent_mask"] in place:
-                (x0, y0), (x1, y1) = place[r["parent_mask"]], place[r["mask"]]
-                on_path = r["mask"] in path and r["parent_mask"] in path
-                ax.plot(
-                    [x0, x1],
-                    [y0, y1],
-                    color="crimson" if on_path else "0.75",
-                    lw=2 if on_path else 0.8,
-                    zorder=1,
-                )
-        for r in rows:
-            x, y = place[r["mask"]]
-            loss = "failed" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
-            style = {"color": "crimson", "fontweight": "bold"} if r["mask"] in path else {}
-            ax.text(
-                x,
-                y,
-                f"{r['mask']}  {loss}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                family="monospace",
-                bbox={"boxstyle": "round", "fc": "white", "ec": "crimson" if r["mask"] in path else "0.6"},
-                zorder=2,
-                **style,
-            )
-        fold_rounds = sorted({r["round"] for r in rows})
-        ax.set(
-            xlim=(-0.6, rounds - 0.4),
-            ylim=(-tallest / 2 - 0.3, tallest / 2 + 0.3),
-            xticks=fold_rounds,
-            yticks=[],
-            xlabel="round",
-            title=f"fold {fold}",
-        )
-        for side in ("left", "right", "top"):
-            ax.spines[side].set_visible(False)
-    figure.suptitle("search tree: mask and validation loss (chosen path in red)", fontsize=10, y=1.0)
-    figure.tight_layout()
-    return _png(figure)
-
-
-def rounds_figure(evaluation: Evaluation) -> bytes:
-    """Validation loss of every candidate by round, and each fold's best-so-far line."""
-    search = [
-        r for r in evaluation.candidates.to_pylist() if r["role"] == "search" and r["val_loss"] is not None
-    ]
-    figure = Figure(figsize=(5.5, 4))
-    axes = figure.subplots()
-    for fold in sorted({r["fold"] for r in search}):
-        rows = [r for r in search if r["fold"] == fold]
-        rounds = sorted({r["round"] for r in rows})
-        best = np.minimum.accumulate([min(r["val_loss"] for r in rows if r["round"] == k) for k in rounds])
-        line = axes.plot(rounds, best, marker="o", lw=2, label=f"fold {fold} best so far")
-        axes.scatter(
-            [r["round"] + 0.08 for r in rows],
-            [r["val_loss"] for r in rows],
-            s=12,
-            alpha=0.5,
-            color=line[0].get_color(),
-        )
-    losses = [r["val_loss"] for r in search]
-    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # late rounds' gains are small
-        axes.set_yscale("log")
-    axes.set(xlabel="round", ylabel="validation loss", title="validation loss per round")
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.legend(fontsize=8)
-    return _png(figure)
 
 
 # --- tables and pages -----------------------------------------------------------------
@@ -293,27 +115,6 @@ def results_rows(evaluation: Evaluation) -> list[list[str]]:
 
 
 RESULTS_HEADER = ["method", "mask", *METRICS]
-
-
-def cost_rows(cost: dict[str, Any]) -> list[list[str]]:
-    unit = cost["unit"]
-    return [
-        ["folds", _fmt(cost["folds"])],
-        [
-            "search candidates trained (per fold)",
-            f"{cost['search candidates']} ({cost['search candidates per fold']:.1f})",
-        ],
-        ["baseline trials (unimodal, ensemble members)", _fmt(cost["baseline trials"])],
-        [f"search compute ({unit})", f"{cost['search compute']:.3f}"],
-        [f"total compute incl. baselines ({unit})", f"{cost['total compute']:.3f}"],
-        ["wall time (hours)", f"{cost['wall hours']:.3f}"],
-        ["exhaustive search: candidates", _fmt(cost["exhaustive candidates"])],
-        [
-            f"exhaustive search: compute ({unit}, {cost['exhaustive compute is']})",
-            f"{cost['exhaustive compute']:.3f}",
-        ],
-        ["peak RSS per trial, MB (median, max)", cost["peak RSS per trial MB (median, max)"]],
-    ]
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -356,7 +157,7 @@ def write_report(experiment_dir: str) -> Evaluation:
         "results": evaluation.results,
         "metrics_per_fold": evaluation.per_fold,
         "candidates": evaluation.candidates.drop_columns(["node_ip", "node_id"]),
-        "cost": pa.Table.from_pylist([{"item": k, "value": str(v)} for k, v in evaluation.cost.items()]),
+        "cost": pa.Table.from_pylist([{"item": k, "value": v} for k, v in cost_rows(evaluation.cost)]),
     }
     for name, table in tables.items():
         storage.write_table(storage.join(out, f"{name}.parquet"), table)
@@ -387,7 +188,7 @@ def write_report(experiment_dir: str) -> Evaluation:
 
 
 def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str, Any, str | None]]:
-    folds = evaluation.cost["folds"]
+    folds = evaluation.cost.folds
     chosen = ", ".join(f"{mask} on {n} of {folds} fold(s)" for mask, n in frequency.most_common())
     return [
         (
@@ -430,9 +231,9 @@ def write_comparison(experiment_dirs: list[str], out: str) -> str:
             [
                 e.name,
                 e.searcher,
-                str(c["search candidates"]),
-                f"{c['search compute']:.3f} {c['unit']}",
-                f"{c['wall hours']:.3f}",
+                str(c.search_candidates),
+                f"{c.search_compute:.3f} {c.unit}",
+                f"{c.wall_hours:.3f}",
                 ", ".join(f"{m} x{n}" for m, n in chosen_frequency(e.candidates).most_common()),
             ]
         )

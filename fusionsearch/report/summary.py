@@ -6,8 +6,9 @@ import math
 
 import pyarrow as pa
 
-from fusionsearch.driver import SearchResult
-from fusionsearch.report import RESULTS_HEADER, Evaluation, chosen_frequency, cost_rows, results_rows
+from fusionsearch.report.cost import cost_rows
+from fusionsearch.report.pages import RESULTS_HEADER, Evaluation, chosen_frequency, results_rows
+from fusionsearch.search.experiment import SearchResult
 
 COLUMNS = (("fold", "fold", "{}"), ("round", "round", "{}"), ("role", "role", "{}"), ("mask", "mask", "{}"),
            ("parent_mask", "parent", "{}"), ("val_loss", "val_loss", "{:.4f}"),

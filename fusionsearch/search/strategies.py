@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from fusionsearch.config import ConfigError
-from fusionsearch.mask import FusionMask
+from fusionsearch.mask import NUM_POINTS, FusionMask
+from fusionsearch.settings import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,26 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.loss is not None and not math.isnan(self.loss)
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A search strategy: a pure function from the history to the next round.
+
+    ``next_round`` returns the candidates of the next round (all of them at once, so they can
+    train in parallel), or an empty list when the search is done. A strategy may also define
+    ``chosen(history) -> Outcome | None``, its answer (default: :func:`best_outcome`).
+    """
+
+    num_points: int
+
+    def next_round(self, history: Sequence[Outcome]) -> list[Candidate]: ...
+
+
+def chosen_outcome(strategy: Strategy, history: Sequence[Outcome]) -> Outcome | None:
+    """The search's answer: the strategy's own ``chosen(history)`` if it has one, else the best outcome."""
+    chosen = getattr(strategy, "chosen", None)
+    return chosen(history) if chosen else best_outcome(history)
 
 
 def _rounds(history: Sequence[Outcome]) -> list[list[Outcome]]:
@@ -66,10 +87,10 @@ class BeamSearch:
     several of them warm-starts from the best). A round *improves* when its best loss is below
     the best loss seen before it by more than ``min_delta``; the search tolerates ``patience``
     consecutive rounds that do not improve and stops at the next one, or when no mask can be
-    extended. The answer is always the best mask seen.
+    extended. The answer is the best mask seen, counting only improvements of more than ``min_delta``.
     """
 
-    num_points: int = 4
+    num_points: int = NUM_POINTS
     beam_width: int = 2
     patience: int = 1
     min_delta: float = 0.0
@@ -103,6 +124,19 @@ class BeamSearch:
                 children.setdefault(mask, Candidate(mask, parent.candidate.mask, len(rounds)))
         return list(children.values())
 
+    def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The best mask seen, counting only improvements of more than ``min_delta``.
+
+        A round's best replaces the answer only when it beats it by more than ``min_delta``,
+        so a child that is better by less (validation noise) does not become the answer.
+        """
+        answer = None
+        for outcomes in _rounds(history):
+            ranked = _ranked(outcomes)
+            if ranked and (answer is None or ranked[0].loss < answer.loss - self.min_delta):
+                answer = ranked[0]
+        return answer
+
 
 @dataclass(frozen=True)
 class SFSA:
@@ -114,13 +148,19 @@ class SFSA:
     every point is active.
     """
 
-    num_points: int = 4
+    num_points: int = NUM_POINTS
     min_delta: float = 0.0
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
-        return BeamSearch(self.num_points, beam_width=1, patience=0, min_delta=self.min_delta).next_round(
-            history
-        )
+        return self._beam.next_round(history)
+
+    def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The current best when the search stopped: improvements of ``min_delta`` or less do not count."""
+        return self._beam.chosen(history)
+
+    @property
+    def _beam(self) -> BeamSearch:
+        return BeamSearch(self.num_points, beam_width=1, patience=0, min_delta=self.min_delta)
 
 
 @dataclass(frozen=True)
@@ -130,7 +170,7 @@ class Exhaustive:
     With ``from_scratch=True`` the others start from scratch instead (parent ``None``).
     """
 
-    num_points: int = 4
+    num_points: int = NUM_POINTS
     from_scratch: bool = False
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
@@ -143,5 +183,9 @@ class Exhaustive:
         parent = None if self.from_scratch or not _ranked(rounds[0]) else baseline
         return [Candidate(m, parent, 1) for m in FusionMask.all_masks(self.num_points) if m != baseline]
 
+    def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The lowest-loss mask of all."""
+        return best_outcome(history)
 
-STRATEGIES = {"sfsa": SFSA, "beam": BeamSearch, "exhaustive": Exhaustive}
+
+STRATEGIES: dict[str, type[Strategy]] = {"sfsa": SFSA, "beam": BeamSearch, "exhaustive": Exhaustive}

@@ -1,0 +1,244 @@
+"""The end-to-end pipeline, for the CLI and Python alike: validate, cache, search, evaluate, report.
+
+``fusionsearch run`` is :func:`run`; ``fusionsearch resume`` is :func:`resume`; ``fusionsearch
+report`` is :func:`report`. Everything a mistake can be found from is checked before Ray starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fusionsearch import storage
+from fusionsearch.data.cache import PreprocessCache, cache_manifest
+from fusionsearch.data.manifest import Manifest, read_manifest
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.data.validate import validate_manifest
+from fusionsearch.driver import (
+    check_resources,
+    check_resumable,
+    connect,
+    evaluate_search,
+    load_result,
+    resume_search,
+    run_search,
+)
+from fusionsearch.errors import UserError
+from fusionsearch.model.fusion import FUSION_MODULES
+from fusionsearch.report.pages import Evaluation, write_report
+from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
+from fusionsearch.settings import (
+    DEFAULT_STORAGE,
+    ModelConfig,
+    PreprocessConfig,
+    ResourceConfig,
+    RunSettings,
+    SearchConfig,
+    TrainConfig,
+    check_choice,
+    to_dict,
+)
+
+log = logging.getLogger(__name__)
+
+#: The planted XOR benchmark of the demo (``run`` without a manifest).
+PLANTED = SynthConfig(n=400, size=32)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """A search and its held-out evaluation (``None``: no candidate finished, or a user's own trainable)."""
+
+    search: SearchResult
+    evaluation: Evaluation | None
+
+    @property
+    def experiment_dir(self) -> str:
+        return self.search.experiment_dir
+
+
+def experiment_dir(name: str, storage_path: str | Path = DEFAULT_STORAGE) -> str:
+    """``<storage>/<name>``, normalised."""
+    return storage.join(storage.normalise(str(storage_path)), name)
+
+
+def planted_manifest(storage_path: str, seed: int = 0) -> Path:
+    """The planted XOR benchmark, generated once: under local storage, or in the user's cache for a URI."""
+    root = (
+        Path("~/.cache/fusionsearch").expanduser()
+        if storage.is_uri(storage_path)
+        else Path(storage.normalise(storage_path))
+    )
+    folder = root / "planted" / f"xor-n{PLANTED.n}-size{PLANTED.size}-seed{seed}"
+    if not (folder / "manifest.csv").is_file():
+        log.info("generating the planted XOR benchmark in %s (once)", folder)
+        generate(folder, replace(PLANTED, seed=seed))
+    return folder / "manifest.csv"
+
+
+def make_searcher(search: SearchConfig, modalities: list[str]):
+    """The Ray Tune searcher of ``search`` over its folds, with its baselines."""
+    from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
+
+    options = {
+        "folds": search.search_folds,
+        "pooled": search.pooled,
+        "unimodal": modalities if search.unimodal and len(modalities) > 1 else (),
+        "ensemble": search.ensemble,
+    }
+    if search.searcher == "sfsa":
+        return SFSASearcher(min_delta=search.min_delta, **options)
+    if search.searcher == "beam":
+        return BeamSearcher(
+            beam_width=search.beam_width, patience=search.beam_patience, min_delta=search.min_delta, **options
+        )
+    return ExhaustiveSearcher(from_scratch=search.from_scratch, **options)
+
+
+def load_manifest(
+    manifest: str | Path, modalities: list[str] | None, folds: int, data_root: Path | None
+) -> Manifest:
+    """Read and validate a manifest (every problem listed at once), with the chosen modalities."""
+    table = read_manifest(manifest)
+    if modalities:
+        table = table.select_modalities(modalities)
+    validate_manifest(table, folds=folds, data_root=data_root)
+    return table
+
+
+def run(
+    manifest: str | Path | None = None,
+    *,
+    name: str | None = None,
+    storage_path: str | Path = DEFAULT_STORAGE,
+    modalities: list[str] | None = None,
+    data_root: Path | None = None,
+    search: SearchConfig | None = None,
+    model: ModelConfig | None = None,
+    train: TrainConfig | None = None,
+    preprocess: PreprocessConfig | None = None,
+    resources: ResourceConfig | None = None,
+    cache: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+) -> PipelineResult:
+    """Validate the data, build the preprocessing cache, search, evaluate on the test parts, report.
+
+    Args:
+        manifest: the dataset's manifest (default: the planted XOR benchmark, made once).
+        name: the experiment's name (default: ``SEARCHER-DATE-TIME``); its folder is
+            ``<storage_path>/<name>``.
+        modalities: manifest columns to use, in stream order (default: all).
+        data_root: folder every image must be in (default: the manifest's folder).
+        cache: preprocessing cache folder or URI (default: beside the manifest; under the
+            storage when that is a URI).
+        workers: preprocessing threads (default: CPUs).
+        address: a Ray cluster (default: start a local Ray with ``resources.gpus`` GPUs).
+
+    The settings records default to their own defaults (:mod:`fusionsearch.settings`).
+    """
+    search, model, train = search or SearchConfig(), model or ModelConfig(), train or TrainConfig()
+    preprocess, resources = preprocess or PreprocessConfig(), resources or ResourceConfig()
+    storage_path = str(storage_path)
+    manifest_path = Path(manifest or planted_manifest(storage_path, train.seed)).resolve()
+    samples = load_manifest(manifest_path, modalities, search.folds, data_root)
+    searcher = make_searcher(search, samples.modalities)
+    check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
+    model = replace(model, modalities=len(samples.modalities))
+    local_gpus = _local_gpus()
+    if address is None and resources.gpus is not None and resources.gpus > local_gpus:
+        raise UserError(
+            f"--gpus {resources.gpus}: torch sees {local_gpus} CUDA device(s) on this machine, so the "
+            f"search would not get them; ask for --gpus {local_gpus} (0 = CPU only), or make the GPUs "
+            "visible (the CUDA build of torch, the NVIDIA driver, CUDA_VISIBLE_DEVICES)"
+        )
+    if address is None and resources.cpus_per_trial > (os.cpu_count() or 1):
+        raise UserError(
+            f"--cpus-per-trial {resources.cpus_per_trial:g}: this machine has {os.cpu_count()} CPU(s), so no "
+            f"trial could start; ask for at most {os.cpu_count()}"
+        )
+    gpus = resources.gpus if resources.gpus is not None else local_gpus
+    per_trial = resources.per_trial(gpus)
+    connect(address, num_gpus=None if address else gpus)  # an unreachable cluster: before any build
+    check_resources(per_trial, whole_cluster=address is None)
+    if cache is None:  # beside the manifest; nodes may not see the driver's disk when storage is a URI
+        cache = (
+            storage.join(storage_path, ".fusionsearch-cache")
+            if storage.is_uri(storage_path)
+            else str(manifest_path.parent / ".fusionsearch-cache")
+        )
+    data = cache_manifest(
+        samples,
+        PreprocessCache(cache, preprocess).root,
+        preprocess,
+        folds=search.folds,
+        split_seed=train.seed,
+        workers=workers,
+    )
+    settings = RunSettings(data=data, model=model, train=train)
+    name = name or f"{search.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log.info("search %s: %s, %s fusion, trials of %s", name, search.searcher, model.fusion, per_trial)
+    result = run_search(
+        searcher,
+        config={"settings": to_dict(settings)},
+        storage_path=storage_path,
+        name=name,
+        resources=per_trial,
+        max_failures=resources.max_failures,
+        metadata={
+            "command": "run",
+            "manifest": str(manifest_path),
+            "modalities": samples.modalities,
+            "search": to_dict(search),
+        },
+    )
+    return PipelineResult(result, finish(result))
+
+
+def resume(
+    name: str, storage_path: str | Path = DEFAULT_STORAGE, address: str | None = None
+) -> PipelineResult:
+    """Continue an interrupted search (from the CLI or Python), then evaluate and report it."""
+    directory = experiment_dir(name, storage_path)
+    check_resumable(directory)  # a clear error before Ray starts
+    connect(address)
+    result = resume_search(directory)
+    return PipelineResult(result, finish(result))
+
+
+def report(name: str, storage_path: str | Path = DEFAULT_STORAGE) -> PipelineResult:
+    """A search's table; for a finished (evaluated) one, its report files (re)written."""
+    directory = experiment_dir(name, storage_path)
+    read_run(directory)
+    evaluation = None
+    if storage.exists(storage.join(directory, PREDICTIONS_FILE)):
+        evaluation = write_report(directory)
+    return PipelineResult(load_result(directory), evaluation)
+
+
+def finish(result: SearchResult) -> Evaluation | None:
+    """Evaluate a finished search on its test folds and write its report.
+
+    Only for searches whose candidates are the default trainable's (their checkpoints are
+    networks this code rebuilds); ``None`` when no candidate finished.
+    """
+    run = read_run(result.experiment_dir)
+    if run.settings is None:
+        log.info("%s trains with %s: no held-out evaluation", result.experiment_dir, run.trainable)
+        return None
+    if not any(s == "ok" for s in result.table["status"].to_pylist()):
+        return None
+    evaluate_search(result.experiment_dir, result.table, run.settings.data, run.resources)
+    return write_report(result.experiment_dir)
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+__all__ = ["DEFAULT_STORAGE", "PipelineResult", "finish", "report", "resume", "run"]

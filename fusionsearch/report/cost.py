@@ -1,0 +1,95 @@
+"""What a search cost: trials, compute hours, wall time, and what exhaustive search would need."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from fusionsearch.search.experiment import RunRecord
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The cost of one search over its folds.
+
+    Attributes:
+        unit: ``GPU-hours`` when trials had GPUs, else ``CPU-hours``.
+        search_compute: compute of the search candidates, in ``unit``.
+        total_compute: the same with the baselines (unimodal networks, ensemble members).
+        wall_hours: first trial start to last trial end.
+        exhaustive_compute: what exhaustive search needs (measured for an exhaustive search,
+            else the mean candidate times the number of masks and folds).
+        peak_rss_mb: median and maximum peak memory per trial, if reported.
+    """
+
+    folds: int
+    search_candidates: int
+    baseline_trials: int
+    unit: str
+    search_compute: float
+    total_compute: float
+    wall_hours: float
+    exhaustive_candidates: int
+    exhaustive_compute: float
+    exhaustive_measured: bool
+    peak_rss_mb: tuple[float, float] | None
+
+    @property
+    def search_candidates_per_fold(self) -> float:
+        return self.search_candidates / self.folds if self.folds else math.nan
+
+
+def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
+    """The :class:`Cost` of the trials in ``candidates`` under ``run``'s per-trial resources."""
+    rows = [r for r in candidates.to_pylist() if r["status"] == "ok" or r["train_seconds"]]
+    search = [r for r in rows if r["role"] == "search"]
+    folds = len({r["fold"] for r in candidates.to_pylist()})
+    resources = run.resources or {}
+    gpus = resources.get("gpu") or 0
+    unit, per_trial = ("GPU-hours", gpus) if gpus else ("CPU-hours", resources.get("cpu", 1))
+    seconds = [r["train_seconds"] or 0.0 for r in search]
+    starts = [r["started_at"] for r in rows if r["started_at"]]
+    ends = [r["finished_at"] for r in rows if r["finished_at"]]
+    exhaustive_candidates = 2**num_points * folds
+    measured = run.searcher == "exhaustive"
+    mean_seconds = float(np.mean(seconds)) if seconds else math.nan
+    peaks = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
+    return Cost(
+        folds=folds,
+        search_candidates=len(search),
+        baseline_trials=len(rows) - len(search),
+        unit=unit,
+        search_compute=sum(seconds) * per_trial / 3600,
+        total_compute=sum(r["train_seconds"] or 0.0 for r in rows) * per_trial / 3600,
+        wall_hours=(max(ends) - min(starts)) / 3600 if starts and ends else math.nan,
+        exhaustive_candidates=exhaustive_candidates,
+        exhaustive_compute=(sum(seconds) if measured else mean_seconds * exhaustive_candidates)
+        * per_trial
+        / 3600,
+        exhaustive_measured=measured,
+        peak_rss_mb=(float(np.median(peaks)), float(max(peaks))) if peaks else None,
+    )
+
+
+def cost_rows(cost: Cost) -> list[list[str]]:
+    """The cost as ``[item, value]`` rows, for the terminal, the report and its tables."""
+    unit = cost.unit
+    how = "measured" if cost.exhaustive_measured else "estimated: mean candidate x count"
+    peak = f"{cost.peak_rss_mb[0]:.0f}, {cost.peak_rss_mb[1]:.0f}" if cost.peak_rss_mb else "-"
+    return [
+        ["folds", str(cost.folds)],
+        [
+            "search candidates trained (per fold)",
+            f"{cost.search_candidates} ({cost.search_candidates_per_fold:.1f})",
+        ],
+        ["baseline trials (unimodal, ensemble members)", str(cost.baseline_trials)],
+        [f"search compute ({unit})", f"{cost.search_compute:.3f}"],
+        [f"total compute incl. baselines ({unit})", f"{cost.total_compute:.3f}"],
+        ["wall time (hours)", f"{cost.wall_hours:.3f}"],
+        ["exhaustive search: candidates", str(cost.exhaustive_candidates)],
+        [f"exhaustive search: compute ({unit}, {how})", f"{cost.exhaustive_compute:.3f}"],
+        ["peak RSS per trial, MB (median, max)", peak],
+    ]

@@ -1,0 +1,151 @@
+"""The report's figures, drawn without pyplot (no GUI backend): ROC curves, search trees, losses per round."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from fusionsearch.report.pages import Evaluation
+
+
+def method_title(method: str, searcher: str) -> str:
+    """Display names: the chosen mask of an exhaustive search is its best mask."""
+    if method == "chosen":
+        return "exhaustive: best mask" if searcher == "exhaustive" else f"{searcher}: chosen mask"
+    return {"late fusion": "late fusion (0000)", "ensemble": "brute-force ensemble"}.get(method, method)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def roc_figure(evaluation: Evaluation) -> bytes:
+    """ROC curves per method, test predictions pooled over folds (binary tasks)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.subplots()
+    rows = evaluation.predictions.to_pylist()
+    for method in evaluation.results["method"].to_pylist():
+        part = [r for r in rows if r["method"] == method]
+        labels = np.array([r["label"] for r in part])
+        probabilities = np.array([r["probabilities"] for r in part])
+        if probabilities.shape[1] != 2 or len(set(labels)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels, probabilities[:, 1])
+        auc = roc_auc_score(labels, probabilities[:, 1])
+        axes.plot(fpr, tpr, lw=2, label=f"{method_title(method, evaluation.searcher)} (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    axes.set(
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title="ROC, test folds pooled",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    axes.legend(loc="lower right", fontsize=8)
+    return _png(figure)
+
+
+def _chosen_path(rows: list[dict[str, Any]]) -> set[str]:
+    by_mask = {r["mask"]: r for r in rows}
+    path, mask = set(), next((r["mask"] for r in rows if r["chosen"]), None)
+    while mask:
+        path.add(mask)
+        mask = by_mask.get(mask, {}).get("parent_mask")
+    return path
+
+
+def tree_figure(evaluation: Evaluation) -> bytes:
+    """Every fold's search tree: candidates by round with their validation loss; the chosen path in red."""
+    search = [r for r in evaluation.candidates.to_pylist() if r["role"] == "search"]
+    folds = sorted({r["fold"] for r in search})
+    tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
+    rounds = 1 + max(r["round"] for r in search)
+    # One row per fold, so the figure keeps its width (and its text legible) however many folds.
+    figure = Figure(figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
+    axes = figure.subplots(len(folds), 1, squeeze=False)
+    for ax, fold in zip(axes[:, 0], folds, strict=True):
+        rows = [r for r in search if r["fold"] == fold]
+        path = _chosen_path(rows)
+        place = {}
+        for round_ in sorted({r["round"] for r in rows}):
+            members = sorted((r for r in rows if r["round"] == round_), key=lambda r: r["mask"])
+            for i, r in enumerate(members):
+                place[r["mask"]] = (round_, -(i - (len(members) - 1) / 2))
+        for r in rows:
+            if r["parent_mask"] in place:
+                (x0, y0), (x1, y1) = place[r["parent_mask"]], place[r["mask"]]
+                on_path = r["mask"] in path and r["parent_mask"] in path
+                ax.plot(
+                    [x0, x1],
+                    [y0, y1],
+                    color="crimson" if on_path else "0.75",
+                    lw=2 if on_path else 0.8,
+                    zorder=1,
+                )
+        for r in rows:
+            x, y = place[r["mask"]]
+            loss = "failed" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
+            style = {"color": "crimson", "fontweight": "bold"} if r["mask"] in path else {}
+            ax.text(
+                x,
+                y,
+                f"{r['mask']}  {loss}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                family="monospace",
+                bbox={"boxstyle": "round", "fc": "white", "ec": "crimson" if r["mask"] in path else "0.6"},
+                zorder=2,
+                **style,
+            )
+        fold_rounds = sorted({r["round"] for r in rows})
+        ax.set(
+            xlim=(-0.6, rounds - 0.4),
+            ylim=(-tallest / 2 - 0.3, tallest / 2 + 0.3),
+            xticks=fold_rounds,
+            yticks=[],
+            xlabel="round",
+            title=f"fold {fold}",
+        )
+        for side in ("left", "right", "top"):
+            ax.spines[side].set_visible(False)
+    figure.suptitle("search tree: mask and validation loss (chosen path in red)", fontsize=10, y=1.0)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def rounds_figure(evaluation: Evaluation) -> bytes:
+    """Validation loss of every candidate by round, and each fold's best-so-far line."""
+    search = [
+        r for r in evaluation.candidates.to_pylist() if r["role"] == "search" and r["val_loss"] is not None
+    ]
+    figure = Figure(figsize=(5.5, 4))
+    axes = figure.subplots()
+    for fold in sorted({r["fold"] for r in search}):
+        rows = [r for r in search if r["fold"] == fold]
+        rounds = sorted({r["round"] for r in rows})
+        best = np.minimum.accumulate([min(r["val_loss"] for r in rows if r["round"] == k) for k in rounds])
+        line = axes.plot(rounds, best, marker="o", lw=2, label=f"fold {fold} best so far")
+        axes.scatter(
+            [r["round"] + 0.08 for r in rows],
+            [r["val_loss"] for r in rows],
+            s=12,
+            alpha=0.5,
+            color=line[0].get_color(),
+        )
+    losses = [r["val_loss"] for r in search]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # late rounds' gains are small
+        axes.set_yscale("log")
+    axes.set(xlabel="round", ylabel="validation loss", title="validation loss per round")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend(fontsize=8)
+    return _png(figure)

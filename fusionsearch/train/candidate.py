@@ -1,0 +1,45 @@
+"""What one trial trains: its :class:`Trial`, its parent's checkpoint and the run's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fusionsearch.search.records import TRIAL_FIELDS, Trial
+from fusionsearch.settings import ConfigError, RunSettings, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """A trial's config, typed: ``trial`` warm-started from ``parent`` (a checkpoint location) if given."""
+
+    trial: Trial
+    settings: RunSettings
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        folds = self.settings.data.folds
+        if not 0 <= self.trial.fold < folds:
+            raise ConfigError(f"fold={self.trial.fold} must be in 0..{folds - 1} (folds={folds})")
+
+    @property
+    def mask(self) -> str:
+        return self.trial.mask
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CandidateConfig:
+        """Convert Ray's flat config dict (trial keys, ``parent``, ``settings``) once, at the boundary."""
+        allowed = {*TRIAL_FIELDS, "parent", "settings"}
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown candidate setting(s) {unknown}; allowed: {sorted(allowed)}")
+        if "settings" not in config:
+            raise ConfigError("the candidate's config has no 'settings' (a RunSettings as a dict)")
+        return cls(
+            Trial.from_config(config), from_dict(RunSettings, config["settings"]), config.get("parent")
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The flat dict form Ray carries (inverse of :meth:`from_config`)."""
+        return self.trial.config() | {"parent": self.parent, "settings": to_dict(self.settings)}

@@ -1,0 +1,39 @@
+"""Inference and validation metrics of a model on batches of one part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from fusionsearch.train.folds import Batches
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, batches: Batches) -> torch.Tensor:
+    """Logits (on the CPU, float32) of every sample of ``batches``, in order."""
+    model.eval()
+    logits = []
+    for images, _ in batches(np.arange(len(batches))):
+        with batches.policy.autocast():
+            logits.append(model(images).float())
+    return torch.cat(logits).cpu()
+
+
+def evaluate(model: nn.Module, batches: Batches) -> dict[str, Any]:
+    """Validation loss (mean cross-entropy), accuracy and AUC."""
+    logits = predict_logits(model, batches)
+    labels = batches.data.labels
+    metrics = {
+        "val_loss": nn.functional.cross_entropy(logits, labels).item(),
+        "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "val_auc": float("nan"),
+    }
+    if len(np.unique(labels)) > 1:
+        probabilities = logits.softmax(dim=1).numpy()
+        scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
+        metrics["val_auc"] = float(roc_auc_score(labels.numpy(), scores, multi_class="ovr"))
+    return metrics

@@ -1,0 +1,216 @@
+"""Mistakes refused before launch, deterministic failures not retried, clean interruption and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+
+from conftest import TINY_RUN, cached_data, wait_for
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.driver import load_result, run_search
+from fusionsearch.search.strategies import SFSA, Candidate, Outcome
+from fusionsearch.settings import DataConfig, ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
+from searchers import RoundSearcher, SFSASearcher
+
+CLI = [sys.executable, "-m", "fusionsearch.cli"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("data"), SynthConfig(n=24, size=16, seed=1))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--folds", "2"], "folds=2: need at least 3"),
+        (["--folds", "3", "--fold", "5"], "fold=5: choose one of 0..2"),
+        (["--gpus", "4"], "--gpus 4: torch sees 0 CUDA device(s) on this machine"),
+        (["--gpus", "0", "--cpus-per-trial", "64"], "--cpus-per-trial 64: this machine has"),
+    ],
+)
+def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_path, options, message):
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "--data",
+            str(manifest),
+            "--storage",
+            str(tmp_path / "runs"),
+            "--cache",
+            str(cache),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1  # one paragraph
+    assert not cache.exists() and not (tmp_path / "runs").exists()  # nothing built, nothing searched
+
+
+def test_a_deterministic_failure_in_a_trial_fails_once_with_its_message(tmp_path):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        settings = RunSettings(data=DataConfig(index="nowhere", cache="nowhere", folds=3))
+        # Fold 4 of 3: every trial's config is rejected, the same way on every try.
+        result = run_search(
+            SFSASearcher(folds=[4]),
+            config={"settings": settings},
+            storage_path=tmp_path,
+            name="bad",
+            resources={"cpu": 1},
+            max_failures=3,
+        )
+    finally:
+        ray.shutdown()
+    [row] = result.table.to_pylist()  # round 0 failed: nothing to extend
+    assert row["status"] == "failed" and row["error"].startswith("ConfigError: fold=4 must be in 0..2")
+    trial = Path(result.experiment_dir, row["trial_id"])
+    assert len((trial / "result.json").read_text().splitlines()) == 1  # one report, one try
+    assert not (trial / "error.txt").exists()  # Tune saw no exception, so it retried nothing
+
+
+def test_a_trial_given_a_gpu_it_cannot_see_fails_once_naming_its_node(tmp_path, monkeypatch):
+    monkeypatch.delenv("FUSIONSEARCH_CPU_FALLBACK", raising=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU
+    try:
+        settings = RunSettings(data=DataConfig(index="nowhere", cache="nowhere", folds=3))
+        result = run_search(
+            SFSASearcher(),
+            config={"settings": settings},
+            storage_path=tmp_path,
+            name="gpu",
+            resources={"cpu": 1, "gpu": 1},
+            max_failures=3,
+        )
+        node = ray.util.get_node_ip_address()
+    finally:
+        ray.shutdown()
+    [row] = result.table.to_pylist()
+    assert (
+        row["status"] == "failed"
+        and "sees no CUDA device" in row["error"]
+        and f"on node {node}" in row["error"]
+    )
+    assert not Path(result.experiment_dir, row["trial_id"], "error.txt").exists()
+
+
+class CorruptParent(tune.Callback):
+    """Overwrites the weights of the baseline's final checkpoint as soon as it finishes."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.config["mask"] == "0000":
+            Path(trial.checkpoint.path, "model.pt").write_bytes(b"not a tensor file")
+
+
+class BaselineThenOne:
+    num_points = 4
+
+    def next_round(self, history):
+        from fusionsearch.mask import FusionMask
+
+        if not history:
+            return [Candidate(FusionMask("0000"), None, 0)]
+        return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)] if len(history) == 1 else []
+
+
+@pytest.mark.slow
+def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifest, tmp_path):
+    settings = RunSettings(
+        data=cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16)),
+        model=ModelConfig(width=0.125),
+        train=TrainConfig(epochs=1, patience=1, batch_size=8),
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_search(
+            RoundSearcher(BaselineThenOne()),
+            config={"settings": to_dict(settings)},
+            storage_path=tmp_path,
+            name="corrupt",
+            resources={"cpu": 1},
+            max_failures=2,
+            callbacks=[CorruptParent()],
+        )
+    finally:
+        ray.shutdown()
+    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    parent, child = rows["0000"], rows["0100"]
+    assert parent["status"] == "ok" and child["status"] == "failed"
+    assert "CheckpointError" in child["error"] and "model.pt cannot be read" in child["error"]
+    assert parent["checkpoint"] in child["error"]  # names the parent's location
+    assert len(Path(tmp_path, "corrupt", child["trial_id"], "result.json").read_text().splitlines()) == 1
+
+
+def _sfsa_answer(rows):
+    """What SFSA chooses from these losses, replayed without Ray (the uninterrupted answer)."""
+    losses = {r["mask"]: r["val_loss"] for r in rows}
+    history, strategy = [], SFSA()
+    while candidates := strategy.next_round(history):
+        history += [Outcome(c, losses[str(c.mask)]) for c in candidates]
+    return {str(o.candidate.mask) for o in history}, str(strategy.chosen(history).candidate.mask)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manifest, tmp_path, signum, code):
+    storage = tmp_path / "runs"
+    run = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            "--data",
+            str(manifest),
+            "--storage",
+            str(storage),
+            "--name",
+            "x",
+            "--cache",
+            str(tmp_path / "cache"),
+            *TINY_RUN,
+            "--epochs",
+            "3",
+            "--patience",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    experiment = storage / "x"
+    wait_for(lambda: (experiment / "candidates.parquet").is_file() or run.poll() is not None, what="round 0")
+    assert run.poll() is None, "the search ended before it could be interrupted"
+    os.kill(run.pid, signum)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == code, err[-3000:]
+    assert f"continue with 'fusionsearch resume x --storage {storage}'" in err
+    assert "Traceback" not in err and "held-out" not in out
+    assert not (experiment / "report").exists() and not (experiment / "predictions.parquet").exists()
+    before = {r["mask"]: r for r in load_result(str(experiment)).table.to_pylist() if r["status"] == "ok"}
+    assert before, "no candidate had finished"
+
+    done = subprocess.run(
+        [*CLI, "resume", "x", "--storage", str(storage)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = load_result(str(experiment)).table.to_pylist()
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({r["mask"] for r in rows})
+    trained, chosen = _sfsa_answer(rows)
+    assert {r["mask"] for r in rows} == trained and [r["mask"] for r in rows if r["chosen"]] == [chosen]
+    for row in rows:  # finished before the signal: the same trial, not retrained
+        if row["mask"] in before:
+            assert (row["trial_id"], row["started_at"]) == (
+                before[row["mask"]]["trial_id"],
+                before[row["mask"]]["started_at"],
+            )
+    assert (experiment / "report" / "report.html").is_file()

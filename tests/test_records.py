@@ -1,0 +1,74 @@
+"""The typed records at the boundaries: trial configs, run records, per-fold search state (no Ray)."""
+
+import json
+
+import pytest
+
+from fusionsearch import storage
+from fusionsearch.mask import FusionMask
+from fusionsearch.search.experiment import RUN_FILE, RunRecord, read_run, write_run
+from fusionsearch.search.records import SCHEMA, TRIAL_FIELDS, FoldSearch, Trial
+from fusionsearch.search.strategies import SFSA
+from fusionsearch.settings import ConfigError, DataConfig, RunSettings, TrainConfig, to_dict
+from fusionsearch.train.candidate import CandidateConfig
+
+SETTINGS = RunSettings(data=DataConfig(index="i", cache="c", folds=3), train=TrainConfig(epochs=3))
+
+
+def test_a_trial_config_round_trips_and_unknown_keys_are_rejected():
+    candidate = CandidateConfig(Trial("0110", 2, "search", 2, "0100"), SETTINGS, "s3://b/x/ckpt")
+    config = json.loads(json.dumps(candidate.config()))  # as Ray and JSON carry it
+    assert set(config) == {*TRIAL_FIELDS, "parent", "settings"} and config["mask"] == "0110"
+    assert CandidateConfig.from_config(config) == candidate
+    with pytest.raises(ConfigError, match=r"unknown candidate setting\(s\) \['lr'\]"):
+        CandidateConfig.from_config(config | {"lr": 0.1})
+    with pytest.raises(ConfigError, match=r"fold=3 must be in 0\.\.2"):
+        CandidateConfig(Trial("0000", fold=3), SETTINGS)
+    with pytest.raises(ConfigError, match="only unimodal names one"):
+        Trial("0000", role="unimodal")
+
+
+def test_the_table_schema_holds_every_trial_field():
+    assert set(TRIAL_FIELDS) <= set(SCHEMA.names)
+
+
+def test_run_record_round_trips_and_reads_format_1(tmp_path):
+    run = RunRecord(resources={"cpu": 2, "gpu": 1}, max_concurrent=8, max_failures=1, settings=SETTINGS,
+                    searcher="beam", metadata={"manifest": "m.csv"})  # fmt: skip
+    write_run(str(tmp_path), run)
+    assert json.loads((tmp_path / RUN_FILE).read_text())["format_version"] == 2
+    assert read_run(str(tmp_path)) == run
+    # Format 1, written by fusionsearch before the run record was typed.
+    legacy = {"resources": {"cpu": 1, "gpu": 0}, "max_concurrent": None, "max_failures": 2,
+              "metadata": {"command": "run", "searcher": "sfsa", "settings": to_dict(SETTINGS)}}  # fmt: skip
+    storage.write_json(str(tmp_path / RUN_FILE), legacy)
+    old = read_run(str(tmp_path))
+    assert (old.searcher, old.settings, old.max_concurrent, old.default_trainable) == (
+        "sfsa",
+        SETTINGS,
+        16,
+        True,
+    )
+    storage.write_json(str(tmp_path / RUN_FILE), {"format_version": 99})
+    with pytest.raises(Exception, match="format version 99"):
+        read_run(str(tmp_path))
+
+
+def test_fold_search_closes_a_round_on_the_mean_over_its_folds():
+    group = FoldSearch((0, 1))
+    trials = group.trials(SFSA().next_round([]))
+    assert [(t.mask, t.fold, t.round, t.parent_mask) for t in trials] == [
+        ("0000", 0, 0, None),
+        ("0000", 1, 0, None),
+    ]
+    group.losses["0000"] = {0: 0.4, 1: 0.6}
+    group.close_round()
+    assert group.round == [] and len(group.history) == 1
+    assert group.history[0].loss == pytest.approx(0.5) and group.history[0].candidate.mask == FusionMask(
+        "0000"
+    )
+    group.trials(SFSA().next_round(group.history))
+    group.losses |= {"1000": {0: None, 1: None}, "0100": {0: float("nan"), 1: 0.3}}
+    group.close_round()
+    losses = {str(o.candidate.mask): o.loss for o in group.history}
+    assert losses["1000"] is None and losses["0100"] == 0.3 and losses["0010"] is None
