@@ -204,7 +204,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
-        epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        checkpoint_interval=args.checkpoint_interval,
+        epochs=epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
     )
     resources = ResourceConfig(
         gpus=args.gpus,
@@ -318,6 +323,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--lr", type=float, default=TRAIN.lr, help=f"AdamW learning rate (default: {TRAIN.lr:g})"
+    )
+    train.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=TRAIN.checkpoint_interval,
+        help=f"seconds between resumable checkpoints of a training candidate; 0 = every epoch "
+        f"(default: {TRAIN.checkpoint_interval:g}; the final checkpoint is always written)",
     )
     train.add_argument(
         "--seed",

@@ -178,11 +178,6 @@ def run_search(
         metadata: anything JSON-able to keep beside the results (the CLI keeps its manifest).
     """
     experiment_dir = storage.join(storage.normalise(storage_path), name)
-    if storage.exists(experiment_dir):
-        raise UserError(
-            f"an experiment named {name!r} already exists at {experiment_dir}; continue it with "
-            f"'fusionsearch resume {name}', or choose another --name (nothing was deleted)"
-        )
     config = dict(config or {})
     settings = None
     if trainable is None:
@@ -209,6 +204,7 @@ def run_search(
     )
     if hasattr(searcher, "set_experiment_dir"):
         searcher.set_experiment_dir(experiment_dir)
+    experiment.create(experiment_dir)  # of several searches started at once under one name, one goes on
     experiment.write_run(experiment_dir, run)
     connect()
     tuner = tune.Tuner(

@@ -119,6 +119,10 @@ class TrainConfig:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         seed: base seed; each candidate derives its own from it and its mask.
+        checkpoint_interval: seconds between resumable checkpoints (weights, optimizer, loop
+            state) while a candidate trains; 0 = after every epoch. The final checkpoint (the
+            best weights, what children and the evaluation read) is always written. A retried
+            trial loses at most this much training.
     """
 
     epochs: int = 30
@@ -127,9 +131,12 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-2
     seed: int = 0
+    checkpoint_interval: float = 300.0
 
     def __post_init__(self) -> None:
         _positive_ints(self, "epochs", "batch_size")
+        if not self.checkpoint_interval >= 0:
+            raise ConfigError(f"checkpoint_interval={self.checkpoint_interval!r} must be >= 0 seconds")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ConfigError(f"patience={self.patience!r} must be a non-negative integer")
         if not self.lr > 0:

@@ -98,3 +98,17 @@ def wait_for(condition, timeout: float = 300.0, what: str = "the condition", int
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+class BaselineThenOne:
+    """A two-round strategy: 0000 from scratch, then 0100 warm-started from it."""
+
+    num_points = 4
+
+    def next_round(self, history):
+        from fusionsearch.mask import FusionMask
+        from fusionsearch.search.strategies import Candidate
+
+        if not history:
+            return [Candidate(FusionMask("0000"), None, 0)]
+        return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)] if len(history) == 1 else []

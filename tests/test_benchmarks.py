@@ -83,3 +83,15 @@ def test_early_stop_replay_stops_siblings_and_flags_a_stopped_winner(tmp_path):
     # Rung at epoch 1: 1000 (0.9) passes first; 0100 (best 1.0) and 0001 (best 1.0) fall below the median.
     assert re.search(r" 1 +2 +2/3 +6/12 +6/12  1 of 1$", out, re.MULTILINE), out
     assert "fold 0 round 1: 0001 (0.100) stopped at epoch 1 (best 1.000), 1000 instead" in out
+
+
+def test_trial_efficiency_prints_a_row_per_interval_and_counts_checkpoints():
+    out = run("trial_efficiency.py", "--width", "0.125", "--size", "16", "--n", "24", "--epochs", "2",
+              "--checkpoint-interval", "0", "3600")  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^\s+\d", line)}
+    assert set(rows) == {"0", "3600"}
+    assert rows["0"][6] == "3" and rows["3600"][6] == "1"  # every epoch + final, or the final only
+    for row in rows.values():
+        step, evaluate, checkpoint, wall, efficiency = map(float, row[1:6])
+        assert step + evaluate + checkpoint <= wall and 0 < efficiency <= 1
+    assert float(rows["3600"][7]) < float(rows["0"][7])  # fewer bytes per epoch

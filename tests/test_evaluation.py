@@ -117,3 +117,102 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     assert len(members) == 15
     np.testing.assert_allclose(ensemble, np.mean(members, axis=0), atol=1e-6)
     np.testing.assert_array_equal([r["label"] for r in by_method["ensemble"]], test.labels.numpy())
+
+
+def test_cost_adds_up_the_trials_and_their_efficiency():
+    from fusionsearch.report.cost import cost_rows, search_cost
+    from fusionsearch.search.experiment import RunRecord
+    from fusionsearch.search.records import SCHEMA
+
+    def row(mask, role, train, step, evaluate, checkpoint, fold=0):
+        return {
+            "fold": fold,
+            "role": role,
+            "modality": "T1" if role == "unimodal" else None,
+            "mask": mask,
+            "status": "ok",
+            "train_seconds": train,
+            "step_seconds": step,
+            "eval_seconds": evaluate,
+            "checkpoint_seconds": checkpoint,
+            "started_at": 100.0,
+            "finished_at": 100.0 + train,
+            "chosen": False,
+        }
+
+    table = pa.Table.from_pylist(
+        [
+            row("0000", "search", 100, 80, 10, 5),
+            row("0100", "search", 300, 280, 10, 5),
+            row("0000", "unimodal", 100, 40, 10, 40),
+        ],
+        schema=SCHEMA,
+    )
+    run = RunRecord(resources={"cpu": 8, "gpu": 1}, max_concurrent=4, max_failures=2, searcher="sfsa")
+    cost = search_cost(table, run, num_points=4)
+    assert (cost.unit, cost.search_candidates, cost.baseline_trials) == ("GPU-hours", 2, 1)
+    assert cost.search_compute == pytest.approx(400 / 3600) and cost.total_compute == pytest.approx(
+        500 / 3600
+    )
+    assert cost.exhaustive_compute == pytest.approx(200 * 16 / 3600)  # the mean search candidate x 16 masks
+    assert cost.efficiency == pytest.approx(400 / 500)
+    assert (cost.eval_share, cost.checkpoint_share) == (pytest.approx(30 / 500), pytest.approx(50 / 500))
+    assert ["efficiency: share of trial time in training steps", "0.80"] in cost_rows(cost)
+
+
+def test_mcnemar_is_the_exact_test_on_the_discordant_pairs():
+    from fusionsearch.report.statistics import mcnemar
+
+    a = np.array([True, True, True, False, False])
+    b = np.array([True, False, False, True, False])
+    assert mcnemar(a, b) == (2, 1, pytest.approx(1.0))  # 2 vs 1 discordant: nothing to see
+    six = np.array([True] * 6 + [False] * 4)
+    assert mcnemar(six, np.zeros(10, bool)) == (6, 0, pytest.approx(2 * 0.5**6))  # 0.03125 by hand
+    assert mcnemar(six, six)[2] == 1.0
+
+
+def test_stratified_bootstrap_interval_matches_the_hand_computed_one():
+    from fusionsearch.report.statistics import auc, bootstrap_interval
+
+    # Two subjects per class, one right and one wrong in each: a stratified resample draws two per
+    # class, so the number right is Binomial(4, 1/2); P(0 right) = 1/16 > 2.5 %, so the 95 % interval
+    # of the accuracy is [0, 1].
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    assert bootstrap_interval(labels, probabilities, "accuracy", seed=1) == (0.0, 1.0)
+    assert bootstrap_interval(labels, np.eye(2)[labels], "accuracy") == (1.0, 1.0)  # always right
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 2, 60), rng.random(60)
+    assert auc(y, np.stack([1 - p, p], 1)) == pytest.approx(sk.roc_auc_score(y, p))
+    low, high = bootstrap_interval(y, np.stack([1 - p, p], 1), "auc", seed=2)
+    assert low < sk.roc_auc_score(y, p) < high
+    assert bootstrap_interval(y, np.stack([1 - p, p], 1), "auc", seed=2) == (low, high)  # seeded
+
+
+def test_paired_comparisons_and_the_too_small_warning():
+    from fusionsearch.report.statistics import paired_auc_test, uncertainty
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    perfect = np.eye(2)[labels] * 0.8 + 0.1
+    assert paired_auc_test(labels, perfect, perfect) == (0.0, 1.0)
+    noise = rng.random(40)
+    coin = np.stack([1 - noise, noise], 1)
+
+    def rows(method, probabilities, n=40):
+        return [{"fold": 0, "method": method, "mask": "-", "sample_id": f"s{i:02d}", "label": int(labels[i]),
+                 "probabilities": probabilities[i].tolist()} for i in range(n)]  # fmt: skip
+
+    result = uncertainty(rows("chosen", perfect) + rows("late fusion", coin) + rows("unimodal T1", perfect),
+                         {"unimodal T1": 1.0})  # fmt: skip
+    by_other = {c.other: c for c in result.comparisons}
+    late = by_other["late fusion"]
+    wrong = int(np.sum(coin.argmax(1) != labels))
+    assert (late.n, late.only_chosen_right, late.only_other_right) == (40, wrong, 0)
+    assert late.accuracy_difference == pytest.approx(wrong / 40) and late.mcnemar_p < 0.001
+    assert late.auc_difference > 0 and late.auc_p < 0.05
+    # The best unimodal network classifies every subject like the chosen mask: nothing to tell apart.
+    assert by_other["unimodal T1"].mcnemar_p == 1.0
+    assert result.warnings == ["only 0 of 40 test subjects are classified differently by the chosen mask and "
+                               "unimodal T1: too few to tell the two apart"]  # fmt: skip
+    assert {i["method"] for i in result.intervals} == {"chosen", "late fusion", "unimodal T1"}

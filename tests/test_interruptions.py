@@ -10,10 +10,11 @@ import pytest
 import ray
 from ray import tune
 
-from conftest import TINY_RUN, cached_data, wait_for
+from conftest import TINY_RUN, BaselineThenOne, cached_data, scripted_driver, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
-from fusionsearch.search.strategies import SFSA, Candidate, Outcome
+from fusionsearch.mask import FusionMask
+from fusionsearch.search.strategies import SFSA, Outcome
 from fusionsearch.settings import DataConfig, ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
 from searchers import RoundSearcher, SFSASearcher
 
@@ -113,17 +114,6 @@ class CorruptParent(tune.Callback):
             Path(trial.checkpoint.path, "model.pt").write_bytes(b"not a tensor file")
 
 
-class BaselineThenOne:
-    num_points = 4
-
-    def next_round(self, history):
-        from fusionsearch.mask import FusionMask
-
-        if not history:
-            return [Candidate(FusionMask("0000"), None, 0)]
-        return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)] if len(history) == 1 else []
-
-
 @pytest.mark.slow
 def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifest, tmp_path):
     settings = RunSettings(
@@ -214,3 +204,25 @@ def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manife
                 before[row["mask"]]["started_at"],
             )
     assert (experiment / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_two_searches_started_at_once_under_one_name_one_runs(tmp_path):
+    land = {str(m): 1.0 for m in FusionMask.all_masks(4)}
+    config = {"landscape": land, "duration": 0.0}
+    scripts = [
+        scripted_driver(tmp_path / f"driver{i}.py", storage=tmp_path / "runs", name="same", config=config)
+        for i in range(2)
+    ]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(s)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for s in scripts
+    ]
+    errors = [r.communicate(timeout=300)[1] for r in runs]
+    codes = sorted(r.returncode for r in runs)
+    assert codes[0] == 0 and codes[1] != 0, errors
+    loser = errors[[r.returncode for r in runs].index(codes[1])]
+    assert "an experiment named 'same' already exists" in loser
+    assert load_result(str(tmp_path / "runs" / "same")).table.num_rows == 5  # the winner's search, whole

@@ -1,12 +1,15 @@
 """The typed records at the boundaries: trial configs, run records, per-fold search state (no Ray)."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from fusionsearch import storage
+from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
-from fusionsearch.search.experiment import RUN_FILE, RunRecord, read_run, write_run
+from fusionsearch.search.experiment import RUN_FILE, RunRecord, create, read_run, write_run
 from fusionsearch.search.records import SCHEMA, TRIAL_FIELDS, FoldSearch, Trial
 from fusionsearch.search.strategies import SFSA
 from fusionsearch.settings import ConfigError, DataConfig, RunSettings, TrainConfig, to_dict
@@ -72,3 +75,21 @@ def test_fold_search_closes_a_round_on_the_mean_over_its_folds():
     group.close_round()
     losses = {str(o.candidate.mask): o.loss for o in group.history}
     assert losses["1000"] is None and losses["0100"] == 0.3 and losses["0010"] is None
+
+
+def test_of_searches_started_at_once_under_one_name_exactly_one_creates_the_experiment(tmp_path):
+    target = str(tmp_path / "runs" / "x")
+    barrier = threading.Barrier(8)
+
+    def attempt(_):
+        barrier.wait()
+        try:
+            create(target)
+            return "created"
+        except UserError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(8)))
+    assert outcomes.count("created") == 1
+    assert all("already exists" in o and "nothing was deleted" in o for o in outcomes if o != "created")

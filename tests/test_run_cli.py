@@ -1,18 +1,15 @@
 """The real trainable on Ray, and ``fusionsearch run / report / resume`` on tiny volumes."""
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_EVERY_FOLD, cached_data
+from conftest import TINY_EVERY_FOLD, BaselineThenOne, cached_data
 from conftest import TINY_RUN as TINY
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
-from fusionsearch.mask import FusionMask
-from fusionsearch.search.strategies import Candidate
 from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
 from searchers import RoundSearcher
 
@@ -20,20 +17,6 @@ from searchers import RoundSearcher
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("data"), SynthConfig(n=24, size=16, seed=1))
-
-
-@dataclass(frozen=True)
-class BaselineThenOne:
-    """A two-round strategy: 0000 from scratch, then 0100 warm-started from it."""
-
-    num_points: int = 4
-
-    def next_round(self, history):
-        if not history:
-            return [Candidate(FusionMask("0000"), None, 0)]
-        if len(history) == 1:
-            return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)]
-        return []
 
 
 @pytest.mark.slow

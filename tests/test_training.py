@@ -1,6 +1,7 @@
 """The training loop without Ray: warm start end to end, checkpoints, resume."""
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def tiny(tmp_path_factory):
     return RunSettings(
         data=cached_data(manifest, root / "cache", PREPROCESS),
         model=ModelConfig(width=0.125),
-        train=TrainConfig(epochs=3, patience=10, batch_size=8, lr=3e-3),
+        train=TrainConfig(epochs=3, patience=10, batch_size=8, lr=3e-3, checkpoint_interval=0),
     )
 
 
@@ -59,6 +60,18 @@ def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
         parent=parent.checkpoints[-1], data=data)  # fmt: skip
     assert child.reports[0]["epoch"] == 0
     assert abs(child.reports[0]["val_loss"] - final["val_loss"]) < 1e-5
+
+
+def test_with_a_long_interval_only_the_final_checkpoint_is_written_and_time_is_accounted(tiny, tmp_path):
+    recorder = Recorder(tmp_path)
+    settings = replace(tiny, train=replace(tiny.train, checkpoint_interval=3600))
+    final = fit(CandidateConfig(Trial("0110"), settings), recorder, data=load_fold(tiny.data, 0))
+    assert len(recorder.reports) == 5 and len(recorder.checkpoints) == 1  # epochs 0-3, then the final
+    assert read_meta(recorder.checkpoints[0])["metrics"]["final"]
+    assert not (recorder.checkpoints[0] / "training.pt").exists()  # the final one: best weights only
+    parts = [final[k] for k in ("step_seconds", "eval_seconds", "checkpoint_seconds")]
+    assert all(p > 0 for p in parts) and sum(parts) <= final["train_seconds"]
+    assert read_meta(recorder.checkpoints[0])["metrics"]["step_seconds"] == final["step_seconds"]
 
 
 def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):

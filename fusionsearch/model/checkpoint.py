@@ -52,6 +52,13 @@ def save_checkpoint(
     return directory
 
 
+def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    """Replace the metrics in a checkpoint's ``meta.json`` (figures known only once it is written)."""
+    path = Path(directory) / META_FILE
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps(meta | {"metrics": metrics}, indent=2, default=str))
+
+
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's ``meta.json``; checks the format version."""
     path = Path(directory) / META_FILE

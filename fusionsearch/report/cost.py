@@ -23,6 +23,9 @@ class Cost:
         exhaustive_compute: what exhaustive search needs (measured for an exhaustive search,
             else the mean candidate times the number of masks and folds).
         peak_rss_mb: median and maximum peak memory per trial, if reported.
+        efficiency: the share of the trials' wall time spent in training steps (``None`` when
+            the trials did not report it); ``eval_share`` and ``checkpoint_share`` likewise for
+            validation and checkpoints.
     """
 
     folds: int
@@ -36,6 +39,9 @@ class Cost:
     exhaustive_compute: float
     exhaustive_measured: bool
     peak_rss_mb: tuple[float, float] | None
+    efficiency: float | None = None
+    eval_share: float | None = None
+    checkpoint_share: float | None = None
 
     @property
     def search_candidates_per_fold(self) -> float:
@@ -57,6 +63,12 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     measured = run.searcher == "exhaustive"
     mean_seconds = float(np.mean(seconds)) if seconds else math.nan
     peaks = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
+    timed = [r for r in rows if r.get("step_seconds") is not None and r["train_seconds"]]
+    wall = sum(r["train_seconds"] for r in timed)
+
+    def share(key: str) -> float | None:
+        return sum(r[key] or 0.0 for r in timed) / wall if wall else None
+
     return Cost(
         folds=folds,
         search_candidates=len(search),
@@ -71,6 +83,9 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
         / 3600,
         exhaustive_measured=measured,
         peak_rss_mb=(float(np.median(peaks)), float(max(peaks))) if peaks else None,
+        efficiency=share("step_seconds"),
+        eval_share=share("eval_seconds"),
+        checkpoint_share=share("checkpoint_seconds"),
     )
 
 
@@ -92,4 +107,13 @@ def cost_rows(cost: Cost) -> list[list[str]]:
         ["exhaustive search: candidates", str(cost.exhaustive_candidates)],
         [f"exhaustive search: compute ({unit}, {how})", f"{cost.exhaustive_compute:.3f}"],
         ["peak RSS per trial, MB (median, max)", peak],
+        ["efficiency: share of trial time in training steps", _share(cost.efficiency)],
+        [
+            "share of trial time in validation, in checkpoints",
+            f"{_share(cost.eval_share)}, {_share(cost.checkpoint_share)}",
+        ],
     ]
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

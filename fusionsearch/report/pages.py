@@ -25,6 +25,7 @@ from fusionsearch.errors import UserError
 from fusionsearch.report.cost import Cost, cost_rows, search_cost
 from fusionsearch.report.figures import method_title, roc_figure, rounds_figure, tree_figure
 from fusionsearch.report.metrics import METRICS, fold_metrics, mean_and_std
+from fusionsearch.report.statistics import Uncertainty, uncertainty
 from fusionsearch.search.experiment import PREDICTIONS_FILE, REPORT_DIR, read_candidates, read_run
 from fusionsearch.settings import to_dict
 
@@ -44,6 +45,7 @@ class Evaluation:
     results: pa.Table  # method: mean and std of every metric
     cost: Cost
     settings: dict[str, Any]  # the run's settings and metadata, as the report shows them
+    uncertainty: Uncertainty
 
 
 def load_evaluation(experiment_dir: str) -> Evaluation:
@@ -60,6 +62,7 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
     per_fold = fold_metrics(predictions)
     num_points = len(candidates["mask"][0].as_py())
     results = _ordered(mean_and_std(per_fold.drop_columns(["fold", "mask"])))
+    mean_accuracy = {r["method"]: r["accuracy_mean"] for r in results.to_pylist()}
     return Evaluation(
         name=experiment_dir.rstrip("/").rsplit("/", 1)[-1],
         searcher=run.searcher,
@@ -69,6 +72,9 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
         per_fold=per_fold,
         results=results,
         cost=search_cost(candidates, run, num_points),
+        uncertainty=uncertainty(
+            predictions.to_pylist(), mean_accuracy, seed=run.settings.train.seed if run.settings else 0
+        ),
         settings={
             **run.metadata,
             "searcher": run.searcher,
@@ -115,6 +121,45 @@ def results_rows(evaluation: Evaluation) -> list[list[str]]:
 
 
 RESULTS_HEADER = ["method", "mask", *METRICS]
+INTERVALS_HEADER = ["method", "test subjects", "accuracy [95 % CI]", "AUC [95 % CI]"]
+COMPARISONS_HEADER = [
+    "chosen mask vs",
+    "subjects",
+    "accuracy difference",
+    "only chosen / only other right",
+    "McNemar p",
+    "AUC difference",
+    "paired bootstrap p",
+]
+
+
+def interval_rows(evaluation: Evaluation) -> list[list[str]]:
+    """Each method's pooled test accuracy and AUC with stratified bootstrap 95 % intervals."""
+    return [
+        [
+            method_title(i["method"], evaluation.searcher),
+            str(i["n"]),
+            f"{i['accuracy']:.3f} [{i['accuracy_low']:.3f}, {i['accuracy_high']:.3f}]",
+            f"{_fmt(i['auc'])} [{_fmt(i['auc_low'])}, {_fmt(i['auc_high'])}]",
+        ]
+        for i in evaluation.uncertainty.intervals
+    ]
+
+
+def comparison_rows(evaluation: Evaluation) -> list[list[str]]:
+    """The chosen mask against late fusion, the best unimodal network and the ensemble, paired by subject."""
+    return [
+        [
+            method_title(c.other, evaluation.searcher),
+            str(c.n),
+            f"{c.accuracy_difference:+.3f}",
+            f"{c.only_chosen_right} / {c.only_other_right}",
+            f"{c.mcnemar_p:.3g}",
+            f"{c.auc_difference:+.3f}",
+            _fmt(c.auc_p),
+        ]
+        for c in evaluation.uncertainty.comparisons
+    ]
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -198,6 +243,22 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
             f"part. Mean ± std over folds. Chosen: {chosen}.",
             (RESULTS_HEADER, results_rows(evaluation)),
             "results_roc",
+        ),
+        (
+            "Uncertainty and paired comparisons",
+            "Test predictions pooled over the searched folds (each test subject once). Intervals: "
+            "percentile bootstrap over test subjects, stratified by class, seeded. Comparisons pair the "
+            "chosen mask with each method on the same subjects: McNemar's exact test for accuracy, a "
+            "paired bootstrap for AUC. "
+            + (" ".join(f"Warning: {w}." for w in evaluation.uncertainty.warnings) or "No warning."),
+            (INTERVALS_HEADER, interval_rows(evaluation)),
+            None,
+        ),
+        (
+            "Paired tests: the chosen mask against the baselines",
+            "Positive differences favour the chosen mask.",
+            (COMPARISONS_HEADER, comparison_rows(evaluation)),
+            None,
         ),
         (
             "Search tree",

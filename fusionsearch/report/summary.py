@@ -7,7 +7,14 @@ import math
 import pyarrow as pa
 
 from fusionsearch.report.cost import cost_rows
-from fusionsearch.report.pages import RESULTS_HEADER, Evaluation, chosen_frequency, results_rows
+from fusionsearch.report.pages import (
+    COMPARISONS_HEADER,
+    RESULTS_HEADER,
+    Evaluation,
+    chosen_frequency,
+    comparison_rows,
+    results_rows,
+)
 from fusionsearch.search.experiment import SearchResult
 
 COLUMNS = (("fold", "fold", "{}"), ("round", "round", "{}"), ("role", "role", "{}"), ("mask", "mask", "{}"),
@@ -58,6 +65,10 @@ def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> 
     if evaluation is not None:
         lines += ["", "held-out test folds (mean ± std over folds):"]
         lines.append(text_table(RESULTS_HEADER, results_rows(evaluation)))
+        if evaluation.uncertainty.comparisons:
+            lines += ["", "the chosen mask against the baselines, on the same test subjects:"]
+            lines.append(text_table(COMPARISONS_HEADER, comparison_rows(evaluation)))
+        lines += [f"warning: {w}" for w in evaluation.uncertainty.warnings]
         lines += ["", text_table(["cost", ""], cost_rows(evaluation.cost))]
     if not math.isnan(result.wall_seconds):
         minutes, seconds = divmod(round(result.wall_seconds), 60)

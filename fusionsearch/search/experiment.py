@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,29 @@ class RunRecord:
         return self.trainable == DEFAULT_TRAINABLE
 
 
+def create(experiment_dir: str) -> None:
+    """Make the experiment's folder; a :class:`UserError` if it exists, nothing deleted.
+
+    On local and shared (NFS) storage the folder is made atomically, so of several searches
+    started at once under one name exactly one gets it. Object stores have no atomic create:
+    there the check and the first write are separate steps.
+    """
+    name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
+    taken = UserError(
+        f"an experiment named {name!r} already exists at {experiment_dir}; continue it with "
+        f"'fusionsearch resume {name}', or choose another --name (nothing was deleted)"
+    )
+    if storage.is_uri(experiment_dir):
+        if storage.exists(experiment_dir):
+            raise taken
+        return
+    os.makedirs(os.path.dirname(experiment_dir), exist_ok=True)
+    try:
+        os.mkdir(experiment_dir)
+    except FileExistsError:
+        raise taken from None
+
+
 def write_run(experiment_dir: str, run: RunRecord) -> None:
     value = {"format_version": RUN_FORMAT, **{k: getattr(run, k) for k in RunRecord.__dataclass_fields__}}
     value["settings"] = to_dict(run.settings) if run.settings else None
@@ -109,7 +133,11 @@ def read_candidates(experiment_dir: str) -> pa.Table:
     path = storage.join(experiment_dir, CANDIDATES_FILE)
     if not storage.exists(path):
         raise UserError(f"no candidates table at {path}: has a round of this search finished yet?")
-    table = storage.read_table(path).cast(SCHEMA)
+    table = storage.read_table(path)
+    for name in SCHEMA.names:  # a table from an older fusionsearch lacks the newer columns
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    table = table.select(SCHEMA.names).cast(SCHEMA)
     errors_path = storage.join(experiment_dir, ERRORS_FILE)
     if storage.exists(errors_path):
         errors = storage.read_json(errors_path)

@@ -18,7 +18,13 @@ from torch import nn
 
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
-from fusionsearch.model.checkpoint import TRAINING_FILE, load_state_dict, read_meta, save_checkpoint
+from fusionsearch.model.checkpoint import (
+    TRAINING_FILE,
+    load_state_dict,
+    read_meta,
+    save_checkpoint,
+    update_metrics,
+)
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.model.network import FusionNet
 from fusionsearch.model.warm_start import warm_start
@@ -67,10 +73,22 @@ def candidate_seed(candidate: CandidateConfig) -> int:
 
 @dataclass
 class LoopState:
-    """The loop's progress: the last finished epoch and the metrics of the best epoch so far."""
+    """The loop's progress: the last finished epoch, the best epoch's metrics, where the time went.
+
+    ``step_seconds`` is the time inside training steps, ``eval_seconds`` in validation,
+    ``checkpoint_seconds`` in writing and reporting checkpoints (summed over the trial).
+    """
 
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"val_loss": float("inf")})
+    step_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {"step_seconds": self.step_seconds, "eval_seconds": self.eval_seconds,
+                "checkpoint_seconds": self.checkpoint_seconds}  # fmt: skip
 
     def improve(self, metrics: dict[str, Any]) -> bool:
         """Record ``metrics`` if they are the best so far; whether they were."""
@@ -124,17 +142,23 @@ def fit(
         report(resumed["metrics"], resume)
         return resumed["metrics"]
     started = time.time()
+    train = candidate.settings.train
     run = _prepare(candidate, resume, resumed, parent, data, policy or DevicePolicy.select())
     if resume is None:
-        initial = {"epoch": 0, **evaluate(run.model, run.val)}
+        initial = {"epoch": 0, **_evaluate(run)}
         _keep_if_best(run, initial)
         report(initial, None)
-    while not run.state.done(candidate.settings.train):
+    last_checkpoint = time.monotonic()
+    while not run.state.done(train):
         metrics = _train_epoch(run, run.state.epoch + 1)
         _keep_if_best(run, metrics)
         run.state.epoch = metrics["epoch"]
-        extra = {"optimizer": run.optimizer.state_dict(), "best_weights": run.best_weights}
-        _checkpoint_and_report(run, metrics, report, extra)
+        if time.monotonic() - last_checkpoint >= train.checkpoint_interval:
+            extra = {"optimizer": run.optimizer.state_dict(), "best_weights": run.best_weights}
+            _checkpoint_and_report(run, metrics, report, extra)
+            last_checkpoint = time.monotonic()
+        else:
+            report(metrics, None)
     run.model.load_state_dict(run.best_weights)
     best = run.state.best
     final = {
@@ -142,12 +166,10 @@ def fit(
         "best_epoch": best["epoch"],
         "epoch": run.state.epoch,
         "epochs_trained": run.state.epoch,
-        "train_seconds": time.time() - started,
         "started_at": started,
-        "finished_at": time.time(),
         "final": True,
     }
-    _checkpoint_and_report(run, final, report, None)
+    _checkpoint_and_report(run, final, report, None, final=True, started=started)
     return final
 
 
@@ -211,12 +233,22 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     policy = run.train.policy
     tick = time.perf_counter()
     losses = [train_step(run.model, run.optimizer, policy, x, y) for x, y in run.train(order)]
+    train_loss = torch.stack(losses).mean().item()  # waits for the device: the steps are done
+    seconds = time.perf_counter() - tick
+    run.state.step_seconds += seconds
     return {
         "epoch": epoch,
-        "train_loss": torch.stack(losses).mean().item(),
-        "samples_per_second": len(order) / (time.perf_counter() - tick),
-        **evaluate(run.model, run.val),
+        "train_loss": train_loss,
+        "samples_per_second": len(order) / seconds,
+        **_evaluate(run),
     }
+
+
+def _evaluate(run: _Run) -> dict[str, Any]:
+    tick = time.perf_counter()
+    metrics = evaluate(run.model, run.val)
+    run.state.eval_seconds += time.perf_counter() - tick
+    return metrics
 
 
 def _keep_if_best(run: _Run, metrics: dict[str, Any]) -> None:
@@ -224,8 +256,24 @@ def _keep_if_best(run: _Run, metrics: dict[str, Any]) -> None:
         run.best_weights = copy.deepcopy(run.model.state_dict())
 
 
-def _checkpoint_and_report(run: _Run, metrics: dict[str, Any], report: ReportFn, extra: dict | None) -> None:
+def _checkpoint_and_report(run: _Run, metrics: dict[str, Any], report: ReportFn, extra: dict | None,
+                           final: bool = False, started: float = 0.0) -> None:  # fmt: skip
+    """Write a checkpoint and report ``metrics`` with it; the time it takes counts as checkpoint time.
+
+    The final report also carries the trial's timings, ``train_seconds`` (its wall time, so far as
+    this process saw it) and ``finished_at``, measured after the checkpoint is written.
+    """
+    tick = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fusionsearch-ckpt-") as directory:
         loop = dataclasses.asdict(run.state)
         save_checkpoint(directory, run.model, run.meta | {"metrics": metrics, "loop": loop}, extra)
+        if final:
+            run.state.checkpoint_seconds += time.perf_counter() - tick
+            metrics |= run.state.timings | {
+                "train_seconds": time.time() - started,
+                "finished_at": time.time(),
+            }
+            update_metrics(directory, metrics)
         report(metrics, Path(directory))
+    if not final:
+        run.state.checkpoint_seconds += time.perf_counter() - tick

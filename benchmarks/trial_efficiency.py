@@ -1,0 +1,110 @@
+"""Where one trial's time goes: training steps, validation, checkpoints; and the bytes it writes.
+
+    python benchmarks/trial_efficiency.py --width 1 --size 16                      # CPU
+    python benchmarks/trial_efficiency.py --width 1 --size 128 --n 136 --batch 8   # GPU, ds004199-sized
+    python benchmarks/trial_efficiency.py --storage s3://bucket/prefix --checkpoint-interval 0
+
+Runs :func:`fusionsearch.train.loop.fit` for one candidate on a cached planted benchmark and,
+like Ray Tune's ``tune.report``, copies every checkpoint it reports into ``--storage`` (a
+local folder, by default a temporary one, or any pyarrow URI) inside the report, so the copy
+counts as checkpoint time. Prints the trial's step, validation and checkpoint seconds, its wall
+time, the efficiency (step seconds / wall seconds; target >= 0.9 on a GPU at width 1, 128^3,
+and >= 0.8 for the tiny CPU search), and the bytes written per epoch, for each
+``--checkpoint-interval`` given (0 = a resumable checkpoint after every epoch, as before
+checkpoints became periodic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+
+from fusionsearch import DevicePolicy, ModelConfig
+from fusionsearch.search.records import Trial
+from fusionsearch.settings import TrainConfig
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.loop import fit
+from planted import planted_fold
+
+
+class Persist:
+    """A report callback that copies each checkpoint into the storage, as ``tune.report`` does."""
+
+    def __init__(self, storage: str) -> None:
+        self.storage, self.bytes, self.checkpoints = storage.rstrip("/"), 0, 0
+
+    def __call__(self, metrics: dict, directory: Path | None) -> None:
+        if directory is None:
+            return
+        self.bytes += sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+        self.checkpoints += 1
+        target = f"{self.storage}/checkpoint_{uuid.uuid4().hex[:8]}"
+        if "://" not in target:
+            Path(target).mkdir(parents=True)
+        pafs.copy_files(str(directory), target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=48, help="planted subjects (default: 48)")
+    parser.add_argument("--size", type=int, default=16, help="cube edge (default: 16)")
+    parser.add_argument("--width", type=float, default=1.0, help="(default: 1)")
+    parser.add_argument("--batch", type=int, default=8, help="(default: 8)")
+    parser.add_argument("--mask", default="1111", help="(default: 1111)")
+    parser.add_argument("--epochs", type=int, default=4, help="(default: 4)")
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        nargs="+",
+        default=[0, 300],
+        help="seconds; one trial per value (default: 0 300)",
+    )
+    parser.add_argument("--storage", default=None, help="folder or URI (default: a temporary folder)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args()
+
+    policy = DevicePolicy.select(args.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        train = TrainConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch)
+        settings, fold = planted_fold(
+            Path(scratch), n=args.n, size=args.size, model=ModelConfig(width=args.width), train=train
+        )
+        fit(
+            CandidateConfig(Trial(args.mask), settings), lambda m, d: None, data=fold, policy=policy
+        )  # warm-up
+        device = (
+            torch.cuda.get_device_name() if policy.is_cuda else f"CPU ({torch.get_num_threads()} threads)"
+        )
+        print(
+            f"{device}: width {args.width}, {args.size}^3, mask {args.mask}, {len(fold.train)} training and "
+            f"{len(fold.val)} validation subjects, batch {args.batch}, {args.epochs} epochs"
+        )
+        print(
+            f"{'interval s':>10} {'step s':>8} {'eval s':>8} {'ckpt s':>8} {'wall s':>8} {'efficiency':>10} "
+            f"{'checkpoints':>11} {'MB/epoch':>9}"
+        )
+        for interval in args.checkpoint_interval:
+            storage = args.storage or str(Path(scratch) / f"storage-{interval:g}")
+            persist = Persist(f"{storage.rstrip('/')}/{time.strftime('%H%M%S')}-{interval:g}")
+            timed = replace(settings, train=replace(train, checkpoint_interval=interval))
+            candidate = CandidateConfig(Trial(args.mask), timed)
+            final = fit(candidate, persist, data=fold, policy=policy)
+            print(
+                f"{interval:>10g} {final['step_seconds']:>8.2f} {final['eval_seconds']:>8.2f} "
+                f"{final['checkpoint_seconds']:>8.2f} {final['train_seconds']:>8.2f} "
+                f"{final['step_seconds'] / final['train_seconds']:>10.2f} {persist.checkpoints:>11} "
+                f"{persist.bytes / args.epochs / 1e6:>9.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
