@@ -205,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
         checkpoint_interval=args.checkpoint_interval,
+        init_streams=str(Path(args.init_streams).resolve()) if args.init_streams else None,
         epochs=epochs,
         patience=args.patience,
         batch_size=args.batch_size,
@@ -330,6 +331,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         default=TRAIN.checkpoint_interval,
         help=f"seconds between resumable checkpoints of a training candidate; 0 = every epoch "
         f"(default: {TRAIN.checkpoint_interval:g}; the final checkpoint is always written)",
+    )
+    train.add_argument(
+        "--init-streams",
+        default=None,
+        help="pretrained 3D ResNet state dict (e.g. MedicalNet's resnet_18.pth) every stream starts from "
+        "(default: random initialisation)",
     )
     train.add_argument(
         "--seed",

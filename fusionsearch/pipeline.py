@@ -27,7 +27,10 @@ from fusionsearch.driver import (
     run_search,
 )
 from fusionsearch.errors import UserError
+from fusionsearch.mask import NUM_POINTS, FusionMask
 from fusionsearch.model.fusion import FUSION_MODULES
+from fusionsearch.model.network import FusionNet
+from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.report.pages import Evaluation, write_report
 from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
 from fusionsearch.settings import (
@@ -148,6 +151,12 @@ def run(
     searcher = make_searcher(search, samples.modalities)
     check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
     model = replace(model, modalities=len(samples.modalities))
+    if train.init_streams:  # a file that does not fit: before anything starts
+        load_streams(
+            FusionNet(model, FusionMask.empty(NUM_POINTS)).streams[:1],
+            stream_state_dict(train.init_streams),
+            train.init_streams,
+        )
     local_gpus = _local_gpus()
     if address is None and resources.gpus is not None and resources.gpus > local_gpus:
         raise UserError(

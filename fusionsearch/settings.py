@@ -123,6 +123,9 @@ class TrainConfig:
             state) while a candidate trains; 0 = after every epoch. The final checkpoint (the
             best weights, what children and the evaluation read) is always written. A retried
             trial loses at most this much training.
+        init_streams: a pretrained 3D ResNet state dict (MedicalNet-style ``module.`` keys are
+            mapped onto MONAI's names) every stream of a candidate that starts from scratch
+            begins from; ``None``: random initialisation.
     """
 
     epochs: int = 30
@@ -132,6 +135,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     checkpoint_interval: float = 300.0
+    init_streams: str | None = None
 
     def __post_init__(self) -> None:
         _positive_ints(self, "epochs", "batch_size")

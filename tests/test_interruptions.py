@@ -33,10 +33,13 @@ def manifest(tmp_path_factory):
         (["--folds", "3", "--fold", "5"], "fold=5: choose one of 0..2"),
         (["--gpus", "4"], "--gpus 4: torch sees 0 CUDA device(s) on this machine"),
         (["--gpus", "0", "--cpus-per-trial", "64"], "--cpus-per-trial 64: this machine has"),
+        (["--gpus", "0", "--init-streams", "{tmp}/junk.pth"], "junk.pth: cannot read it"),
     ],
 )
 def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_path, options, message):
     cache = tmp_path / "cache"
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
     done = subprocess.run(
         [
             *CLI,

@@ -120,3 +120,47 @@ def test_wrong_input_channels_is_a_clear_error():
 def test_depths(depth):
     model = FusionNet(tiny_config(depth=depth), "1001").eval()
     assert model(torch.randn(1, 2, SIZE, SIZE, SIZE)).shape == (1, 2)
+
+
+def medicalnet_file(path, width, seed=0, extra=None):
+    """A MedicalNet-style file: {"state_dict": {"module.<MONAI name>": ...}} with a segmentation head."""
+    from monai.networks.nets import resnet
+
+    torch.manual_seed(seed)
+    backbone = resnet.resnet18(spatial_dims=3, n_input_channels=1, conv1_t_stride=2, widen_factor=width)
+    state = {f"module.{k}": v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    state["module.conv_seg.0.weight"] = torch.randn(2, 3, 1, 1, 1)
+    torch.save({"state_dict": state | (extra or {})}, path)
+    return backbone
+
+
+def test_init_streams_maps_medicalnet_keys_onto_every_stream(tmp_path):
+    from fusionsearch.model.pretrained import load_streams, stream_state_dict
+
+    backbone = medicalnet_file(tmp_path / "r18.pth", width=0.125)
+    model = FusionNet(tiny_config(), "0100")
+    fc_before = model.streams[0].fc.weight.clone()
+    assert load_streams(model.streams, stream_state_dict(tmp_path / "r18.pth"), "r18.pth") == len(
+        [k for k in backbone.state_dict() if not k.startswith("fc.")]
+    )
+    for stream in model.streams:
+        assert torch.equal(stream.conv1.weight, backbone.conv1.weight)
+        assert torch.equal(stream.layer4[1].bn2.running_var, backbone.layer4[1].bn2.running_var)
+    assert torch.equal(model.streams[0].fc.weight, fc_before)  # the classifier keeps its own initialisation
+
+
+def test_init_streams_rejects_a_file_that_does_not_fit_naming_the_key(tmp_path):
+    from fusionsearch.model.pretrained import PretrainedError, load_streams, stream_state_dict
+
+    model = FusionNet(tiny_config(), "0000")
+    medicalnet_file(tmp_path / "wide.pth", width=0.25)
+    with pytest.raises(
+        PretrainedError, match=r"'conv1.weight' has shape \(16, 1, 7, 7, 7\) in the file but \(8,"
+    ):
+        load_streams(model.streams, stream_state_dict(tmp_path / "wide.pth"), "wide.pth")
+    medicalnet_file(tmp_path / "odd.pth", width=0.125, extra={"module.layer5.0.conv1.weight": torch.zeros(1)})
+    with pytest.raises(PretrainedError, match=r"its key 'layer5\.0\.conv1\.weight' is not in a stream"):
+        load_streams(model.streams, stream_state_dict(tmp_path / "odd.pth"), "odd.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedError, match=r"junk\.pth: cannot read it"):
+        stream_state_dict(tmp_path / "junk.pth")

@@ -27,6 +27,7 @@ from fusionsearch.model.checkpoint import (
 )
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.model.network import FusionNet
+from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.model.warm_start import warm_start
 from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
@@ -199,6 +200,8 @@ def _prepare(
         if not parent_mask.is_subset(FusionMask.parse(candidate.mask)):
             raise UserError(f"cannot warm-start {candidate.mask} from {parent_mask}: not a subset")
         warm_start(model, load_state_dict(parent))
+    elif train.init_streams:
+        load_streams(model.streams, stream_state_dict(train.init_streams), train.init_streams)
     model = policy.module(model)
     optimizer = make_optimizer(model, policy, train.lr, train.weight_decay)
     best_weights = None
