@@ -204,6 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
+        augment=args.augment,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        class_weights=args.class_weights,
         checkpoint_interval=args.checkpoint_interval,
         init_streams=str(Path(args.init_streams).resolve()) if args.init_streams else None,
         epochs=epochs,
@@ -331,6 +335,31 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         default=TRAIN.checkpoint_interval,
         help=f"seconds between resumable checkpoints of a training candidate; 0 = every epoch "
         f"(default: {TRAIN.checkpoint_interval:g}; the final checkpoint is always written)",
+    )
+    train.add_argument(
+        "--augment",
+        choices=["none", "standard"],
+        default=TRAIN.augment,
+        help=f"random flips, small rotations/translations, intensity scale and shift on the device "
+        f"(default: {TRAIN.augment})",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default=TRAIN.schedule,
+        help=f"learning-rate schedule; cosine: linear warm-up, then cosine decay (default: {TRAIN.schedule})",
+    )
+    train.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=TRAIN.warmup_epochs,
+        help=f"cosine schedule's warm-up epochs (default: {TRAIN.warmup_epochs})",
+    )
+    train.add_argument(
+        "--class-weights",
+        choices=["none", "balanced"],
+        default=TRAIN.class_weights,
+        help=f"loss weighted by inverse class frequency of training (default: {TRAIN.class_weights})",
     )
     train.add_argument(
         "--init-streams",

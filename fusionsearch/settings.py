@@ -123,6 +123,12 @@ class TrainConfig:
             state) while a candidate trains; 0 = after every epoch. The final checkpoint (the
             best weights, what children and the evaluation read) is always written. A retried
             trial loses at most this much training.
+        augment: ``none`` or ``standard`` (random flips, small rotations and translations,
+            intensity scale and shift, on the device; :mod:`fusionsearch.train.recipe`).
+        schedule: ``constant`` learning rate, or ``cosine`` (linear warm-up over
+            ``warmup_epochs``, then cosine decay to zero at the last epoch).
+        class_weights: ``none``, or ``balanced``: cross-entropy weighted by the inverse class
+            frequency of the candidate's training part.
         init_streams: a pretrained 3D ResNet state dict (MedicalNet-style ``module.`` keys are
             mapped onto MONAI's names) every stream of a candidate that starts from scratch
             begins from; ``None``: random initialisation.
@@ -135,10 +141,19 @@ class TrainConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     checkpoint_interval: float = 300.0
+    augment: str = "none"
+    schedule: str = "constant"
+    warmup_epochs: int = 1
+    class_weights: str = "none"
     init_streams: str | None = None
 
     def __post_init__(self) -> None:
         _positive_ints(self, "epochs", "batch_size")
+        check_choice("augment", self.augment, ("none", "standard"))
+        check_choice("schedule", self.schedule, ("constant", "cosine"))
+        check_choice("class_weights", self.class_weights, ("none", "balanced"))
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} must be a non-negative integer")
         if not self.checkpoint_interval >= 0:
             raise ConfigError(f"checkpoint_interval={self.checkpoint_interval!r} must be >= 0 seconds")
         if not isinstance(self.patience, int) or self.patience < 0:

@@ -74,6 +74,31 @@ def test_with_a_long_interval_only_the_final_checkpoint_is_written_and_time_is_a
     assert read_meta(recorder.checkpoints[0])["metrics"]["step_seconds"] == final["step_seconds"]
 
 
+def test_the_recipe_is_seeded_and_a_child_still_starts_at_its_parent(tiny, tmp_path):
+    recipe = replace(
+        tiny, train=replace(tiny.train, augment="standard", schedule="cosine", class_weights="balanced")
+    )
+    data = load_fold(tiny.data, 0)
+    runs = [Recorder(tmp_path / name) for name in ("a", "b")]
+    for recorder in runs:
+        fit(CandidateConfig(Trial("0000"), recipe), recorder, data=data)
+    assert [r["train_loss"] for r in runs[0].reports[1:-1]] == [
+        r["train_loss"] for r in runs[1].reports[1:-1]
+    ]
+    plain = Recorder(tmp_path / "plain")
+    fit(CandidateConfig(Trial("0000"), tiny), plain, data=data)
+    assert runs[0].reports[1]["train_loss"] != plain.reports[1]["train_loss"]  # the recipe did something
+    child = Recorder(tmp_path / "child")
+    fit(
+        CandidateConfig(Trial("0100", parent_mask="0000"), recipe),
+        child,
+        parent=runs[0].checkpoints[-1],
+        data=data,
+    )
+    assert child.reports[0]["epoch"] == 0
+    assert child.reports[0]["val_loss"] == pytest.approx(runs[0].reports[-1]["val_loss"], abs=1e-5)
+
+
 def test_final_checkpoint_restores_the_best_model_strictly(tiny, tmp_path):
     recorder = Recorder(tmp_path)
     fit(CandidateConfig(Trial("1001"), tiny), recorder, data=load_fold(tiny.data, 0))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 from torch import nn
 
 from fusionsearch.errors import UserError
@@ -33,6 +34,7 @@ from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData, load_fold
 from fusionsearch.train.inference import evaluate
+from fusionsearch.train.recipe import augment, augmentation, class_weights, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,14 @@ def train_step(
     policy: DevicePolicy,
     images: torch.Tensor,
     labels: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward/backward/update on a batch already on the device; returns the loss tensor.
 
     The loss stays on the device so the caller decides when to synchronise.
     """
     with policy.autocast():
-        loss = nn.functional.cross_entropy(model(images), labels)
+        loss = nn.functional.cross_entropy(model(images), labels, weight=class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -88,8 +91,11 @@ class LoopState:
 
     @property
     def timings(self) -> dict[str, float]:
-        return {"step_seconds": self.step_seconds, "eval_seconds": self.eval_seconds,
-                "checkpoint_seconds": self.checkpoint_seconds}  # fmt: skip
+        return {
+            "step_seconds": self.step_seconds,
+            "eval_seconds": self.eval_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
+        }
 
     def improve(self, metrics: dict[str, Any]) -> bool:
         """Record ``metrics`` if they are the best so far; whether they were."""
@@ -115,6 +121,8 @@ class _Run:
     state: LoopState
     best_weights: dict[str, torch.Tensor] | None
     meta: dict[str, Any]
+    augmentation: Compose | None
+    class_weights: torch.Tensor | None
 
 
 def fit(
@@ -217,6 +225,8 @@ def _prepare(
         "modality": trial.modality,
         "settings": to_dict(settings),
     }
+    shape = data.train.arrays[0].shape[1:] if len(data.train) else (1, 1, 1)
+    weights = class_weights(train, data.train.labels.numpy(), settings.model.num_classes)
     return _Run(
         candidate,
         model,
@@ -226,6 +236,8 @@ def _prepare(
         state,
         best_weights,
         meta,
+        augmentation(train, shape, policy.device),
+        None if weights is None else weights.to(policy.device),
     )
 
 
@@ -234,8 +246,16 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     run.model.train()
     order = np.random.default_rng([candidate_seed(run.candidate), epoch]).permutation(len(run.train))
     policy = run.train.policy
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(run.candidate.settings.train, epoch)
+    seed = candidate_seed(run.candidate) * 1009 + epoch
     tick = time.perf_counter()
-    losses = [train_step(run.model, run.optimizer, policy, x, y) for x, y in run.train(order)]
+    losses = [
+        train_step(
+            run.model, run.optimizer, policy, augment(run.augmentation, x, seed + k), y, run.class_weights
+        )
+        for k, (x, y) in enumerate(run.train(order))
+    ]
     train_loss = torch.stack(losses).mean().item()  # waits for the device: the steps are done
     seconds = time.perf_counter() - tick
     run.state.step_seconds += seconds
@@ -259,8 +279,14 @@ def _keep_if_best(run: _Run, metrics: dict[str, Any]) -> None:
         run.best_weights = copy.deepcopy(run.model.state_dict())
 
 
-def _checkpoint_and_report(run: _Run, metrics: dict[str, Any], report: ReportFn, extra: dict | None,
-                           final: bool = False, started: float = 0.0) -> None:  # fmt: skip
+def _checkpoint_and_report(
+    run: _Run,
+    metrics: dict[str, Any],
+    report: ReportFn,
+    extra: dict | None,
+    final: bool = False,
+    started: float = 0.0,
+) -> None:
     """Write a checkpoint and report ``metrics`` with it; the time it takes counts as checkpoint time.
 
     The final report also carries the trial's timings, ``train_seconds`` (its wall time, so far as
