@@ -13,6 +13,7 @@ from fusionsearch.errors import SearchInterrupted, UserError
 from fusionsearch.settings import (
     DEFAULT_STORAGE,
     DEMO,
+    EXHAUSTIVE_LIMIT,
     SEARCHERS,
     ModelConfig,
     PreprocessConfig,
@@ -49,6 +50,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, demo: str | None = None
     width = f"{MODEL.width}; {DEMO['width']} for {demo}" if demo else f"{MODEL.width}"
     group.add_argument("--width", type=float, default=None, help=f"channel multiplier (default: {width})")
     group.add_argument(
+        "--points",
+        choices=["stages", "blocks"],
+        default=MODEL.points,
+        help=f"candidate fusion points: after each stage (m = 4) or after every residual block "
+        f"(m = 8 for ResNet-18, 16 for ResNet-34) (default: {MODEL.points})",
+    )
+    group.add_argument(
         "--stem-stride",
         type=int,
         default=MODEL.stem_stride,
@@ -59,7 +67,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, demo: str | None = None
 def model_config(args: argparse.Namespace, modalities: int, demo: bool = False) -> ModelConfig:
     width = args.width if args.width is not None else (DEMO["width"] if demo else MODEL.width)
     return ModelConfig(
-        modalities=modalities, depth=args.depth, fusion=args.fusion, stem_stride=args.stem_stride, width=width
+        points=args.points,
+        modalities=modalities,
+        depth=args.depth,
+        fusion=args.fusion,
+        stem_stride=args.stem_stride,
+        width=width,
     )
 
 
@@ -201,6 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pooled=args.pooled,
         unimodal=args.unimodal,
         ensemble=args.ensemble,
+        force=args.force,
     )
     epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
@@ -309,6 +323,11 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     search.add_argument(
         "--from-scratch", action="store_true", help="exhaustive: train every mask from scratch"
+    )
+    search.add_argument(
+        "--force",
+        action="store_true",
+        help=f"allow exhaustive search or --ensemble over more than {EXHAUSTIVE_LIMIT} points",
     )
     train = run.add_argument_group("training")
     train.add_argument(

@@ -82,8 +82,9 @@ def planted_manifest(storage_path: str, seed: int = 0) -> Path:
     return folder / "manifest.csv"
 
 
-def make_searcher(search: SearchConfig, modalities: list[str]):
-    """The Ray Tune searcher of ``search`` over its folds, with its baselines."""
+def make_searcher(search: SearchConfig, modalities: list[str], num_points: int = NUM_POINTS):
+    """The Ray Tune searcher of ``search`` over its folds and masks of ``num_points``, with its baselines."""
+    search.check_points(num_points)
     from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 
     options = {
@@ -91,6 +92,7 @@ def make_searcher(search: SearchConfig, modalities: list[str]):
         "pooled": search.pooled,
         "unimodal": modalities if search.unimodal and len(modalities) > 1 else (),
         "ensemble": search.ensemble,
+        "num_points": num_points,
     }
     if search.searcher == "sfsa":
         return SFSASearcher(min_delta=search.min_delta, **options)
@@ -148,12 +150,12 @@ def run(
     storage_path = str(storage_path)
     manifest_path = Path(manifest or planted_manifest(storage_path, train.seed)).resolve()
     samples = load_manifest(manifest_path, modalities, search.folds, data_root)
-    searcher = make_searcher(search, samples.modalities)
+    searcher = make_searcher(search, samples.modalities, model.num_points)
     check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
     model = replace(model, modalities=len(samples.modalities))
     if train.init_streams:  # a file that does not fit: before anything starts
         load_streams(
-            FusionNet(model, FusionMask.empty(NUM_POINTS)).streams[:1],
+            FusionNet(model, FusionMask.empty(model.num_points)).streams[:1],
             stream_state_dict(train.init_streams),
             train.init_streams,
         )

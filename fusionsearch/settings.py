@@ -18,6 +18,12 @@ from fusionsearch.errors import UserError
 T = TypeVar("T")
 
 RESNET_DEPTHS = (10, 18, 34)
+#: Residual blocks per stage of each ResNet depth (MONAI's ``resnet10/18/34``).
+BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+#: Where the streams may fuse: after each of the four stages, or after every residual block.
+POINTS = ("stages", "blocks")
+#: Exhaustive search (and the brute-force ensemble) over more points than this needs ``force``.
+EXHAUSTIVE_LIMIT = 6
 SEARCHERS = ("sfsa", "beam", "exhaustive")
 
 
@@ -87,6 +93,8 @@ class ModelConfig:
             default 1 costs 8x the FLOPs.
         width: channel multiplier (MONAI ``widen_factor``); below 1 for small CPU runs.
         num_classes: number of output classes.
+        points: candidate fusion points: ``stages`` (after each residual stage, m = 4) or
+            ``blocks`` (after every residual block: m = 8 for ResNet-18, 16 for ResNet-34).
     """
 
     modalities: int = 2
@@ -95,15 +103,22 @@ class ModelConfig:
     stem_stride: int = 2
     width: float = 1.0
     num_classes: int = 2
+    points: str = "stages"
 
     def __post_init__(self) -> None:
         _positive_ints(self, "modalities")
         check_choice("depth", self.depth, RESNET_DEPTHS)
+        check_choice("points", self.points, POINTS)
         check_choice("stem_stride", self.stem_stride, (1, 2))
         if not 64 * self.width >= 1:
             raise ConfigError(f"width={self.width!r} must be at least 1/64")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ConfigError(f"num_classes={self.num_classes!r} must be an integer >= 2")
+
+    @property
+    def num_points(self) -> int:
+        """m, the mask length: 4 stages, or every residual block of the depth."""
+        return len(BLOCKS[self.depth]) if self.points == "stages" else sum(BLOCKS[self.depth])
 
 
 @dataclass(frozen=True)
@@ -236,6 +251,8 @@ class SearchConfig:
         pooled: one search over all folds, scored on the mean validation loss.
         unimodal: train a single-stream baseline per modality beside the search.
         ensemble: also train the fusion masks the search skipped (brute-force ensemble).
+        force: allow exhaustive search and the ensemble over more than
+            :data:`EXHAUSTIVE_LIMIT` points (``2**m - 1`` candidates per fold).
     """
 
     searcher: str = "sfsa"
@@ -248,6 +265,7 @@ class SearchConfig:
     pooled: bool = False
     unimodal: bool = True
     ensemble: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         check_choice("searcher", self.searcher, SEARCHERS)
@@ -261,6 +279,16 @@ class SearchConfig:
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "
                 f"min_delta={self.min_delta} >= 0"
+            )
+
+    def check_points(self, num_points: int) -> None:
+        """Refuse exhaustive search or the ensemble over more than :data:`EXHAUSTIVE_LIMIT` points."""
+        wants_all = self.searcher == "exhaustive" or self.ensemble
+        if wants_all and num_points > EXHAUSTIVE_LIMIT and not self.force:
+            what = "exhaustive search" if self.searcher == "exhaustive" else "the brute-force ensemble"
+            raise ConfigError(
+                f"{what} over m={num_points} fusion points trains {2**num_points - 1} masks per fold; use "
+                "--searcher sfsa or beam (whose cost grows with m, not 2^m), or --force to train them all"
             )
 
     @property

@@ -19,3 +19,15 @@ def test_invalid_values():
         ModelConfig(stem_stride=3)
     with pytest.raises(ConfigError, match="num_classes"):
         ModelConfig(num_classes=1)
+
+
+def test_exhaustive_search_over_many_points_needs_force():
+    from fusionsearch.settings import SearchConfig
+
+    with pytest.raises(ConfigError, match="m=8 fusion points trains 255 masks per fold"):
+        SearchConfig(searcher="exhaustive").check_points(8)
+    with pytest.raises(ConfigError, match="brute-force ensemble over m=8"):
+        SearchConfig(ensemble=True).check_points(8)
+    SearchConfig(searcher="exhaustive", force=True).check_points(8)
+    SearchConfig(searcher="exhaustive").check_points(4)
+    SearchConfig(searcher="sfsa").check_points(16)

@@ -164,3 +164,28 @@ def test_init_streams_rejects_a_file_that_does_not_fit_naming_the_key(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedError, match=r"junk\.pth: cannot read it"):
         stream_state_dict(tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize(("depth", "points"), [(18, 8), (10, 4)])
+def test_block_fusion_points_after_every_residual_block(depth, points):
+    config = tiny_config(points="blocks", depth=depth)
+    assert config.num_points == points
+    mask = "1" * points
+    model = FusionNet(config, mask).eval()
+    assert [p for p, _ in model.points] == [s for s in ("layer1", "layer2", "layer3", "layer4")
+                                            for _ in range(points // 4)]  # fmt: skip
+    assert model(torch.randn(2, 2, SIZE, SIZE, SIZE)).shape == (2, 2)
+    with pytest.raises(MaskError, match=f"{points} candidate fusion points"):
+        FusionNet(config, "0" * (points + 1))
+
+
+def test_warm_start_is_exact_at_block_points():
+    config = tiny_config(points="blocks")
+    parent = FusionNet(config, "00100000")
+    randomise(parent)
+    child = FusionNet(config, "00100001")
+    warm_start(child, parent.state_dict())
+    x = torch.randn(2, 2, SIZE, SIZE, SIZE)
+    assert torch.allclose(parent.eval()(x), child.eval()(x), atol=1e-5)
+    stage_of_point_7 = child.fusion["7"]  # after the second block of layer4: layer4's channels
+    assert stage_of_point_7 is not None and str(child.mask) == "00100001"

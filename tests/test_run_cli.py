@@ -120,3 +120,22 @@ def test_cli_bad_input_is_one_paragraph_and_exit_2(manifest, tmp_path, capsys, a
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()  # nothing was built or trained
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_cli_search_over_block_fusion_points(manifest, tmp_path, capsys):
+    storage = str(tmp_path / "runs")
+    common = ["--data", str(manifest), "--storage", storage, "--points", "blocks", *TINY]
+    argv = ["run", *common, "--name", "blocks", "--epochs", "1", "--patience", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = load_result(f"{storage}/blocks").table.to_pylist()
+    assert {len(r["mask"]) for r in rows} == {8} and "00000000" in {r["mask"] for r in rows}
+    assert sum(r["round"] == 1 for r in rows) == 8  # round 1: every one of the eight block points
+    assert (
+        "exhaustive search: candidates" in out
+        and (tmp_path / "runs" / "blocks" / "report" / "report.html").is_file()
+    )
+    assert main(["run", *common, "--searcher", "exhaustive"]) == 2
+    assert "m=8 fusion points trains 255 masks per fold" in capsys.readouterr().err

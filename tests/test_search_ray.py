@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ray import tune
 
@@ -103,6 +104,25 @@ def test_failing_candidate_does_not_stall_the_search(tmp_path):
     # Without 0100, round 1's best is 0010 (0.7); the search goes on from it and finds 0110.
     assert rows["0110"]["parent_mask"] == "0010" and str(result.best_mask) == "0110"
     assert {m for m, r in rows.items() if r["round"] == 2} == {"1010", "0110", "0011"}
+
+
+def test_sfsa_searcher_over_eight_block_points(tmp_path):
+    rng = np.random.default_rng(8)
+    land8 = {str(m): float(rng.random()) for m in FusionMask.all_masks(8)}
+    result = run_search(SFSASearcher(num_points=8), trainable=scripted_trainable, config={"landscape": land8},
+                        storage_path=tmp_path, name="m8", resources={"cpu": 1}, max_failures=0)  # fmt: skip
+    history, strategy = [], SFSA(8)
+    while candidates := strategy.next_round(history):
+        history += [Outcome(c, land8[str(c.mask)]) for c in candidates]
+    rows = result.table.to_pylist()
+    assert sorted((r["round"], r["mask"], r["parent_mask"]) for r in rows) == sorted(
+        (o.candidate.round, str(o.candidate.mask), o.candidate.parent and str(o.candidate.parent))
+        for o in history
+    )
+    assert (
+        str(result.best_mask) == str(strategy.chosen(history).candidate.mask)
+        and len(str(result.best_mask)) == 8
+    )
 
 
 def test_resuming_a_search_with_a_users_trainable_from_the_cli_says_how_to_do_it(tmp_path, capsys):

@@ -84,7 +84,7 @@ def sfsa_by_definition(num_points, land, min_delta=0.0):
     return trained, best
 
 
-@pytest.mark.parametrize("num_points", [3, 4, 5])
+@pytest.mark.parametrize("num_points", [3, 4, 5, 8])
 @pytest.mark.parametrize("min_delta", [0.0, 0.05])
 def test_sfsa_and_beam_one_without_patience_follow_the_definition(num_points, min_delta):
     rng = random.Random(num_points)

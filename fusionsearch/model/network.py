@@ -8,9 +8,9 @@ from torch import nn
 
 from fusionsearch.mask import NUM_POINTS, FusionMask, MaskError
 from fusionsearch.model.fusion import FUSION_MODULES, build_fusion
-from fusionsearch.settings import ModelConfig, check_choice
+from fusionsearch.settings import BLOCKS, ModelConfig, check_choice
 
-#: The residual stages after which a stream can fuse: candidate point ``i`` follows ``STAGES[i]``.
+#: The residual stages of a MONAI ResNet, in order.
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 if len(STAGES) != NUM_POINTS:
     raise ImportError(f"fusionsearch.mask.NUM_POINTS={NUM_POINTS} but the network has {len(STAGES)} stages")
@@ -18,8 +18,16 @@ if len(STAGES) != NUM_POINTS:
 _FACTORIES = {10: resnet.resnet10, 18: resnet.resnet18, 34: resnet.resnet34}
 
 
+def fusion_points(config: ModelConfig) -> list[tuple[str, int | None]]:
+    """The candidate fusion points in order: ``(stage, None)`` after a whole stage (``points="stages"``)
+    or ``(stage, block)`` after one residual block (``points="blocks"``)."""
+    if config.points == "stages":
+        return [(stage, None) for stage in STAGES]
+    return [(stage, b) for stage, n in zip(STAGES, BLOCKS[config.depth], strict=True) for b in range(n)]
+
+
 class FusionNet(nn.Module):
-    """N parallel MONAI 3D ResNets, fused after the stages that ``mask`` selects.
+    """N parallel MONAI 3D ResNets, fused after the stages (or blocks) that ``mask`` selects.
 
     Input ``(B, N, D, H, W)``: channel ``i`` feeds stream ``i``. Each stream is a full
     ResNet with its own classifier; the output is the mean of the N streams' logits,
@@ -33,11 +41,12 @@ class FusionNet(nn.Module):
         super().__init__()
         check_choice("fusion", config.fusion, sorted(FUSION_MODULES))
         self.config = config
-        self.mask = FusionMask.parse(mask, NUM_POINTS)
+        self.mask = FusionMask.parse(mask, config.num_points)
+        self.points = fusion_points(config)
         if self.mask.active and config.modalities < 2:
             raise MaskError(
                 f"mask {self.mask} fuses streams, but the network has {config.modalities} "
-                f"modality; use {FusionMask.empty(NUM_POINTS)} for a single stream"
+                f"modality; use {FusionMask.empty(config.num_points)} for a single stream"
             )
         self.streams = nn.ModuleList(
             _FACTORIES[config.depth](
@@ -49,10 +58,15 @@ class FusionNet(nn.Module):
             )
             for _ in range(config.modalities)
         )
-        channels = stage_channels(self.streams[0])
+        blocks = tuple(len(getattr(self.streams[0], stage)) for stage in STAGES)
+        if blocks != BLOCKS[config.depth]:  # MONAI changed its ResNet: fusion points would be wrong
+            raise ImportError(
+                f"MONAI's resnet{config.depth} has {blocks} blocks per stage, expected {BLOCKS[config.depth]}"
+            )
+        channels = dict(zip(STAGES, stage_channels(self.streams[0]), strict=True))
         self.fusion = nn.ModuleDict(
             {
-                str(point): build_fusion(config.fusion, [channels[point]] * config.modalities)
+                str(point): build_fusion(config.fusion, [channels[self.points[point][0]]] * config.modalities)
                 for point in self.mask.active
             }
         )
@@ -64,8 +78,9 @@ class FusionNet(nn.Module):
         for i, stream in enumerate(self.streams):
             h = stream.act(stream.bn1(stream.conv1(x[:, i : i + 1])))
             features.append(h if stream.no_max_pool else stream.maxpool(h))
-        for point, stage in enumerate(STAGES):
-            features = [getattr(s, stage)(f) for s, f in zip(self.streams, features, strict=True)]
+        for point, (stage, block) in enumerate(self.points):
+            layers = [getattr(s, stage) if block is None else getattr(s, stage)[block] for s in self.streams]
+            features = [layer(f) for layer, f in zip(layers, features, strict=True)]
             if str(point) in self.fusion:
                 features = self.fusion[str(point)](features)
         logits = [s.fc(s.avgpool(f).flatten(1)) for s, f in zip(self.streams, features, strict=True)]

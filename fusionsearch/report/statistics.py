@@ -8,6 +8,7 @@ McNemar's test is the exact binomial test on the discordant pairs (scipy).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,10 +81,18 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def _resamples(labels: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
+def _resamples(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, ...]:
+    """``count`` class-stratified bootstrap resamples of the subjects' indices (the same ones for every
+    method of a report: the methods are compared on the same draws)."""
+    return _cached_resamples(labels.tobytes(), str(labels.dtype), count, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_resamples(labels: bytes, dtype: str, count: int, seed: int) -> tuple[np.ndarray, ...]:
+    strata = np.frombuffer(labels, dtype=dtype)
     rng = np.random.RandomState(seed)
-    index = np.arange(len(labels))
-    return [resample(index, stratify=labels, random_state=rng) for _ in range(count)]
+    index = np.arange(len(strata))
+    return tuple(resample(index, stratify=strata, random_state=rng) for _ in range(count))
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:

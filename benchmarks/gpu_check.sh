@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU figure the README quotes, in one run of under 8 minutes on one GPU:
+#   bash benchmarks/gpu_check.sh            # writes gpu_check.log (and to $OUT/ when set)
+#
+# 1. step_time           the bare network at 128^3, width 1, batch 8 (bf16 + channels_last_3d)
+# 2. trainable_vs_model  the training loop against the bare step, same settings
+# 3. trial_efficiency    one ds004199-sized trial (136 subjects: ~82 train / 27 validation in
+#                        fold 0 of 5) at 128^3, width 1, with real checkpoints, every epoch vs
+#                        the default interval
+# 4. fusionsearch run    a whole SFSA search (--gpus 1 --size 128 --width 1), where Ray is installed
+#
+# The machine needs torch with CUDA; MONAI, nibabel (and Ray for step 4) can come as wheels in
+# .whl/ at the repository's root (pip download ... -d .whl; they are installed into /tmp/site).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+log=${OUT:-.}/gpu_check.log
+{
+  echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+  python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+  echo "== 1. step_time"
+  timeout 120 python3 benchmarks/step_time.py --mask 1111 --size 128 --batch 8 --width 1 --steps 10 --repeats 3
+  echo "== 2. trainable_vs_model"
+  timeout 150 python3 benchmarks/trainable_vs_model.py --size 128 --width 1 --batch 8 --n 120 --epochs 4 --steps 10
+  echo "== 3. trial_efficiency"
+  timeout 150 python3 benchmarks/trial_efficiency.py --size 128 --width 1 --batch 8 --n 136 --epochs 6 \
+    --checkpoint-interval 0 300
+  if python3 -c "import ray" 2> /dev/null; then
+    echo "== 4. fusionsearch run"
+    storage=$(mktemp -d)
+    timeout 180 python3 -m fusionsearch.cli synth "$storage/data" --n 136 --size 128 > /dev/null \
+      && timeout 180 python3 -m fusionsearch.cli run --data "$storage/data/manifest.csv" --storage "$storage/runs" \
+        --name gpu --gpus 1 --size 128 --width 1 --epochs 6 --patience 6 --folds 5 --fold 0 --no-unimodal \
+      | tail -n 30
+  else
+    echo "== 4. skipped: Ray is not installed here"
+  fi
+} 2>&1 | tee "$log"
