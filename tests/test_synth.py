@@ -93,3 +93,21 @@ def test_generator_is_deterministic():
     config = SynthConfig(n=8, size=16, seed=5)
     first, second = make_sample(config, 3, 1)[0], make_sample(config, 3, 1)[0]
     assert all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
+
+
+def test_null_task_label_is_in_modality_a_alone():
+    # The control where fusion cannot help: label = finding a; modality B carries b, independent of it.
+    config = SynthConfig(n=120, size=32, seed=2, task="null")
+    cells = np.resize(np.arange(4), config.n)
+    features, labels, truths = [], [], []
+    for i in range(config.n):
+        volumes, truth = make_sample(config, i, int(cells[i]))
+        features.append([ndimage.uniform_filter(v, size=5).max() for v in volumes])
+        labels.append(truth["label"])
+        truths.append(truth)
+    x, y = np.array(features), np.array(labels)
+    assert all(t["label"] == t["finding_a"] for t in truths)
+    b = np.array([t["finding_b"] for t in truths])
+    assert np.mean(b[y == 1]) == np.mean(b[y == 0]) == 0.5  # B is exactly independent of the label
+    assert cv_accuracy(x[:, :1], y) > 0.9  # modality A alone reaches the ceiling (late fusion suffices)
+    assert abs(cv_accuracy(x[:, 1:], y) - 0.5) < CHANCE_TOLERANCE  # modality B alone is at chance

@@ -13,6 +13,10 @@ it, since *a* and *b* live in global channel statistics.
 Task ``colocalized``: both A and B carry a finding; ``label`` = whether they sit at the same
 place. Only a spatially aware fusion can solve it well.
 
+Task ``null`` (a control where fusion cannot help): findings *a* and *b* as in ``xor``, but
+``label = a``. Modality A alone carries the label, B is independent of it, so late fusion
+already reaches the ceiling; a search that adds fusion points here follows validation noise.
+
 Extra modalities (N > 2) carry anatomy only. The ground truth of every sample is written to
 ``truth.csv`` beside the manifest.
 """
@@ -35,7 +39,7 @@ from fusionsearch.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("xor", "colocalized")
+TASKS = ("xor", "colocalized", "null")
 #: Tissue intensities (CSF, grey matter, white matter) of each contrast.
 CONTRASTS = {
     "T1": (0.15, 0.50, 0.80),
@@ -54,7 +58,7 @@ class SynthConfig:
         n: number of samples (a multiple of 4 keeps the XOR cells exactly balanced).
         size: cube edge in voxels; the field of view is 192 mm whatever the size.
         seed: everything is a deterministic function of the seed.
-        task: ``xor`` or ``colocalized``.
+        task: ``xor``, ``colocalized`` or ``null`` (see the module's docstring).
         modalities: number of contrasts, at least 2 (T1, FLAIR, T2, then T1 variants).
         lesion_radius: finding radius as a fraction of ``size``.
         lesion_contrast: finding intensity above its surroundings (tissue scale is ~0-1).
@@ -143,9 +147,9 @@ def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.nda
     rng = np.random.default_rng([config.seed, index])
     tissues, wm = _anatomy(rng, config.size)
     radius = config.lesion_radius * config.size
-    if config.task == "xor":
+    if config.task in ("xor", "null"):
         has = {"a": bool(cell & 2), "b": bool(cell & 1)}
-        label = int(has["a"] != has["b"])
+        label = int(has["a"] != has["b"]) if config.task == "xor" else int(has["a"])
         a_centre, b_centre = _centres(rng, wm, radius, 2, apart=0.0)
     else:
         has = {"a": True, "b": True}
