@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from fusionsearch import storage
-from fusionsearch.errors import SearchInterrupted, UserError
+from fusionsearch.errors import SearchInterrupted, StorageFullError, UserError
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.report.evaluation import method_checkpoints, predict_fold
 from fusionsearch.search import experiment
@@ -70,6 +70,15 @@ class ProgressLog(tune.Callback):
         )
 
 
+def _last_error(trial: Any) -> str:
+    """The last line of a trial's error file (Tune keeps it in the driver's staging folder)."""
+    text = ""
+    with contextlib.suppress(OSError, TypeError):
+        text = Path(trial.error_file).read_text()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"
+
+
 class FailureLog(tune.Callback):
     """Keeps the last line of each failed trial's error in the experiment's ``errors.json``."""
 
@@ -77,11 +86,39 @@ class FailureLog(tune.Callback):
         self.experiment_dir = experiment_dir
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        text = ""
-        with contextlib.suppress(OSError, TypeError):
-            text = Path(trial.error_file).read_text()
-        lines = [line for line in text.strip().splitlines() if line.strip()]
-        experiment.record_error(self.experiment_dir, trial.trial_id, lines[-1] if lines else "failed")
+        try:
+            experiment.record_error(self.experiment_dir, trial.trial_id, _last_error(trial))
+        except OSError as error:  # the storage itself failing (full, unreachable): keep the search going
+            log.warning("could not record the error of trial %s: %s", trial.trial_id, error)
+
+
+#: Set by :class:`StorageGuard` in the driver's process while ``fit()`` runs; read and cleared by ``_fit``.
+_storage_full: dict[str, str] = {}
+_NO_SPACE = ("No space left on device", "errno 28", "Errno 28")
+
+
+class StorageGuard(tune.Callback):
+    """Stops the search, as Ctrl-C does, when a trial fails because the storage is full.
+
+    Retrying cannot help there, and a candidate that ran out of retries would count as failed.
+    The stop keeps the failed trial pending, so ``resume`` retrains it from its last checkpoint
+    once there is space.
+    """
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)
+
+    def _check(self, trial: Any) -> None:
+        error = _last_error(trial)
+        if _storage_full or not any(marker in error for marker in _NO_SPACE):
+            return
+        _storage_full["detail"] = error
+        log.error("trial %s: the storage is full (%s); stopping the search", trial.trial_id, error)
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's stop request, as for Ctrl-C
+            signal.raise_signal(signal.SIGUSR1)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -223,7 +260,7 @@ def run_search(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ProgressLog(), FailureLog(experiment_dir), *callbacks],
+            callbacks=[ProgressLog(), FailureLog(experiment_dir), StorageGuard(), *callbacks],
             verbose=0,
         ),
     )
@@ -335,8 +372,17 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
     # Keep the finished trials' actors for the next round instead of starting a fresh process
     # (with its imports) per trial.
     start = time.perf_counter()
+    _storage_full.clear()
     with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
-        tuner.fit()
+        try:
+            tuner.fit()
+        except Exception as error:  # Tune's own reading back from a full storage fails after the stop
+            no_space = any(marker in str(error) for marker in _NO_SPACE)
+            if not (_storage_full or no_space):
+                raise
+            _storage_full.setdefault("detail", " ".join(str(error).split())[:300])
+    if _storage_full:
+        raise StorageFullError(experiment_dir, _storage_full.pop("detail"))
     if interrupted["signal"] is not None:
         raise SearchInterrupted(experiment_dir, interrupted["signal"])
     return load_result(experiment_dir, time.perf_counter() - start)

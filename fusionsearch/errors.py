@@ -19,6 +19,18 @@ class DataError(UserError):
         super().__init__("\n".join(lines))
 
 
+class StorageFullError(UserError):
+    """The experiment's storage filled up: the search stopped, resumable once there is space."""
+
+    def __init__(self, experiment_dir: str, detail: str) -> None:
+        parent, _, name = experiment_dir.rstrip("/").rpartition("/")
+        super().__init__(
+            f"the storage of {experiment_dir} is full ({detail}); the search stopped, keeping every finished "
+            "candidate and the search state (a running candidate loses at most its last checkpoint "
+            f"interval). Free space there, then continue with 'fusionsearch resume {name} --storage {parent}'"
+        )
+
+
 class SearchInterrupted(Exception):
     """The search stopped on SIGINT (Ctrl-C) or SIGTERM; its finished candidates and state are kept.
 

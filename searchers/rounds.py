@@ -248,8 +248,12 @@ class RoundSearcher(Searcher):
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
     def _write_table(self) -> None:
-        if self._experiment_dir:
+        if not self._experiment_dir:
+            return
+        try:
             experiment.write_candidates(self._experiment_dir, self.table())
+        except OSError as error:  # full or unreachable storage: the next round (or a resume) writes it again
+            log.warning("could not write the candidates table: %s", error)
 
 
 def _float(value: Any) -> float | None:

@@ -229,3 +229,63 @@ def test_two_searches_started_at_once_under_one_name_one_runs(tmp_path):
     loser = errors[[r.returncode for r in runs].index(codes[1])]
     assert "an experiment named 'same' already exists" in loser
     assert load_result(str(tmp_path / "runs" / "same")).table.num_rows == 5  # the winner's search, whole
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 40 MB tmpfs (as root); the test is skipped where mounting is not allowed."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_storage_stops_the_search_and_resume_finishes_it(manifest, tmp_path, small_filesystem):
+    storage = small_filesystem
+    # Checkpoints after every epoch (~17 MB each at this width) fill 40 MB within round 1.
+    argv = [
+        "run",
+        "--data",
+        str(manifest),
+        "--storage",
+        str(storage),
+        "--name",
+        "full",
+        "--cache",
+        str(tmp_path / "cache"),
+        *TINY_RUN,
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--checkpoint-interval",
+        "0",
+    ]
+    run = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert f"the storage of {storage}/full is full" in run.stderr and "No space left on device" in run.stderr
+    assert f"continue with 'fusionsearch resume full --storage {storage}'" in run.stderr
+    assert "Traceback" not in run.stderr.split("fusionsearch run: error:")[-1]
+    before = {
+        r["mask"]: r for r in load_result(str(storage / "full")).table.to_pylist() if r["status"] == "ok"
+    }
+
+    subprocess.run(["mount", "-o", "remount,size=400m", str(storage)], check=True)  # space is back
+    done = subprocess.run([*CLI, "resume", "full", "--storage", str(storage)], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = load_result(str(storage / "full")).table.to_pylist()
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({r["mask"] for r in rows})
+    trained, chosen = _sfsa_answer(rows)
+    assert {r["mask"] for r in rows} == trained and [r["mask"] for r in rows if r["chosen"]] == [chosen]
+    for row in rows:  # finished before the storage filled up: not retrained
+        if row["mask"] in before:
+            assert row["trial_id"] == before[row["mask"]]["trial_id"]
