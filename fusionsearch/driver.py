@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from fusionsearch import storage
-from fusionsearch.errors import SearchInterrupted, StorageFullError, UserError
+from fusionsearch.errors import SearchInterrupted, StorageError, UserError
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.report.evaluation import method_checkpoints, predict_fold
 from fusionsearch.search import experiment
@@ -93,30 +93,52 @@ class FailureLog(tune.Callback):
 
 
 #: Set by :class:`StorageGuard` in the driver's process while ``fit()`` runs; read and cleared by ``_fit``.
-_storage_full: dict[str, str] = {}
-_NO_SPACE = ("No space left on device", "errno 28", "Errno 28")
+_storage_failure: dict[str, str] = {}
+#: How a storage failure reads in an error: full (no retry helps), or unreachable (retried first).
+_STORAGE_MARKERS = {
+    "full": ("No space left on device", "errno 28", "Errno 28"),
+    "unreachable": (
+        "NETWORK_CONNECTION",
+        "Couldn't connect to server",
+        "Connection refused",
+        "curlCode: 7",
+        "Could not connect to the endpoint",
+        "Unable to connect",
+    ),
+}
+
+
+def _storage_failure_kind(error: str) -> str | None:
+    return next(
+        (kind for kind, markers in _STORAGE_MARKERS.items() if any(m in error for m in markers)), None
+    )
 
 
 class StorageGuard(tune.Callback):
-    """Stops the search, as Ctrl-C does, when a trial fails because the storage is full.
+    """Stops the search, as Ctrl-C does, when trials fail because the storage fails.
 
-    Retrying cannot help there, and a candidate that ran out of retries would count as failed.
-    The stop keeps the failed trial pending, so ``resume`` retrains it from its last checkpoint
-    once there is space.
+    A full storage stops it at the first such failure (no retry can help); an unreachable one
+    once a trial has failed on it twice (a short outage is retried). Waiting longer would let
+    a candidate run out of retries and count as failed; the stop keeps the trial pending, so
+    ``resume`` retrains it from its last checkpoint once the storage works again.
     """
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._check(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._check(trial)
+        self._check(trial, last=True)
 
-    def _check(self, trial: Any) -> None:
+    def _check(self, trial: Any, last: bool = False) -> None:
         error = _last_error(trial)
-        if _storage_full or not any(marker in error for marker in _NO_SPACE):
+        kind = _storage_failure_kind(error)
+        if _storage_failure or kind is None:
             return
-        _storage_full["detail"] = error
-        log.error("trial %s: the storage is full (%s); stopping the search", trial.trial_id, error)
+        if kind == "unreachable" and not last and trial.run_metadata.num_failures < 2:
+            log.warning("trial %s: the storage is unreachable (%s); retrying", trial.trial_id, error)
+            return
+        _storage_failure.update(kind=kind, detail=error)
+        log.error("trial %s: the storage is %s (%s); stopping the search", trial.trial_id, kind, error)
         if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's stop request, as for Ctrl-C
             signal.raise_signal(signal.SIGUSR1)
 
@@ -357,8 +379,10 @@ def _interruptible() -> Iterator[dict[str, int | None]]:
         state["signal"] = signal.SIGTERM
         signal.raise_signal(signal.SIGUSR1)  # Tune's own stop request
 
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, second_interrupt),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}  # fmt: skip
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, second_interrupt),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+    }
     try:
         yield state
     finally:
@@ -372,17 +396,20 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
     # Keep the finished trials' actors for the next round instead of starting a fresh process
     # (with its imports) per trial.
     start = time.perf_counter()
-    _storage_full.clear()
+    _storage_failure.clear()
     with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
         try:
             tuner.fit()
-        except Exception as error:  # Tune's own reading back from a full storage fails after the stop
-            no_space = any(marker in str(error) for marker in _NO_SPACE)
-            if not (_storage_full or no_space):
+        except Exception as error:  # Tune's own reading back from a failing storage, after the stop
+            kind = _storage_failure_kind(str(error))
+            if not (_storage_failure or kind):
                 raise
-            _storage_full.setdefault("detail", " ".join(str(error).split())[:300])
-    if _storage_full:
-        raise StorageFullError(experiment_dir, _storage_full.pop("detail"))
+            _storage_failure.setdefault("kind", kind)
+            _storage_failure.setdefault("detail", " ".join(str(error).split())[:300])
+    if _storage_failure:
+        failure = dict(_storage_failure)
+        _storage_failure.clear()
+        raise StorageError(experiment_dir, failure["kind"], failure["detail"])
     if interrupted["signal"] is not None:
         raise SearchInterrupted(experiment_dir, interrupted["signal"])
     return load_result(experiment_dir, time.perf_counter() - start)

@@ -19,15 +19,27 @@ class DataError(UserError):
         super().__init__("\n".join(lines))
 
 
-class StorageFullError(UserError):
-    """The experiment's storage filled up: the search stopped, resumable once there is space."""
+class StorageError(UserError):
+    """The experiment's storage is full or unreachable: the search stopped, resumable once it works.
 
-    def __init__(self, experiment_dir: str, detail: str) -> None:
+    Attributes:
+        kind: ``full`` or ``unreachable``.
+    """
+
+    def __init__(self, experiment_dir: str, kind: str, detail: str) -> None:
+        self.kind = kind
         parent, _, name = experiment_dir.rstrip("/").rpartition("/")
+        what, fix = {
+            "full": ("is full", "Free space there"),
+            "unreachable": (
+                "could not be reached, also on retries",
+                "Check the endpoint, network and credentials",
+            ),
+        }[kind]
         super().__init__(
-            f"the storage of {experiment_dir} is full ({detail}); the search stopped, keeping every finished "
+            f"the storage of {experiment_dir} {what} ({detail}); the search stopped, keeping every finished "
             "candidate and the search state (a running candidate loses at most its last checkpoint "
-            f"interval). Free space there, then continue with 'fusionsearch resume {name} --storage {parent}'"
+            f"interval). {fix}, then continue with 'fusionsearch resume {name} --storage {parent}'"
         )
 
 

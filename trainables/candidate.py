@@ -89,8 +89,9 @@ def _open_parent(location: str, stack: contextlib.ExitStack) -> Path:
     """The parent's final checkpoint as a local folder; a :class:`CheckpointError` naming it if unreadable."""
     try:
         folder = Path(stack.enter_context(tune.Checkpoint(location).as_directory()))
-    except Exception as error:  # a URI that is gone, an unreachable store
+    except FileNotFoundError as error:  # gone: retrying cannot bring it back
         raise CheckpointError(f"the parent checkpoint {location} cannot be opened ({error})") from None
+    # Anything else (an unreachable store) raises: Tune retries the trial.
     try:
         read_meta(folder)
     except CheckpointError as error:

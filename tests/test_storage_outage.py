@@ -1,0 +1,114 @@
+"""The S3 endpoint unreachable mid-search: retried, then a clear one-paragraph error (moto server)."""
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TINY_RUN, free_port, wait_for
+from fusionsearch.data.synth import SynthConfig, generate
+from proxy import OutageProxy
+
+pytestmark = pytest.mark.slow
+BUCKET = "outage"
+CLI = [sys.executable, "-m", "fusionsearch.cli"]
+
+
+@pytest.fixture
+def s3_behind_a_proxy(tmp_path):
+    """A moto S3 server with one bucket, reached through a proxy that can cut it off."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    direct = pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        allow_bucket_creation=True,
+        access_key="test",
+        secret_key="test",
+        region="us-east-1",
+    )
+    wait_for(lambda: _reachable(direct), timeout=30, what="the moto server")
+    direct.create_dir(BUCKET)
+    proxy = OutageProxy(port)
+    env = os.environ | {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FUSIONSEARCH_MIRROR": str(tmp_path / "mirror"),
+    }
+    try:
+        yield direct, proxy, env
+    finally:
+        proxy.close()
+        server.terminate()
+        server.wait()
+
+
+def _reachable(fs) -> bool:
+    try:
+        fs.get_file_info(pafs.FileSelector("", recursive=False))
+        return True
+    except OSError:
+        return False
+
+
+def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_error(
+    s3_behind_a_proxy, tmp_path
+):
+    direct, proxy, env = s3_behind_a_proxy
+    manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=1))
+    storage = f"s3://{BUCKET}/runs"
+    argv = ["--storage", storage, "--cache", str(tmp_path / "cache")]
+    run = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            "--data",
+            str(manifest),
+            "--name",
+            "out",
+            *argv,
+            *TINY_RUN,
+            "--epochs",
+            "3",
+            "--patience",
+            "3",
+            "--checkpoint-interval",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    table = f"{BUCKET}/runs/out/candidates.parquet"
+    wait_for(lambda: direct.get_file_info(table).is_file or run.poll() is not None, what="round 0")
+    assert run.poll() is None, run.communicate()[1][-3000:]
+    proxy.cut()  # the endpoint goes away mid-search, for longer than retries can bridge
+    cut_at = time.monotonic()
+    _, err = run.communicate(timeout=600)
+    stopped_after = time.monotonic() - cut_at
+    assert run.returncode == 2, err[-3000:]
+    assert "the storage is unreachable" in err and "retrying" in err  # a short outage would be bridged
+    assert f"the storage of {storage}/out could not be reached, also on retries" in err
+    assert f"continue with 'fusionsearch resume out --storage s3://{BUCKET}/runs'" in err
+    # Known gap: resuming after such an outage can fail where Tune's saved state names a checkpoint
+    # that never reached the bucket ("Could not recover from checkpoint as it does not exist on
+    # storage anymore"); a full local storage resumes (test_interruptions).
+    print(f"outage: the search stopped {stopped_after:.0f} s after the endpoint went away")
+
+
+def _rows(fs) -> list[dict]:
+    """The candidates table, read straight from the server (not through the proxy)."""
+    with fs.open_input_stream(f"{BUCKET}/runs/out/candidates.parquet") as f:
+        return pq.read_table(io.BytesIO(f.read())).to_pylist()
