@@ -1,6 +1,9 @@
 """Shared fixtures and helpers: tiny settings, a local Ray, free ports, scripted driver scripts."""
 
+import contextlib
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,41 @@ from fusionsearch import ModelConfig
 TINY = {"width": 0.125, "depth": 18}
 SIZE = 16
 #: ``fusionsearch run`` options for candidates that take seconds, on every fold ...
-TINY_EVERY_FOLD = ["--size", "16", "--width", "0.125", "--epochs", "2", "--patience", "2",
-                   "--batch-size", "8", "--folds", "3", "--gpus", "0"]  # fmt: skip
+TINY_EVERY_FOLD = [
+    "--size",
+    "16",
+    "--width",
+    "0.125",
+    "--epochs",
+    "2",
+    "--patience",
+    "2",
+    "--batch-size",
+    "8",
+    "--folds",
+    "3",
+    "--gpus",
+    "0",
+]
 #: ... or a search of fold 0 only, without baselines.
 TINY_RUN = [*TINY_EVERY_FOLD, "--fold", "0", "--no-unimodal"]
+
+
+def tiny_search(manifest, storage, name: str, cache, *extra: str) -> list[str]:
+    """``fusionsearch run`` arguments of a tiny fold-0 search with 2-epoch candidates, plus ``extra``."""
+    return [
+        "run",
+        "--data",
+        str(manifest),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--cache",
+        str(cache),
+        *TINY_RUN,
+        *extra,
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -76,16 +110,24 @@ else:
 """
 
 
-def scripted_driver(path: Path, *, storage, name: str, config: dict, address: str | None = None,
-                    max_failures: int = 0) -> Path:  # fmt: skip
+def scripted_driver(
+    path: Path, *, storage, name: str, config: dict, address: str | None = None, max_failures: int = 0
+) -> Path:
     """Write a driver script that runs an SFSA search with the scripted trainable (``resume`` resumes it).
 
     With ``address`` it joins that cluster; without, it starts a local Ray of 4 CPUs.
     """
     init = f"address={address!r}" if address else "num_cpus=4, include_dashboard=False"
-    path.write_text(SCRIPTED_DRIVER.format(init=f"{init}, log_to_driver=False", config=config, name=name,
-                                           storage=str(storage), experiment=f"{storage}/{name}",
-                                           max_failures=max_failures))  # fmt: skip
+    path.write_text(
+        SCRIPTED_DRIVER.format(
+            init=f"{init}, log_to_driver=False",
+            config=config,
+            name=name,
+            storage=str(storage),
+            experiment=f"{storage}/{name}",
+            max_failures=max_failures,
+        )
+    )
     return path
 
 
@@ -112,3 +154,26 @@ class BaselineThenOne:
         if not history:
             return [Candidate(FusionMask("0000"), None, 0)]
         return [Candidate(FusionMask("0100"), FusionMask("0000"), 1)] if len(history) == 1 else []
+
+
+@contextlib.contextmanager
+def moto_server():
+    """A moto S3 server on a free port of 127.0.0.1, stopped afterwards; yields its port."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0 or server.poll() is not None,
+            timeout=30,
+            what="the moto server",
+            interval=0.2,
+        )
+        assert server.poll() is None, "the moto server exited"
+        yield port
+    finally:
+        server.terminate()
+        server.wait()

@@ -10,7 +10,7 @@ import pytest
 import ray
 from ray import tune
 
-from conftest import TINY_RUN, BaselineThenOne, cached_data, scripted_driver, wait_for
+from conftest import BaselineThenOne, cached_data, scripted_driver, tiny_search, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
@@ -158,28 +158,8 @@ def _sfsa_answer(rows):
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manifest, tmp_path, signum, code):
     storage = tmp_path / "runs"
-    run = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            "--data",
-            str(manifest),
-            "--storage",
-            str(storage),
-            "--name",
-            "x",
-            "--cache",
-            str(tmp_path / "cache"),
-            *TINY_RUN,
-            "--epochs",
-            "3",
-            "--patience",
-            "3",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = tiny_search(manifest, storage, "x", tmp_path / "cache")
+    run = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     experiment = storage / "x"
     wait_for(lambda: (experiment / "candidates.parquet").is_file() or run.poll() is not None, what="round 0")
     assert run.poll() is None, "the search ended before it could be interrupted"
@@ -251,24 +231,9 @@ def small_filesystem(tmp_path):
 def test_a_full_storage_stops_the_search_and_resume_finishes_it(manifest, tmp_path, small_filesystem):
     storage = small_filesystem
     # Checkpoints after every epoch (~17 MB each at this width) fill 40 MB within round 1.
-    argv = [
-        "run",
-        "--data",
-        str(manifest),
-        "--storage",
-        str(storage),
-        "--name",
-        "full",
-        "--cache",
-        str(tmp_path / "cache"),
-        *TINY_RUN,
-        "--epochs",
-        "3",
-        "--patience",
-        "3",
-        "--checkpoint-interval",
-        "0",
-    ]
+    argv = tiny_search(
+        manifest, storage, "full", tmp_path / "cache", "--checkpoint-interval", "0", "--epochs", "3"
+    )
     run = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2, run.stderr[-3000:]
     assert f"the storage of {storage}/full is full" in run.stderr and "No space left on device" in run.stderr

@@ -1,17 +1,13 @@
 """A search whose storage and preprocessing cache are an S3 bucket (moto's S3 server on 127.0.0.1)."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 import ray
 
-from conftest import TINY_RUN, free_port
+from conftest import TINY_RUN, moto_server
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result
@@ -24,25 +20,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """An S3-compatible server with one bucket; AWS_* variables point pyarrow (and Ray) at it."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
-        time.sleep(0.2)
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "FUSIONSEARCH_MIRROR": str(tmp_path_factory.mktemp("mirror")),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
+    with moto_server() as port, pytest.MonkeyPatch.context() as patch:
+        for key, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FUSIONSEARCH_MIRROR": str(tmp_path_factory.mktemp("mirror")),
+        }.items():
             patch.setenv(key, value)
         fs = pafs.S3FileSystem(
             endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True
@@ -52,8 +37,6 @@ def s3(tmp_path_factory):
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         yield fs
         ray.shutdown()
-    server.terminate()
-    server.wait()
 
 
 def test_search_with_s3_storage_keeps_everything_in_the_bucket(s3, tmp_path):

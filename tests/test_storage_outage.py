@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_RUN, free_port, wait_for
+from conftest import moto_server, tiny_search, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from proxy import OutageProxy
 
@@ -22,44 +22,28 @@ CLI = [sys.executable, "-m", "fusionsearch.cli"]
 @pytest.fixture
 def s3_behind_a_proxy(tmp_path):
     """A moto S3 server with one bucket, reached through a proxy that can cut it off."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    direct = pafs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{port}",
-        scheme="http",
-        allow_bucket_creation=True,
-        access_key="test",
-        secret_key="test",
-        region="us-east-1",
-    )
-    wait_for(lambda: _reachable(direct), timeout=30, what="the moto server")
-    direct.create_dir(BUCKET)
-    proxy = OutageProxy(port)
-    env = os.environ | {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "FUSIONSEARCH_MIRROR": str(tmp_path / "mirror"),
-    }
-    try:
-        yield direct, proxy, env
-    finally:
-        proxy.close()
-        server.terminate()
-        server.wait()
-
-
-def _reachable(fs) -> bool:
-    try:
-        fs.get_file_info(pafs.FileSelector("", recursive=False))
-        return True
-    except OSError:
-        return False
+    with moto_server() as port:
+        direct = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            allow_bucket_creation=True,
+            access_key="test",
+            secret_key="test",
+            region="us-east-1",
+        )
+        direct.create_dir(BUCKET)
+        proxy = OutageProxy(port)
+        env = os.environ | {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FUSIONSEARCH_MIRROR": str(tmp_path / "mirror"),
+        }
+        try:
+            yield direct, proxy, env
+        finally:
+            proxy.close()
 
 
 def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_error(
@@ -68,29 +52,11 @@ def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_e
     direct, proxy, env = s3_behind_a_proxy
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=1))
     storage = f"s3://{BUCKET}/runs"
-    argv = ["--storage", storage, "--cache", str(tmp_path / "cache")]
-    run = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            "--data",
-            str(manifest),
-            "--name",
-            "out",
-            *argv,
-            *TINY_RUN,
-            "--epochs",
-            "3",
-            "--patience",
-            "3",
-            "--checkpoint-interval",
-            "0",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # One retry: the trial's second failure on the unreachable storage stops the search.
+    argv = tiny_search(
+        manifest, storage, "out", tmp_path / "cache", "--checkpoint-interval", "0", "--max-failures", "1"
     )
+    run = subprocess.Popen([*CLI, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     table = f"{BUCKET}/runs/out/candidates.parquet"
     wait_for(lambda: direct.get_file_info(table).is_file or run.poll() is not None, what="round 0")
     assert run.poll() is None, run.communicate()[1][-3000:]
