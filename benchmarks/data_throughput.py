@@ -30,15 +30,21 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=None, help="default: generate the planted benchmark")
     parser.add_argument("--n", type=int, default=64, help="samples to generate (default: 64)")
     parser.add_argument("--size", type=int, default=64, help="cube edge (default: 64)")
+    parser.add_argument(
+        "--spacing", type=float, default=None, help="voxel size in mm (default: keep the data's)"
+    )
+    parser.add_argument("--grid", default="cube", help="planted data's grid: cube or scanner (default: cube)")
     parser.add_argument("--workers", type=int, default=None, help="cache-build processes (default: CPUs)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="passes over the cache (default: 3)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        manifest_path = args.manifest or generate(scratch, SynthConfig(n=args.n, size=args.size))
+        manifest_path = args.manifest or generate(
+            scratch, SynthConfig(n=args.n, size=args.size, grid=args.grid)
+        )
         manifest = read_manifest(manifest_path)
-        config = PreprocessConfig(shape=args.size)
+        config = PreprocessConfig(shape=args.size, spacing=args.spacing)
         volumes = len(manifest) * len(manifest.modalities)
 
         serial_rows = range(min(len(manifest), 16))
@@ -51,6 +57,7 @@ def main() -> None:
         start = time.perf_counter()
         cache.build(manifest, workers=args.workers)
         parallel = volumes / (time.perf_counter() - start)
+        cached_mb = sum(f.stat().st_size for f in (Path(scratch) / "cache").rglob("*.npy")) / 1e6
 
         loader = torch.utils.data.DataLoader(cache.open(manifest), batch_size=args.batch, shuffle=True)
         rates = []
@@ -64,6 +71,7 @@ def main() -> None:
     print(f"samples={len(manifest)} modalities={modalities} shape={args.size}^3 dtype={config.dtype}")
     print(f"preprocessing, one process:   {serial:8.1f} volumes/s ({serial / modalities:.1f} samples/s)")
     print(f"preprocessing, parallel build:{parallel:8.1f} volumes/s (startup included)")
+    print(f"cache size:                   {cached_mb / len(manifest):8.1f} MB per sample")
     print(f"cached loading (DataLoader):  {loading:8.1f} samples/s (median of {args.epochs} epochs)")
     print(f"ratio cached / preprocessing: {loading / (serial / modalities):8.1f}x")
 

@@ -131,7 +131,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from fusionsearch.data.synth import SynthConfig, generate
 
-    config = SynthConfig(n=args.n, size=args.size, seed=args.seed, task=args.task, modalities=args.modalities)
+    config = SynthConfig(
+        n=args.n, size=args.size, seed=args.seed, task=args.task, modalities=args.modalities, grid=args.grid
+    )
     manifest = generate(args.out, config)
     print(f"wrote {config.n} samples ({', '.join(config.modality_names)}, task {config.task}) to {manifest}")
     return 0
@@ -452,7 +454,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: boo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fusionsearch.data.synth import TASKS, SynthConfig
+    from fusionsearch.data.synth import GRIDS, TASKS, SynthConfig
 
     parser = argparse.ArgumentParser(
         prog="fusionsearch",
@@ -488,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--task", default=planted.task, choices=TASKS, help=f"planted task (default: {planted.task})"
+    )
+    synth.add_argument(
+        "--grid",
+        default=planted.grid,
+        choices=GRIDS,
+        help="cube: every modality on the phantom's grid; scanner: real scan sizes, a 1 mm T1w and a "
+        f"1 x 1 x 3 mm oblique FLAIR (default: {planted.grid})",
     )
     synth.add_argument(
         "--modalities",

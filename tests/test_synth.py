@@ -8,7 +8,7 @@ from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from fusionsearch.cli import main
 from fusionsearch.data.manifest import read_manifest
-from fusionsearch.data.synth import SynthConfig, make_sample
+from fusionsearch.data.synth import SynthConfig, generate, make_sample
 from fusionsearch.data.validate import validate_manifest
 
 #: A classifier on one modality is "at chance" within this margin of 50 % (n = 200, 5-fold CV:
@@ -111,3 +111,23 @@ def test_null_task_label_is_in_modality_a_alone():
     assert np.mean(b[y == 1]) == np.mean(b[y == 0]) == 0.5  # B is exactly independent of the label
     assert cv_accuracy(x[:, :1], y) > 0.9  # modality A alone reaches the ceiling (late fusion suffices)
     assert abs(cv_accuracy(x[:, 1:], y) - 0.5) < CHANCE_TOLERANCE  # modality B alone is at chance
+
+
+def test_scanner_grid_writes_real_scan_sizes_that_preprocess_onto_one_grid(tmp_path):
+    import nibabel as nib
+
+    from fusionsearch.data.preprocess import preprocess_sample
+    from fusionsearch.settings import PreprocessConfig
+
+    manifest = read_manifest(generate(tmp_path, SynthConfig(n=8, size=32, seed=4, grid="scanner")))
+    t1, flair = (nib.load(manifest.paths(0)[m]) for m in manifest.modalities)
+    assert t1.shape == (193, 229, 193) and tuple(map(float, t1.header.get_zooms())) == (1.0, 1.0, 1.0)
+    assert flair.shape == (192, 229, 64) and tuple(map(float, flair.header.get_zooms())) == (1.0, 1.0, 3.0)
+    tilt = np.degrees(np.arccos(abs(flair.affine[1, 1])))
+    assert 8 <= tilt <= 12  # an oblique acquisition
+    assert np.allclose(t1.affine[:3, :3], np.eye(3))
+    image = preprocess_sample(manifest.paths(0), PreprocessConfig(shape=32, spacing=6.0))
+    assert image.shape == (2, 32, 32, 32) and np.isfinite(image).all()
+    # Both modalities land on one grid: the brain masks (non-zero voxels) overlap almost fully.
+    a, b = image[0] != 0, image[1] != 0
+    assert (a & b).sum() / (a | b).sum() > 0.8

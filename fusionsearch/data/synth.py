@@ -19,6 +19,12 @@ already reaches the ceiling; a search that adds fusion points here follows valid
 
 Extra modalities (N > 2) carry anatomy only. The ground truth of every sample is written to
 ``truth.csv`` beside the manifest.
+
+Grids: ``cube`` (default) writes every modality on the phantom's own ``size``^3 grid over a
+192 mm field of view. ``scanner`` resamples the phantom (in scanner coordinates) onto grids
+the size of real scans: the first modality 193 x 229 x 193 at 1 mm (a T1w), the others
+192 x 229 x 64 at 1 x 1 x 3 mm, tilted by 8-12 degrees (an oblique FLAIR), so that
+preprocessing, cache size and loading are measured where users are.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from fusionsearch.settings import ConfigError
 log = logging.getLogger(__name__)
 
 TASKS = ("xor", "colocalized", "null")
+GRIDS = ("cube", "scanner")
+#: ``scanner`` grids: (shape, spacing in mm) of the first modality and of the others.
+SCANNER_GRIDS = (((193, 229, 193), (1.0, 1.0, 1.0)), ((192, 229, 64), (1.0, 1.0, 3.0)))
 #: Tissue intensities (CSF, grey matter, white matter) of each contrast.
 CONTRASTS = {
     "T1": (0.15, 0.50, 0.80),
@@ -63,6 +72,7 @@ class SynthConfig:
         lesion_radius: finding radius as a fraction of ``size``.
         lesion_contrast: finding intensity above its surroundings (tissue scale is ~0-1).
         noise: standard deviation of the additive noise.
+        grid: ``cube`` or ``scanner`` (real scan sizes, anisotropic and oblique: see the module).
     """
 
     n: int = 400
@@ -73,8 +83,11 @@ class SynthConfig:
     lesion_radius: float = 0.18
     lesion_contrast: float = 1.0
     noise: float = 0.04
+    grid: str = "cube"
 
     def __post_init__(self) -> None:
+        if self.grid not in GRIDS:
+            raise ConfigError(f"grid={self.grid!r} is not allowed; choose one of {list(GRIDS)}")
         if self.task not in TASKS:
             raise ConfigError(f"task={self.task!r} is not allowed; choose one of {list(TASKS)}")
         if self.modalities < 2:
@@ -184,6 +197,34 @@ def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.nda
     return volumes, truth
 
 
+def scanner_volume(
+    volume: np.ndarray, affine: np.ndarray, modality: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` (on the grid of ``affine``) resampled onto modality ``modality``'s scanner grid,
+    centred on the same point; returns the new volume and its affine (voxel -> mm)."""
+    shape, spacing = SCANNER_GRIDS[min(modality, 1)]
+    rotation = np.eye(3)
+    if modality:  # an oblique acquisition: tilted about the left-right axis
+        angle = np.radians(rng.uniform(8, 12) * rng.choice([-1, 1]))
+        rotation = np.array(
+            [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+        )
+    target = np.eye(4)
+    target[:3, :3] = rotation @ np.diag(spacing)
+    target[:3, 3] = -rotation @ (np.array(shape) * np.array(spacing) / 2)
+    source_from_target = np.linalg.inv(affine) @ target
+    resampled = ndimage.affine_transform(
+        volume,
+        source_from_target[:3, :3],
+        source_from_target[:3, 3],
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    return resampled.astype(np.float32), target
+
+
 def generate(out: str | Path, config: SynthConfig, workers: int = 4) -> Path:
     """Write the benchmark's NIfTI volumes, ``manifest.csv`` and ``truth.csv`` under ``out``.
 
@@ -200,9 +241,15 @@ def generate(out: str | Path, config: SynthConfig, workers: int = 4) -> Path:
 
     def write(index: int) -> dict:
         volumes, truth = make_sample(config, index, int(cells[index]))
-        for name, volume in zip(config.modality_names, volumes, strict=True):
+        for m, (name, volume) in enumerate(zip(config.modality_names, volumes, strict=True)):
             path = images / f"{truth['sample_id']}_{name}.nii.gz"
-            nib.save(nib.Nifti1Image(volume, affine), path)
+            if config.grid == "scanner":
+                volume, target = scanner_volume(
+                    volume, affine, m, np.random.default_rng([config.seed, index, m])
+                )
+                nib.save(nib.Nifti1Image(volume, target), path)
+            else:
+                nib.save(nib.Nifti1Image(volume, affine), path)
             truth[name] = str(path.relative_to(out))
         return truth
 
