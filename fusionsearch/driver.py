@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +20,13 @@ import ray
 from ray import tune
 
 from fusionsearch import storage
+from fusionsearch.callbacks import (
+    FailureLog,
+    ProgressLog,
+    StorageGuard,
+    storage_failure,
+    storage_failure_kind,
+)
 from fusionsearch.errors import SearchInterrupted, StorageError, UserError
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.report.evaluation import method_checkpoints, predict_fold
@@ -50,97 +56,6 @@ __all__ = [
     "resume_search",
     "run_search",
 ]
-
-
-class ProgressLog(tune.Callback):
-    """Logs each candidate's epochs: round, mask, parent, epoch, validation loss."""
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        config = trial.config
-        if result.get("final") or "epoch" not in result:
-            return
-        log.info(
-            "round %s  %s (from %s)  epoch %s  val_loss %.4f  val_accuracy %.3f",
-            config.get("round"),
-            config.get("mask"),
-            config.get("parent_mask") or "scratch",
-            result.get("epoch"),
-            result.get("val_loss", float("nan")),
-            result.get("val_accuracy", float("nan")),
-        )
-
-
-def _last_error(trial: Any) -> str:
-    """The last line of a trial's error file (Tune keeps it in the driver's staging folder)."""
-    text = ""
-    with contextlib.suppress(OSError, TypeError):
-        text = Path(trial.error_file).read_text()
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "failed"
-
-
-class FailureLog(tune.Callback):
-    """Keeps the last line of each failed trial's error in the experiment's ``errors.json``."""
-
-    def __init__(self, experiment_dir: str) -> None:
-        self.experiment_dir = experiment_dir
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        try:
-            experiment.record_error(self.experiment_dir, trial.trial_id, _last_error(trial))
-        except OSError as error:  # the storage itself failing (full, unreachable): keep the search going
-            log.warning("could not record the error of trial %s: %s", trial.trial_id, error)
-
-
-#: Set by :class:`StorageGuard` in the driver's process while ``fit()`` runs; read and cleared by ``_fit``.
-_storage_failure: dict[str, str] = {}
-#: How a storage failure reads in an error: full (no retry helps), or unreachable (retried first).
-_STORAGE_MARKERS = {
-    "full": ("No space left on device", "errno 28", "Errno 28"),
-    "unreachable": (
-        "NETWORK_CONNECTION",
-        "Couldn't connect to server",
-        "Connection refused",
-        "curlCode: 7",
-        "Could not connect to the endpoint",
-        "Unable to connect",
-    ),
-}
-
-
-def _storage_failure_kind(error: str) -> str | None:
-    return next(
-        (kind for kind, markers in _STORAGE_MARKERS.items() if any(m in error for m in markers)), None
-    )
-
-
-class StorageGuard(tune.Callback):
-    """Stops the search, as Ctrl-C does, when trials fail because the storage fails.
-
-    A full storage stops it at the first such failure (no retry can help); an unreachable one
-    once a trial has failed on it twice (a short outage is retried). Waiting longer would let
-    a candidate run out of retries and count as failed; the stop keeps the trial pending, so
-    ``resume`` retrains it from its last checkpoint once the storage works again.
-    """
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._check(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._check(trial, last=True)
-
-    def _check(self, trial: Any, last: bool = False) -> None:
-        error = _last_error(trial)
-        kind = _storage_failure_kind(error)
-        if _storage_failure or kind is None:
-            return
-        if kind == "unreachable" and not last and trial.run_metadata.num_failures < 2:
-            log.warning("trial %s: the storage is unreachable (%s); retrying", trial.trial_id, error)
-            return
-        _storage_failure.update(kind=kind, detail=error)
-        log.error("trial %s: the storage is %s (%s); stopping the search", trial.trial_id, kind, error)
-        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's stop request, as for Ctrl-C
-            signal.raise_signal(signal.SIGUSR1)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -396,19 +311,19 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
     # Keep the finished trials' actors for the next round instead of starting a fresh process
     # (with its imports) per trial.
     start = time.perf_counter()
-    _storage_failure.clear()
+    storage_failure.clear()
     with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
         try:
             tuner.fit()
         except Exception as error:  # Tune's own reading back from a failing storage, after the stop
-            kind = _storage_failure_kind(str(error))
-            if not (_storage_failure or kind):
+            kind = storage_failure_kind(str(error))
+            if not (storage_failure or kind):
                 raise
-            _storage_failure.setdefault("kind", kind)
-            _storage_failure.setdefault("detail", " ".join(str(error).split())[:300])
-    if _storage_failure:
-        failure = dict(_storage_failure)
-        _storage_failure.clear()
+            storage_failure.setdefault("kind", kind)
+            storage_failure.setdefault("detail", " ".join(str(error).split())[:300])
+    if storage_failure:
+        failure = dict(storage_failure)
+        storage_failure.clear()
         raise StorageError(experiment_dir, failure["kind"], failure["detail"])
     if interrupted["signal"] is not None:
         raise SearchInterrupted(experiment_dir, interrupted["signal"])
