@@ -10,6 +10,8 @@ from typing import Any
 import pyarrow as pa
 from ray.tune.search import Searcher
 
+from fusionsearch import storage
+from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.search import experiment
 from fusionsearch.search.records import REPORTED, SCHEMA, FoldSearch, Trial
@@ -105,11 +107,7 @@ class RoundSearcher(Searcher):
         trial = self._queue.pop(0)
         self._pending[trial.key] = trial
         self._trial_keys[trial_id] = trial.key
-        parent = self._checkpoint(trial.fold, trial.parent_mask) if trial.parent_mask else None
-        if trial.parent_mask and parent is None:
-            log.warning(
-                "parent %s of %s left no checkpoint: it trains from scratch", trial.parent_mask, trial
-            )
+        parent = self._parent_location(trial) if trial.parent_mask else None
         return trial.config() | {"parent": parent}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -213,16 +211,41 @@ class RoundSearcher(Searcher):
     def _group(self, fold: int) -> FoldSearch:
         return next(g for g in self._groups if fold in g.folds)
 
-    def _checkpoint(self, fold: int, mask: str) -> str | None:
-        """The final checkpoint of the search candidate ``mask`` on ``fold``, if it finished."""
-        return next(
+    def _parent_location(self, trial: Trial) -> str | None:
+        """Where ``trial``'s parent left its final checkpoint; ``None`` (from scratch) if the parent failed.
+
+        Raises:
+            UserError: the parent finished but its checkpoint cannot be located (the searcher was
+                not told where the experiment lives, or Tune names trial folders otherwise, or the
+                trainable reported no checkpoint), so a warm start is never silently dropped.
+        """
+        record = next(
             (
-                r["checkpoint"]
+                r
                 for r in self._records
-                if (r["role"], r["fold"], r["mask"]) == ("search", fold, mask)
+                if (r["role"], r["fold"], r["mask"]) == ("search", trial.fold, trial.parent_mask)
             ),
             None,
         )
+        if record is None or record["status"] != "ok":
+            log.warning("parent %s of %s failed: it trains from scratch", trial.parent_mask, trial)
+            return None
+        if self._experiment_dir is None:
+            raise UserError(
+                f"{type(self).__name__} cannot hand {trial.mask} its parent's checkpoint: it does not know "
+                "where the experiment lives. Ray Tune does not tell a searcher; run it with "
+                "fusionsearch.run_search, or pass experiment_dir='<storage_path>/<name>' and set "
+                "TuneConfig(trial_dirname_creator=fusionsearch.search.experiment.trial_dirname) and "
+                "RunConfig(name=..., storage_path=...)"
+            )
+        location = record["checkpoint"]
+        if location is None or not storage.exists(location):
+            raise UserError(
+                f"the checkpoint of {trial.parent_mask} (parent of {trial.mask}) is not at {location}: its "
+                "trial's last report carried no checkpoint, or the trial folders are not named by trial id "
+                "(TuneConfig(trial_dirname_creator=fusionsearch.search.experiment.trial_dirname))"
+            )
+        return location
 
     # --- results ------------------------------------------------------------------------
     def chosen_masks(self) -> dict[int, str | None]:

@@ -1,11 +1,18 @@
 """The Ray Tune searcher adapter's bookkeeping, driven directly (no Ray session needed)."""
 
+from pathlib import Path
+
+import pytest
 from ray.tune.search import Searcher
 
+from fusionsearch.errors import UserError
 from searchers import BeamSearcher, SFSASearcher
 
 
 def complete(searcher, trial_id, mask, loss, checkpoint="checkpoint_000001", **config):
+    """Report a trial's last result, as Tune does, with its checkpoint folder persisted in the experiment."""
+    if searcher.experiment_dir and checkpoint:
+        Path(searcher.experiment_dir, trial_id, checkpoint).mkdir(parents=True, exist_ok=True)
     config = {"mask": mask, **config}
     searcher.on_trial_complete(trial_id, {"val_loss": loss, "checkpoint_dir_name": checkpoint,
                                           **{f"config/{k}": v for k, v in config.items()}})  # fmt: skip
@@ -65,7 +72,7 @@ def test_errored_trial_is_a_failed_candidate():
 
 
 def test_save_restore_mid_round(tmp_path):
-    searcher = BeamSearcher(beam_width=2, patience=1)
+    searcher = BeamSearcher(beam_width=2, patience=1, experiment_dir=str(tmp_path / "exp"))
     searcher.suggest("t0")
     complete(searcher, "t0", "0000", 1.0)
     issued = [searcher.suggest(f"t{i}") for i in range(1, 5)]
@@ -80,18 +87,22 @@ def test_save_restore_mid_round(tmp_path):
     assert restored.table().num_rows == 5
 
 
-def test_max_mode_and_concurrency_limit():
-    searcher = SFSASearcher(metric="val_accuracy", mode="max")
+def test_max_mode_and_concurrency_limit(tmp_path):
+    searcher = SFSASearcher(metric="val_accuracy", mode="max", experiment_dir=str(tmp_path))
+
+    def done(trial_id, accuracy, mask):
+        (tmp_path / trial_id / "checkpoint_000000").mkdir(parents=True)
+        searcher.on_trial_complete(trial_id, {"val_accuracy": accuracy, "config/mask": mask,
+                                              "checkpoint_dir_name": "checkpoint_000000"})  # fmt: skip
+
     assert searcher.set_max_concurrency(2) is True
     searcher.suggest("t0")
-    searcher.on_trial_complete("t0", {"val_accuracy": 0.5, "config/mask": "0000"})
+    done("t0", 0.5, "0000")
     assert searcher.suggest("a") and searcher.suggest("b") and searcher.suggest("c") is None
-    searcher.on_trial_complete("a", {"val_accuracy": 0.9, "config/mask": "1000"})
-    searcher.on_trial_complete("b", {"val_accuracy": 0.4, "config/mask": "0100"})
+    done("a", 0.9, "1000")
+    done("b", 0.4, "0100")
     for trial_id in ("c", "d"):
-        searcher.on_trial_complete(
-            trial_id, {"val_accuracy": 0.6, "config/mask": searcher.suggest(trial_id)["mask"]}
-        )
+        done(trial_id, 0.6, searcher.suggest(trial_id)["mask"])
     assert searcher.best_mask == "1000"  # the highest accuracy wins in max mode
 
 
@@ -118,8 +129,8 @@ def test_folds_search_independently_and_choose_their_own_mask(tmp_path):
     assert sorted(chosen) == [(0, "0100"), (1, "0010")]
 
 
-def test_pooled_search_scores_the_mean_over_folds():
-    searcher = SFSASearcher(folds=(0, 1, 2), pooled=True)
+def test_pooled_search_scores_the_mean_over_folds(tmp_path):
+    searcher = SFSASearcher(folds=(0, 1, 2), pooled=True, experiment_dir=str(tmp_path))
     round0 = drain(searcher, "a")
     assert len(round0) == 3  # the baseline on every fold
     assert drain(searcher, "x") == {}  # the round waits for all three
@@ -149,3 +160,17 @@ def test_unimodal_baselines_start_at_once_and_ensemble_fills_in_the_missing_mask
     finish(searcher, ensemble, {})
     assert searcher.suggest("z") == Searcher.FINISHED
     assert searcher.best_mask == "0100"  # baselines and ensemble members are never chosen
+
+
+def test_a_child_whose_parent_cannot_be_located_fails_loudly_instead_of_training_from_scratch(tmp_path):
+    lost = SFSASearcher()  # as in a plain Tuner: nobody told it where the experiment lives
+    lost.suggest("t0")
+    complete(lost, "t0", "0000", 1.0)
+    with pytest.raises(UserError, match="does not know where the experiment lives"):
+        lost.suggest("t1")
+    elsewhere = SFSASearcher(experiment_dir=str(tmp_path))  # told, but Tune named the folders otherwise
+    elsewhere.suggest("t0")
+    complete(elsewhere, "t0", "0000", 1.0, checkpoint=None)
+    elsewhere.on_trial_complete("t0", None)  # (ignored: already completed)
+    with pytest.raises(UserError, match=r"the checkpoint of 0000 \(parent of 1000\) is not at None"):
+        elsewhere.suggest("t1")
