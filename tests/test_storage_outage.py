@@ -65,7 +65,8 @@ def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_e
     _, err = run.communicate(timeout=600)
     stopped_after = time.monotonic() - cut_at
     assert run.returncode == 2, err[-3000:]
-    assert "the storage is unreachable" in err and "retrying" in err  # a short outage would be bridged
+    # (A trial failing on it is retried once first; when the driver's own reads fail first, the stop
+    # comes from there: either way the same one-paragraph error.)
     assert f"the storage of {storage}/out could not be reached, also on retries" in err
     assert f"continue with 'fusionsearch resume out --storage s3://{BUCKET}/runs'" in err
     # Known gap: resuming after such an outage can fail where Tune's saved state names a checkpoint
