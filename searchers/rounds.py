@@ -126,6 +126,8 @@ class RoundSearcher(Searcher):
             if ok and checkpoint_name and self._experiment_dir
             else None
         )
+        if checkpoint and not storage.exists(checkpoint):  # checked once here, not once per child
+            checkpoint = None
         self._records.append(
             {
                 **trial.config(),
@@ -239,9 +241,9 @@ class RoundSearcher(Searcher):
                 "RunConfig(name=..., storage_path=...)"
             )
         location = record["checkpoint"]
-        if location is None or not storage.exists(location):
+        if location is None:
             raise UserError(
-                f"the checkpoint of {trial.parent_mask} (parent of {trial.mask}) is not at {location}: its "
+                f"the checkpoint of {trial.parent_mask} (parent of {trial.mask}) was not found: its "
                 "trial's last report carried no checkpoint, or the trial folders are not named by trial id "
                 "(TuneConfig(trial_dirname_creator=fusionsearch.search.experiment.trial_dirname))"
             )

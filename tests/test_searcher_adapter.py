@@ -172,5 +172,15 @@ def test_a_child_whose_parent_cannot_be_located_fails_loudly_instead_of_training
     elsewhere.suggest("t0")
     complete(elsewhere, "t0", "0000", 1.0, checkpoint=None)
     elsewhere.on_trial_complete("t0", None)  # (ignored: already completed)
-    with pytest.raises(UserError, match=r"the checkpoint of 0000 \(parent of 1000\) is not at None"):
+    with pytest.raises(UserError, match=r"the checkpoint of 0000 \(parent of 1000\) was not found"):
         elsewhere.suggest("t1")
+
+
+def test_a_checkpoint_named_by_tune_but_not_under_the_trial_id_fails_loudly(tmp_path):
+    searcher = SFSASearcher(experiment_dir=str(tmp_path))  # Tune's default folder names, not trial ids
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"val_loss": 1.0, "checkpoint_dir_name": "checkpoint_000003",
+                                      "config/mask": "0000"})  # fmt: skip
+    assert searcher.table().to_pylist()[0]["checkpoint"] is None  # not at <experiment>/t0/checkpoint_000003
+    with pytest.raises(UserError, match="not named by trial id"):
+        searcher.suggest("t1")

@@ -41,7 +41,7 @@ import pyarrow as pa
 from scipy import ndimage
 
 from fusionsearch.data.manifest import write_manifest
-from fusionsearch.settings import ConfigError
+from fusionsearch.settings import ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,8 @@ class SynthConfig:
     grid: str = "cube"
 
     def __post_init__(self) -> None:
-        if self.grid not in GRIDS:
-            raise ConfigError(f"grid={self.grid!r} is not allowed; choose one of {list(GRIDS)}")
-        if self.task not in TASKS:
-            raise ConfigError(f"task={self.task!r} is not allowed; choose one of {list(TASKS)}")
+        check_choice("grid", self.grid, GRIDS)
+        check_choice("task", self.task, TASKS)
         if self.modalities < 2:
             raise ConfigError(f"modalities={self.modalities}: the benchmark needs at least 2")
         if self.n < 8 or self.size < 16:
