@@ -7,7 +7,8 @@
 # 3. trial_efficiency    one ds004199-sized trial (136 subjects: ~82 train / 27 validation in
 #                        fold 0 of 5) at 128^3, width 1, with real checkpoints, every epoch vs
 #                        the default interval
-# 4. fusionsearch run    a whole SFSA search (--gpus 1 --size 128 --width 1), where Ray is installed
+# 4. fusionsearch run    a whole SFSA search (--gpus 1 --size 128 --width 1) on 136 planted subjects
+#                        at real scan sizes (synth --grid scanner), where Ray is installed
 #
 # The machine needs torch with CUDA; MONAI, nibabel (and Ray for step 4) can come as wheels in
 # .whl/ at the repository's root (pip download ... -d .whl; they are installed into /tmp/site).
@@ -19,23 +20,27 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 log=${OUT:-.}/gpu_check.log
+# Timeouts add up to 560 s; the whole script took 474 s on an H200 with 16 CPUs (figures in the README).
 {
-  echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+  echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null) $(nproc) CPUs"
   python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
   echo "== 1. step_time"
-  timeout 120 python3 benchmarks/step_time.py --mask 1111 --size 128 --batch 8 --width 1 --steps 10 --repeats 3
+  timeout 70 python3 benchmarks/step_time.py --mask 1111 --size 128 --batch 8 --width 1 --steps 10 --repeats 3
   echo "== 2. trainable_vs_model"
-  timeout 150 python3 benchmarks/trainable_vs_model.py --size 128 --width 1 --batch 8 --n 120 --epochs 4 --steps 10
+  timeout 100 python3 benchmarks/trainable_vs_model.py --size 128 --width 1 --batch 8 --n 120 --epochs 4 --steps 10
   echo "== 3. trial_efficiency"
-  timeout 150 python3 benchmarks/trial_efficiency.py --size 128 --width 1 --batch 8 --n 136 --epochs 6 \
+  timeout 140 python3 benchmarks/trial_efficiency.py --size 128 --width 1 --batch 8 --n 136 --epochs 6 \
     --checkpoint-interval 0 300
   if python3 -c "import ray" 2> /dev/null; then
-    echo "== 4. fusionsearch run"
+    echo "== 4. fusionsearch run on scanner-sized volumes (1 mm T1w 193x229x193, 1x1x3 mm oblique FLAIR)"
     storage=$(mktemp -d)
-    timeout 180 python3 -m fusionsearch.cli synth "$storage/data" --n 136 --size 128 > /dev/null \
-      && timeout 180 python3 -m fusionsearch.cli run --data "$storage/data/manifest.csv" --storage "$storage/runs" \
-        --name gpu --gpus 1 --size 128 --width 1 --epochs 6 --patience 6 --folds 5 --fold 0 --no-unimodal \
-      | tail -n 30
+    start=$SECONDS
+    timeout 60 python3 -m fusionsearch.cli synth "$storage/data" --n 136 --size 64 --grid scanner > /dev/null \
+      && echo "synth: $((SECONDS - start)) s, $(du -sh "$storage/data" | cut -f1)" \
+      && timeout -s INT 190 python3 -m fusionsearch.cli run --data "$storage/data/manifest.csv" \
+        --storage "$storage/runs" --name gpu --gpus 1 --size 128 --width 1 --epochs 4 --patience 4 \
+        --folds 5 --fold 0 --no-unimodal 2>&1 | grep -v "^(\|^$" | tail -n 45
+    ls "$storage/runs/gpu" 2> /dev/null && cp "$storage/runs/gpu/candidates.parquet" "${OUT:-.}/gpu_candidates.parquet" 2> /dev/null
   else
     echo "== 4. skipped: Ray is not installed here"
   fi

@@ -1,6 +1,7 @@
 """SFSA vs beam vs exhaustive search on the planted XOR benchmark: cost and held-out accuracy.
 
-    python benchmarks/search_cost.py --n 400 --size 24 --folds 3 --epochs 12 --patience 8
+    python benchmarks/search_cost.py --n 400 --size 24 --folds 3 --epochs 12 --patience 8 \\
+        --width 0.25 --lr 3e-3
 
 Runs ``fusionsearch run`` once per searcher on the same generated data and settings (options
 this script does not know are passed to ``fusionsearch run``), then prints, per searcher:

@@ -229,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         epochs=epochs,
         patience=args.patience,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else (DEMO["lr"] if demo else TRAIN.lr),
         seed=args.seed,
     )
     resources = ResourceConfig(
@@ -348,7 +348,10 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=TRAIN.batch_size, help=f"(default: {TRAIN.batch_size})"
     )
     train.add_argument(
-        "--lr", type=float, default=TRAIN.lr, help=f"AdamW learning rate (default: {TRAIN.lr:g})"
+        "--lr",
+        type=float,
+        default=None,
+        help=f"AdamW learning rate (default: {TRAIN.lr:g}; {DEMO['lr']:g} for the planted demo)",
     )
     train.add_argument(
         "--checkpoint-interval",

@@ -28,6 +28,7 @@ from fusionsearch.callbacks import (
     storage_failure_kind,
 )
 from fusionsearch.errors import SearchInterrupted, StorageError, UserError
+from fusionsearch.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.report.evaluation import method_checkpoints, predict_fold
 from fusionsearch.search import experiment
@@ -197,7 +198,13 @@ def run_search(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ProgressLog(), FailureLog(experiment_dir), StorageGuard(), *callbacks],
+            callbacks=[
+                ForgetLostCheckpoints(),
+                ProgressLog(),
+                FailureLog(experiment_dir),
+                StorageGuard(),
+                *callbacks,
+            ],
             verbose=0,
         ),
     )

@@ -4,6 +4,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
 import pytest
 
 from fusionsearch import storage
@@ -93,3 +94,22 @@ def test_of_searches_started_at_once_under_one_name_exactly_one_creates_the_expe
         outcomes = list(pool.map(attempt, range(8)))
     assert outcomes.count("created") == 1
     assert all("already exists" in o and "nothing was deleted" in o for o in outcomes if o != "created")
+
+
+def test_a_network_trained_from_scratch_that_never_beat_its_start_is_warned_about():
+    from fusionsearch.report.summary import training_warnings
+
+    def row(mask, parent, best_epoch, role="search", status="ok", modality=None):
+        return {"fold": 0, "role": role, "modality": modality, "mask": mask, "parent_mask": parent,
+                "status": status, "best_epoch": best_epoch, "epochs_trained": 4.0}  # fmt: skip
+
+    learned = [row("0000", None, 3), row("1000", "0000", 0), row("0000", None, 2, "unimodal", modality="T1")]
+    assert training_warnings(pa.Table.from_pylist(learned, schema=SCHEMA)) == []  # a child may keep epoch 0
+    stuck = [
+        row("0000", None, 0),
+        row("0000", None, 0, "unimodal", modality="FLAIR"),
+        row("0100", None, 0, status="failed"),
+    ]
+    warnings = training_warnings(pa.Table.from_pylist(stuck, schema=SCHEMA))
+    assert len(warnings) == 2 and "search 0000 never beat its untrained start in 4 epoch(s)" in warnings[0]
+    assert "unimodal FLAIR 0000" in warnings[1] and "--lr" in warnings[1]

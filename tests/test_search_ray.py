@@ -1,6 +1,7 @@
 """The searchers and driver on a real local Ray, with a scripted trainable of known losses."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -191,3 +192,41 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
         if row["mask"] in before:  # finished before the crash: same trial, not retrained
             assert row["trial_id"] == before[row["mask"]]["trial_id"]
             assert row["started_at"] == before[row["mask"]]["started_at"]
+
+
+@pytest.mark.slow
+def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_parent(tmp_path, caplog):
+    # Round 1's 1000 reports a resumable checkpoint, then holds; the driver dies meanwhile and that
+    # checkpoint is lost (as when the storage fails between Tune deleting an older checkpoint and
+    # uploading its state). Tune's state still names it: resume must not try to restore it.
+    hold = {"masks": ["1000"], "seconds": 4.0}
+    script = scripted_driver(tmp_path / "driver.py", storage=tmp_path, name="lost",
+                             config={"landscape": LAND, "duration": 0.0, "hold": hold})  # fmt: skip
+    process = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    experiment = tmp_path / "lost"
+    partial = []
+    deadline = time.time() + 180
+    while time.time() < deadline and not partial:
+        partial = [
+            c
+            for c in experiment.glob("*/checkpoint_*")
+            if '"partial": true' in (c / "state.json").read_text()
+        ]
+        time.sleep(0.1)
+    assert partial, "1000's resumable checkpoint never appeared"
+    time.sleep(0.5)  # Tune registers it and saves its state
+    kill_tree(process.pid)
+    process.wait()
+    for checkpoint in partial:
+        shutil.rmtree(checkpoint)
+
+    with caplog.at_level("WARNING", logger="fusionsearch.driver"):
+        result = resume_search(str(experiment), trainable=scripted_trainable)
+    assert str(result.best_mask) == "0110"
+    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    assert rows["1000"]["status"] == "ok" and rows["1000"]["parent_mask"] == "0000"
+    with tune.Checkpoint(rows["1000"]["checkpoint"]).as_directory() as directory:
+        state = json.loads((Path(directory) / "state.json").read_text())
+    assert state["parent_seen"] == "0000" and not state["resumed"]  # started again from its parent
+    assert any("mask 1000" in m and "is missing from the storage" in m for m in caplog.messages)

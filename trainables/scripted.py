@@ -24,14 +24,17 @@ def scripted_trainable(config: dict) -> None:
     ``gather={"dir": ..., "sizes": {round: n}}``, a trial of such a round first waits until
     all ``n`` trials of its round have started (so they provably run at once). With
     ``started=DIR``, each trial touches ``DIR/<round>-<mask>`` as it begins (tests wait on it).
+    With ``hold={"masks": [...], "seconds": s}``, a trial of such a mask first reports a
+    resumable checkpoint (``partial``), then waits ``s`` seconds before it finishes.
     """
     mask = config["mask"]
     own = tune.get_checkpoint()
-    if own is not None:  # finished before a driver crash: report the same result again
+    if own is not None:
         with own.as_directory() as directory:
             state = json.loads((Path(directory) / "state.json").read_text())
-            tune.report(state["metrics"], checkpoint=tune.Checkpoint.from_directory(directory))
-        return
+            if not state.get("partial"):  # finished before a driver crash: report the same result again
+                tune.report(state["metrics"], checkpoint=tune.Checkpoint.from_directory(directory))
+                return
     started = time.time()
     if config.get("started"):
         Path(config["started"]).mkdir(parents=True, exist_ok=True)
@@ -44,11 +47,20 @@ def scripted_trainable(config: dict) -> None:
             parent_seen = json.loads((Path(parent) / "state.json").read_text())["mask"]
     if mask in config.get("fail", ()):
         raise RuntimeError(f"scripted failure of {mask}")
+    hold = config.get("hold", {})
+    if mask in hold.get("masks", ()) and own is None:
+        with tempfile.TemporaryDirectory() as directory:
+            state = {"mask": mask, "parent_seen": parent_seen, "partial": True}
+            (Path(directory) / "state.json").write_text(json.dumps(state))
+            tune.report(
+                {"val_loss": config["landscape"][mask]}, checkpoint=tune.Checkpoint.from_directory(directory)
+            )
+        time.sleep(hold["seconds"])
     time.sleep(config.get("duration", 0.0))
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
                    "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
-        state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics}
+        state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics, "resumed": own is not None}
         (Path(directory) / "state.json").write_text(json.dumps(state))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 

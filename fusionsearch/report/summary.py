@@ -48,6 +48,28 @@ def candidates_text(table: pa.Table) -> str:
     return text_table([title for _, title, _ in COLUMNS] + ["chosen"], rows)
 
 
+def training_warnings(table: pa.Table) -> list[str]:
+    """Trials trained from scratch whose best epoch is epoch 0, their untrained start.
+
+    Such a network never learned: every later candidate warm-starts from it, so the search
+    compares untrained networks (seen with a learning rate too high for a full-width network).
+    """
+    warnings = []
+    for row in table.to_pylist():
+        if (
+            row["status"] == "ok"
+            and row["parent_mask"] is None
+            and row["best_epoch"] == 0
+            and (row["epochs_trained"] or 0) >= 1
+        ):
+            who = " ".join(filter(None, [row["role"], row["modality"], row["mask"]]))
+            warnings.append(
+                f"fold {row['fold']}: {who} never beat its untrained start in {row['epochs_trained']:.0f} "
+                "epoch(s), so it did not learn; lower --lr, train longer, or check the labels"
+            )
+    return warnings
+
+
 def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> str:
     """The candidates table, the chosen mask of every fold, held-out results and cost."""
     table = result.table
@@ -62,6 +84,7 @@ def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> 
     failed = table["status"].to_pylist().count("failed")
     if failed:
         lines.append(f"{failed} trial(s) failed")
+    lines += [f"warning: {w}" for w in training_warnings(table)]
     if evaluation is not None:
         lines += ["", "held-out test folds (mean ± std over folds):"]
         lines.append(text_table(RESULTS_HEADER, results_rows(evaluation)))
