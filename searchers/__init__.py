@@ -14,7 +14,7 @@ from typing import Any
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.search.experiment import CANDIDATES_FILE
 from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive
-from searchers.rounds import RoundSearcher
+from searchers.rounds import CheckpointLocator, RoundSearcher
 
 
 class SFSASearcher(RoundSearcher):
@@ -46,4 +46,11 @@ class ExhaustiveSearcher(RoundSearcher):
         super().__init__(Exhaustive(num_points, from_scratch), **options)
 
 
-__all__ = ["CANDIDATES_FILE", "BeamSearcher", "ExhaustiveSearcher", "RoundSearcher", "SFSASearcher"]
+__all__ = [
+    "CANDIDATES_FILE",
+    "BeamSearcher",
+    "CheckpointLocator",
+    "ExhaustiveSearcher",
+    "RoundSearcher",
+    "SFSASearcher",
+]

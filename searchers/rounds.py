@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+from ray import tune
 from ray.tune.search import Searcher
 
 from fusionsearch import storage
@@ -35,9 +36,13 @@ class RoundSearcher(Searcher):
     Each suggestion is a :class:`~fusionsearch.search.records.Trial`'s flat config (``mask``,
     ``fold``, ``role``, ``round``, ``parent_mask``, ``modality``) plus ``parent``: the location
     of the parent's final checkpoint under the experiment's storage (the same fold's), which
-    ``ray.tune.Checkpoint(parent)`` opens from any node. Locations follow the experiment
-    layout (:mod:`fusionsearch.search.experiment`): trial folders named by trial id. After every
-    round the candidates table is written to ``<experiment>/candidates.parquet``.
+    ``ray.tune.Checkpoint(parent)`` opens from any node. Ray Tune tells a searcher nothing of
+    its storage, so the location comes from one of: ``experiment_dir`` with trial folders named
+    by trial id (:mod:`fusionsearch.search.experiment`'s layout, what ``run_search`` sets up),
+    or, with any folder names, the callback :meth:`checkpoint_locator` in the Tuner's
+    ``RunConfig(callbacks=...)``. Without either, the first child fails saying so. With
+    ``experiment_dir``, the candidates table is written to ``<experiment>/candidates.parquet``
+    after every round.
 
     Args:
         strategy: a :class:`~fusionsearch.search.strategies.Strategy`.
@@ -76,6 +81,7 @@ class RoundSearcher(Searcher):
         self._pending: dict[tuple, Trial] = {}
         self._records: list[dict[str, Any]] = []
         self._trial_keys: dict[str, tuple] = {}
+        self._locations: dict[str, str] = {}  # trial id -> final checkpoint, from CheckpointLocator
         self._finished = False
         self._max_concurrent: int | None = None
 
@@ -91,6 +97,27 @@ class RoundSearcher(Searcher):
     def set_experiment_dir(self, experiment_dir: str) -> None:
         """Where the experiment lives: checkpoint locations and the candidates table are under it."""
         self._experiment_dir = experiment_dir
+
+    def checkpoint_locator(self) -> CheckpointLocator:
+        """A Tune callback that tells this searcher where each finished trial's checkpoint went.
+
+        For a plain ``tune.Tuner`` with Tune's own trial folder names, on any storage::
+
+            searcher = SFSASearcher()
+            tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1),
+                       run_config=tune.RunConfig(callbacks=[searcher.checkpoint_locator()]))
+        """
+        return CheckpointLocator(self)
+
+    def locate(self, trial_id: str, location: str) -> None:
+        """Record that ``trial_id``'s final checkpoint is at ``location`` (a path or URI)."""
+        if not storage.exists(location):
+            log.warning("trial %s: its checkpoint %s is not in the storage", trial_id, location)
+            return
+        self._locations[trial_id] = location
+        for record in self._records:
+            if record["trial_id"] == trial_id and record["status"] == "ok":
+                record["checkpoint"] = location
 
     # --- Ray Tune API -------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -128,6 +155,7 @@ class RoundSearcher(Searcher):
         )
         if checkpoint and not storage.exists(checkpoint):  # checked once here, not once per child
             checkpoint = None
+        checkpoint = (checkpoint or self._locations.get(trial_id)) if ok else None
         self._records.append(
             {
                 **trial.config(),
@@ -232,20 +260,20 @@ class RoundSearcher(Searcher):
         if record is None or record["status"] != "ok":
             log.warning("parent %s of %s failed: it trains from scratch", trial.parent_mask, trial)
             return None
-        if self._experiment_dir is None:
+        location = record["checkpoint"]
+        if location is None and self._experiment_dir is None and not self._locations:
             raise UserError(
                 f"{type(self).__name__} cannot hand {trial.mask} its parent's checkpoint: it does not know "
                 "where the experiment lives. Ray Tune does not tell a searcher; run it with "
-                "fusionsearch.run_search, or pass experiment_dir='<storage_path>/<name>' and set "
-                "TuneConfig(trial_dirname_creator=fusionsearch.search.experiment.trial_dirname) and "
-                "RunConfig(name=..., storage_path=...)"
+                "fusionsearch.run_search, or add its callback to the Tuner: "
+                "RunConfig(callbacks=[searcher.checkpoint_locator()])"
             )
-        location = record["checkpoint"]
         if location is None:
             raise UserError(
                 f"the checkpoint of {trial.parent_mask} (parent of {trial.mask}) was not found: its "
-                "trial's last report carried no checkpoint, or the trial folders are not named by trial id "
-                "(TuneConfig(trial_dirname_creator=fusionsearch.search.experiment.trial_dirname))"
+                "trial's last report carried no checkpoint, or it is not in the storage, or the trial "
+                "folders are not named by trial id (add RunConfig(callbacks=[searcher.checkpoint_locator()]) "
+                "for any folder names)"
             )
         return location
 
@@ -286,3 +314,35 @@ def _float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+#: pyarrow filesystem type -> URI scheme of a checkpoint's location.
+_SCHEMES = {"local": "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
+
+
+class CheckpointLocator(tune.Callback):
+    """Tells a :class:`RoundSearcher` where each finished trial's final checkpoint went.
+
+    A callback sees the finished trial itself (a searcher gets only its id and result), with its
+    latest checkpoint on the experiment's storage: a local path, or an ``s3://``, ``gs://`` or
+    ``hdfs://`` URI. Tune calls it after the searcher's ``on_trial_complete`` and before the
+    next ``suggest``, so the location is known before any child is proposed.
+    """
+
+    def __init__(self, searcher: RoundSearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        scheme = _SCHEMES.get(checkpoint.filesystem.type_name)
+        if scheme is None:
+            log.warning(
+                "trial %s: its checkpoint is on a %s filesystem, which no URI names; its children cannot "
+                "be handed it (use a local path or an s3://, gs:// or hdfs:// storage_path)",
+                trial.trial_id,
+                checkpoint.filesystem.type_name,
+            )
+            return
+        self.searcher.locate(trial.trial_id, scheme + checkpoint.path)

@@ -131,6 +131,34 @@ def scripted_driver(
     return path
 
 
+def plain_tune_search(searcher, storage_path: str, name: str, callbacks=(), **tune_options) -> dict:
+    """Run ``searcher`` in a plain ``tune.Tuner`` with the scripted trainable on the search test's
+    landscape; return ``{mask: (mask found in the parent's checkpoint, parent_mask)}``."""
+    import json
+
+    from ray import tune
+
+    from fusionsearch.mask import FusionMask
+    from trainables.scripted import scripted_trainable
+
+    landscape = {str(m): 2.0 for m in FusionMask.all_masks(4)}
+    landscape |= {"0000": 1.0, "1000": 0.9, "0100": 0.5, "0010": 0.7, "0001": 0.8, "0110": 0.4}
+    grid = tune.Tuner(
+        scripted_trainable,
+        param_space={"landscape": landscape},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, **tune_options),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks), verbose=0),
+    ).fit()
+    states = {}
+    for result in grid:
+        if result.error:
+            raise result.error
+        with result.checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / "state.json").read_text())
+        states[state["mask"]] = (state["parent_seen"], result.config["parent_mask"])
+    return states
+
+
 def wait_for(condition, timeout: float = 300.0, what: str = "the condition", interval: float = 0.1) -> None:
     """Poll ``condition()`` until it is true; fail the test after ``timeout`` seconds."""
     import time

@@ -7,10 +7,11 @@ import pyarrow.fs as pafs
 import pytest
 import ray
 
-from conftest import TINY_RUN, moto_server
+from conftest import TINY_RUN, moto_server, plain_tune_search
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result
+from searchers import SFSASearcher
 
 BUCKET = "fusionsearch-test"
 
@@ -64,3 +65,15 @@ def test_search_with_s3_storage_keeps_everything_in_the_bucket(s3, tmp_path):
     assert len(list(Path(os.environ["FUSIONSEARCH_MIRROR"]).rglob("*.npy"))) == 24
     # The held-out predictions and the report went to the bucket as well.
     assert f"{experiment}predictions.parquet" in objects and f"{experiment}report/report.html" in objects
+
+
+def test_searcher_in_a_plain_tuner_on_s3_hands_children_their_parents_checkpoint(s3):
+    searcher = SFSASearcher()
+    states = plain_tune_search(
+        searcher, f"s3://{BUCKET}/plain", "sfsa", callbacks=[searcher.checkpoint_locator()]
+    )
+    assert len(states) == 10 and states["0000"] == (None, None)
+    assert all(seen == parent for seen, parent in states.values())  # each child read its s3:// parent
+    assert all(
+        str(r["checkpoint"]).startswith(f"s3://{BUCKET}/plain/sfsa/") for r in searcher.table().to_pylist()
+    )

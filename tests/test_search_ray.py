@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ray import tune
 
-from conftest import scripted_driver
+from conftest import plain_tune_search, scripted_driver
 from fusionsearch.cli import main
 from fusionsearch.driver import load_result, resume_search, run_search
 from fusionsearch.errors import UserError
@@ -129,27 +129,23 @@ def test_sfsa_searcher_over_eight_block_points(tmp_path):
 def test_searcher_in_a_plain_tuner_warm_starts_children_or_fails_loudly(tmp_path):
     from fusionsearch.search.experiment import trial_dirname
 
-    def tuner(searcher, name, **tune_options):
-        return tune.Tuner(
-            scripted_trainable,
-            param_space={"landscape": LAND},
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, **tune_options),
-            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
-        )
-
-    # Told where the experiment lives, with trial folders named by trial id: every child reads its parent.
-    searcher = SFSASearcher(experiment_dir=str(tmp_path / "plain"))
-    grid = tuner(searcher, "plain", trial_dirname_creator=trial_dirname).fit()
-    states = {}
-    for result in grid:
-        with result.checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / "state.json").read_text())
-        states[state["mask"]] = (state["parent_seen"], result.config["parent_mask"])
+    # With Tune's own trial folder names and the searcher's callback: every child reads its parent.
+    searcher = SFSASearcher()
+    states = plain_tune_search(
+        searcher, str(tmp_path), "default-names", callbacks=[searcher.checkpoint_locator()]
+    )
     assert len(states) == 10 and states["0000"] == (None, None)
     assert all(seen == parent for seen, parent in states.values())  # 9 children, each from its own parent
-    # Not told: the first child cannot be handed its parent, and the run fails saying why.
+    assert not any(
+        p.name.startswith("trial_") for p in (tmp_path / "default-names").iterdir()
+    )  # Tune's names
+    # Told where the experiment lives, with trial folders named by trial id: the same.
+    searcher = SFSASearcher(experiment_dir=str(tmp_path / "plain"))
+    states = plain_tune_search(searcher, str(tmp_path), "plain", trial_dirname_creator=trial_dirname)
+    assert len(states) == 10 and all(seen == parent for seen, parent in states.values())
+    # Told neither: the first child cannot be handed its parent, and the run fails saying why.
     with pytest.raises(Exception, match="does not know where the experiment lives"):
-        tuner(SFSASearcher(), "lost").fit()
+        plain_tune_search(SFSASearcher(), str(tmp_path), "lost")
 
 
 def test_resuming_a_search_with_a_users_trainable_from_the_cli_says_how_to_do_it(tmp_path, capsys):
