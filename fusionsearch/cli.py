@@ -211,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         beam_width=args.beam_width,
         beam_patience=args.beam_patience,
         from_scratch=args.from_scratch,
+        budget=args.budget,
         folds=args.folds,
         fold=args.fold,
         pooled=args.pooled,
@@ -324,7 +325,16 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help=f"least loss decrease that counts (default: {SEARCH.min_delta:g})",
     )
     search.add_argument(
-        "--from-scratch", action="store_true", help="exhaustive: train every mask from scratch"
+        "--from-scratch",
+        action="store_true",
+        help="exhaustive, random, optuna: train every mask from scratch (default: warm-start from 0000)",
+    )
+    search.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="random, optuna: candidates per fold, the baseline included (default: the most SFSA "
+        "trains, 1 + m(m+1)/2: 11 for m = 4)",
     )
     search.add_argument(
         "--force",

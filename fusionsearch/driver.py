@@ -118,10 +118,8 @@ def _trainable(trainable: Callable | None, resources: dict[str, float] | None) -
 
 
 def _searcher_name(searcher: Any) -> str:
-    name = type(searcher).__name__
-    return {"SFSASearcher": "sfsa", "BeamSearcher": "beam", "ExhaustiveSearcher": "exhaustive"}.get(
-        name, name
-    )
+    """The searcher's short name (``sfsa``, ``random``, ...), else its class name."""
+    return getattr(searcher, "name", None) or type(searcher).__name__
 
 
 def run_search(

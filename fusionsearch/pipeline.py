@@ -82,10 +82,13 @@ def planted_manifest(storage_path: str, seed: int = 0) -> Path:
     return folder / "manifest.csv"
 
 
-def make_searcher(search: SearchConfig, modalities: list[str], num_points: int = NUM_POINTS):
-    """The Ray Tune searcher of ``search`` over its folds and masks of ``num_points``, with its baselines."""
+def make_searcher(search: SearchConfig, modalities: list[str], num_points: int = NUM_POINTS, seed: int = 0):
+    """The Ray Tune searcher of ``search`` over its folds and masks of ``num_points``, with its baselines.
+
+    ``seed`` seeds the random and optuna searchers' proposals.
+    """
     search.check_points(num_points)
-    from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
+    from searchers import BeamSearcher, ExhaustiveSearcher, RandomSearcher, SFSASearcher, TPESearcher
 
     options = {
         "folds": search.search_folds,
@@ -100,6 +103,10 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
         return BeamSearcher(
             beam_width=search.beam_width, patience=search.beam_patience, min_delta=search.min_delta, **options
         )
+    if search.searcher == "random":
+        return RandomSearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
+    if search.searcher == "optuna":
+        return TPESearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
     return ExhaustiveSearcher(from_scratch=search.from_scratch, **options)
 
 
@@ -150,7 +157,7 @@ def run(
     storage_path = str(storage_path)
     manifest_path = Path(manifest or planted_manifest(storage_path, train.seed)).resolve()
     samples = load_manifest(manifest_path, modalities, search.folds, data_root)
-    searcher = make_searcher(search, samples.modalities, model.num_points)
+    searcher = make_searcher(search, samples.modalities, model.num_points, train.seed)
     check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
     model = replace(model, modalities=len(samples.modalities))
     if train.init_streams:  # a file that does not fit: before anything starts

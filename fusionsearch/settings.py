@@ -24,7 +24,7 @@ BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 POINTS = ("stages", "blocks")
 #: Exhaustive search (and the brute-force ensemble) over more points than this needs ``force``.
 EXHAUSTIVE_LIMIT = 6
-SEARCHERS = ("sfsa", "beam", "exhaustive")
+SEARCHERS = ("sfsa", "beam", "exhaustive", "random", "optuna")
 
 
 class ConfigError(UserError):
@@ -243,11 +243,14 @@ class SearchConfig:
     """Which searcher runs on which folds, with which baselines.
 
     Attributes:
-        searcher: ``sfsa``, ``beam`` or ``exhaustive``.
+        searcher: ``sfsa``, ``beam``, ``exhaustive``, or a rival at a fixed budget: ``random``
+            (uniform over the fused masks) or ``optuna`` (Optuna's TPE over the m points).
         min_delta: least decrease of the validation loss that counts as an improvement.
         beam_width: beam: masks kept per round.
         beam_patience: beam: non-improving rounds tolerated.
-        from_scratch: exhaustive: train every mask from scratch instead of from 0000.
+        from_scratch: exhaustive, random, optuna: train every mask from scratch instead of from 0000.
+        budget: random, optuna: candidates per fold, the baseline included (``None``: SFSA's
+            most, 11 for m = 4).
         folds: number of cross-validation folds (at least 3: train, validation, test).
         fold: search this fold only (``None``: every fold).
         pooled: one search over all folds, scored on the mean validation loss.
@@ -262,6 +265,7 @@ class SearchConfig:
     beam_width: int = 2
     beam_patience: int = 1
     from_scratch: bool = False
+    budget: int | None = None
     folds: int = 5
     fold: int | None = None
     pooled: bool = False
@@ -277,6 +281,11 @@ class SearchConfig:
             )
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"fold={self.fold}: choose one of 0..{self.folds - 1} (folds={self.folds})")
+        if self.budget is not None and self.searcher not in ("random", "optuna"):
+            raise ConfigError(
+                f"budget={self.budget}: a budget applies to the random and optuna searchers; "
+                f"{self.searcher} decides how many candidates to train"
+            )
         if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0:
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "

@@ -1,6 +1,7 @@
 """Ray Tune searchers for fusion-mask search: SFSA, beam and exhaustive.
 
-Each is a :class:`RoundSearcher` over a pure strategy from :mod:`fusionsearch.search.strategies`;
+Each is a :class:`RoundSearcher` over a pure strategy (random and TPE search are SFSA's
+rivals at a fixed budget) from :mod:`fusionsearch.search.strategies`;
 any other :class:`~fusionsearch.search.strategies.Strategy` plugs in the same way. Keyword
 ``options`` are :class:`RoundSearcher`'s: ``metric``, ``mode``, ``folds``, ``pooled``,
 ``unimodal``, ``ensemble``, ``experiment_dir``. Importing this package loads Ray Tune, not
@@ -13,12 +14,14 @@ from typing import Any
 
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.search.experiment import CANDIDATES_FILE
-from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive
+from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, RandomSearch, TPESearch
 from searchers.rounds import CheckpointLocator, RoundSearcher
 
 
 class SFSASearcher(RoundSearcher):
     """The paper's Sequential Forward Search Algorithm."""
+
+    name = "sfsa"
 
     def __init__(self, *, num_points: int = NUM_POINTS, min_delta: float = 0.0, **options: Any) -> None:
         super().__init__(SFSA(num_points, min_delta), **options)
@@ -26,6 +29,8 @@ class SFSASearcher(RoundSearcher):
 
 class BeamSearcher(RoundSearcher):
     """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds."""
+
+    name = "beam"
 
     def __init__(
         self,
@@ -42,8 +47,45 @@ class BeamSearcher(RoundSearcher):
 class ExhaustiveSearcher(RoundSearcher):
     """All ``2**num_points`` masks, warm-started from the baseline (or from scratch)."""
 
+    name = "exhaustive"
+
     def __init__(self, *, num_points: int = NUM_POINTS, from_scratch: bool = False, **options: Any) -> None:
         super().__init__(Exhaustive(num_points, from_scratch), **options)
+
+
+class RandomSearcher(RoundSearcher):
+    """A rival at a fixed budget: the baseline, then ``budget - 1`` fused masks drawn uniformly."""
+
+    name = "random"
+
+    def __init__(
+        self,
+        *,
+        budget: int | None = None,
+        num_points: int = NUM_POINTS,
+        from_scratch: bool = False,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(RandomSearch(num_points, budget, from_scratch, seed), **options)
+
+
+class TPESearcher(RoundSearcher):
+    """A rival at a fixed budget: Optuna's TPE sampler over the m points, ``batch`` masks a round."""
+
+    name = "optuna"
+
+    def __init__(
+        self,
+        *,
+        budget: int | None = None,
+        num_points: int = NUM_POINTS,
+        from_scratch: bool = False,
+        seed: int = 0,
+        batch: int = 4,
+        **options: Any,
+    ) -> None:
+        super().__init__(TPESearch(num_points, budget, from_scratch, seed, batch), **options)
 
 
 __all__ = [
@@ -51,6 +93,8 @@ __all__ = [
     "BeamSearcher",
     "CheckpointLocator",
     "ExhaustiveSearcher",
+    "RandomSearcher",
     "RoundSearcher",
     "SFSASearcher",
+    "TPESearcher",
 ]

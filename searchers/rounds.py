@@ -56,6 +56,9 @@ class RoundSearcher(Searcher):
             :meth:`set_experiment_dir` before the search starts.
     """
 
+    #: The searcher's short name in reports and ``fusionsearch-run.json`` (``None``: its class name).
+    name: str | None = None
+
     def __init__(
         self,
         strategy: Strategy,

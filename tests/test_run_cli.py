@@ -139,3 +139,23 @@ def test_cli_search_over_block_fusion_points(manifest, tmp_path, capsys):
     )
     assert main(["run", *common, "--searcher", "exhaustive"]) == 2
     assert "m=8 fusion points trains 255 masks per fold" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manifest, tmp_path, capsys):
+    storage = str(tmp_path / "runs")
+    for searcher, budget in (("random", "3"), ("optuna", "4")):
+        cache = str(tmp_path / "cache")
+        argv = ["run", "--data", str(manifest), "--storage", storage, "--name", searcher,
+                "--searcher", searcher, "--budget", budget, "--cache", cache, *TINY]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        rows = load_result(f"{storage}/{searcher}").table.to_pylist()
+        assert len(rows) == len({r["mask"] for r in rows}) == int(budget) and rows[0]["mask"] == "0000"
+        assert all(r["parent_mask"] == "0000" for r in rows[1:]) and sum(r["chosen"] for r in rows) == 1
+    capsys.readouterr()
+    assert main(["compare", "random", "optuna", "--storage", storage, "--out", str(tmp_path / "cmp")]) == 0
+    comparison = (tmp_path / "cmp" / "comparison.html").read_text()
+    assert "random: chosen mask" in comparison and "optuna: chosen mask" in comparison
+    # A budget where the searcher decides its own count is refused before anything starts.
+    assert main(["run", "--data", str(manifest), "--storage", storage, "--budget", "5", *TINY]) == 2
+    assert "budget=5: a budget applies to the random and optuna searchers" in capsys.readouterr().err

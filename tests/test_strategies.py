@@ -5,7 +5,16 @@ import random
 import pytest
 
 from fusionsearch.mask import FusionMask
-from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, Outcome, best_outcome
+from fusionsearch.search.strategies import (
+    SFSA,
+    BeamSearch,
+    Exhaustive,
+    Outcome,
+    RandomSearch,
+    TPESearch,
+    best_outcome,
+)
+from fusionsearch.settings import ConfigError
 
 
 def simulate(strategy, landscape):
@@ -141,3 +150,53 @@ def test_failed_candidates_are_skipped_not_waited_for():
     # A round where everything fails ends the search.
     assert len(simulate(SFSA(), landscape_from({"0000": 1.0}, default=None))) == 5
     assert len(simulate(SFSA(), landscape_from({"0000": None}))) == 1
+
+
+def masks_of(history):
+    return [str(o.candidate.mask) for o in history]
+
+
+@pytest.mark.parametrize("rival", [RandomSearch, TPESearch])
+def test_rivals_train_the_baseline_then_exactly_their_budget_of_distinct_masks(rival):
+    land = landscape_from({"0110": 0.1, "0100": 0.5, "0010": 0.6}, default=1.0)
+    strategy = rival(budget=7, seed=3)
+    history = simulate(strategy, land)
+    masks = masks_of(history)
+    assert masks[0] == "0000" and len(masks) == len(set(masks)) == 7  # the budget, the baseline included
+    assert all(str(o.candidate.parent) == "0000" for o in history[1:])  # warm-started from the baseline
+    assert simulate(rival(budget=7, seed=3), land) == history  # seeded: the same proposals again
+    assert sorted(masks_of(simulate(rival(budget=16), land))) == sorted(land)  # a full budget: every mask
+    assert strategy.chosen(history) == best_outcome(history)
+    assert all(o.candidate.parent is None for o in simulate(rival(budget=4, from_scratch=True), land))
+
+
+def test_random_search_draws_every_fused_mask_equally_often():
+    counts = {str(m): 0 for m in FusionMask.all_masks(4)}
+    for seed in range(600):
+        for mask in masks_of(simulate(RandomSearch(budget=3, seed=seed), landscape_from({})))[1:]:
+            counts[mask] += 1
+    assert counts.pop("0000") == 0 and sum(counts.values()) == 1200
+    assert min(counts.values()) > 50 and max(counts.values()) < 115  # 80 expected for each of 15
+
+
+def test_tpe_finds_the_best_mask_more_often_than_random_at_equal_budget():
+    # A smooth landscape: the loss falls with each point shared with the best mask, 1011.
+    land = {str(m): 1.0 - 0.2 * sum(a == b for a, b in zip(str(m), "1011", strict=True))
+            for m in FusionMask.all_masks(4)}  # fmt: skip
+    found = {}
+    for rival in (RandomSearch, TPESearch):
+        chosen = [
+            best_outcome(simulate(rival(budget=8, seed=seed), land)).candidate.mask for seed in range(20)
+        ]
+        found[rival] = sum(str(mask) == "1011" for mask in chosen)
+    assert found[TPESearch] > found[RandomSearch], found
+
+
+@pytest.mark.parametrize(("rival", "options", "message"), [
+    (RandomSearch, {"budget": 1}, "budget=1: choose 2..16"),
+    (TPESearch, {"budget": 17}, "budget=17: choose 2..16"),
+    (TPESearch, {"batch": 0}, "batch=0 must be >= 1"),
+])  # fmt: skip
+def test_rivals_refuse_impossible_budgets(rival, options, message):
+    with pytest.raises(ConfigError, match=message):
+        rival(**options)

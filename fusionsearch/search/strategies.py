@@ -8,7 +8,10 @@ baseline). The Ray adapter in ``searchers/`` schedules whatever a strategy propo
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -188,4 +191,137 @@ class Exhaustive:
         return best_outcome(history)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"sfsa": SFSA, "beam": BeamSearch, "exhaustive": Exhaustive}
+def sfsa_budget(num_points: int) -> int:
+    """The most candidates SFSA trains on one fold: the baseline, then m, m - 1, ..., 1 (11 for m = 4)."""
+    return 1 + num_points * (num_points + 1) // 2
+
+
+def _check_budget(budget: int | None, num_points: int) -> int:
+    budget = sfsa_budget(num_points) if budget is None else budget
+    if not isinstance(budget, int) or not 2 <= budget <= 2**num_points:
+        raise ConfigError(
+            f"budget={budget!r}: choose 2..{2**num_points} candidates per fold (the baseline and at least "
+            f"one of the {2**num_points - 1} fused masks of m={num_points})"
+        )
+    return budget
+
+
+def _parent(rounds: list[list[Outcome]], from_scratch: bool, num_points: int) -> FusionMask | None:
+    """Candidates after the baseline warm-start from it, unless ``from_scratch`` or it failed."""
+    return None if from_scratch or not _ranked(rounds[0]) else FusionMask.empty(num_points)
+
+
+@dataclass(frozen=True)
+class RandomSearch:
+    """The baseline, then ``budget - 1`` fused masks drawn uniformly without replacement, all in round 1.
+
+    A rival for SFSA at equal cost: ``budget`` defaults to SFSA's most candidates
+    (:func:`sfsa_budget`). The draw depends on ``seed`` alone, so every fold trains the same masks.
+    """
+
+    num_points: int = NUM_POINTS
+    budget: int | None = None
+    from_scratch: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", _check_budget(self.budget, self.num_points))
+
+    def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
+        rounds = _rounds(history)
+        baseline = FusionMask.empty(self.num_points)
+        if not rounds:
+            return [Candidate(baseline, None, 0)]
+        if len(rounds) > 1:
+            return []
+        fused = [m for m in FusionMask.all_masks(self.num_points) if m != baseline]
+        parent = _parent(rounds, self.from_scratch, self.num_points)
+        return [Candidate(m, parent, 1) for m in random.Random(self.seed).sample(fused, self.budget - 1)]
+
+    def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The lowest-loss mask of all."""
+        return best_outcome(history)
+
+
+@dataclass(frozen=True)
+class TPESearch:
+    """Optuna's TPE sampler over the m points as binary choices, ``batch`` masks a round, ``budget`` in all.
+
+    Round 0 trains the baseline; each later round replays the history into a fresh in-memory
+    Optuna study (seeded, so the proposal is a pure function of the history) and asks it for
+    ``batch`` new masks (``constant_liar`` keeps a round's asks apart; a mask already trained is
+    told its known loss and asked again). TPE starts modelling after ``startup`` random masks;
+    Optuna's default (10) would leave it nothing to model within SFSA's budget of 11. Needs
+    ``optuna`` (``pip install 'fusionsearch[optuna]'``).
+    """
+
+    num_points: int = NUM_POINTS
+    budget: int | None = None
+    from_scratch: bool = False
+    seed: int = 0
+    batch: int = 4
+    startup: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", _check_budget(self.budget, self.num_points))
+        if self.batch < 1 or self.startup < 0:
+            raise ConfigError(f"batch={self.batch} must be >= 1 and startup={self.startup} >= 0")
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError(
+                "the optuna searcher needs the optuna package, which is not installed; "
+                "pip install 'fusionsearch[optuna]' (or pip install optuna)"
+            )
+
+    def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
+        rounds = _rounds(history)
+        if not rounds:
+            return [Candidate(FusionMask.empty(self.num_points), None, 0)]
+        left = min(self.budget - len(history), self.batch, 2**self.num_points - len(history))
+        if left <= 0:
+            return []
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():  # constant_liar is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=self.seed, n_startup_trials=self.startup, constant_liar=True
+            )
+        space = {
+            f"p{i}": optuna.distributions.CategoricalDistribution((0, 1)) for i in range(self.num_points)
+        }
+        study = optuna.create_study(sampler=sampler, direction="minimize")
+        known: dict[FusionMask, float | None] = {}
+        for outcome in history:
+            mask = outcome.candidate.mask
+            known[mask] = outcome.loss if outcome.ok else None
+            params = {f"p{i}": int(bit) for i, bit in enumerate(str(mask))}
+            state = optuna.trial.TrialState.COMPLETE if outcome.ok else optuna.trial.TrialState.FAIL
+            study.add_trial(
+                optuna.trial.create_trial(params=params, distributions=space, value=known[mask], state=state)
+            )
+        picks: list[FusionMask] = []
+        untried = [m for m in FusionMask.all_masks(self.num_points) if m not in known]
+        while len(picks) < left:
+            for _ in range(50):
+                trial = study.ask(space)
+                mask = FusionMask("".join(str(trial.params[f"p{i}"]) for i in range(self.num_points)))
+                if mask in known and known[mask] is not None:
+                    study.tell(trial, known[mask])
+                elif mask in known or mask in picks:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    break  # a new mask; left running, so constant_liar steers the next ask away
+            else:  # TPE keeps proposing trained masks: take an untried one in a seeded order
+                mask = random.Random(self.seed + len(history)).choice([m for m in untried if m not in picks])
+            picks.append(mask)
+        parent = _parent(rounds, self.from_scratch, self.num_points)
+        return [Candidate(m, parent, len(rounds)) for m in picks]
+
+    def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
+        """The lowest-loss mask of all."""
+        return best_outcome(history)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"sfsa": SFSA, "beam": BeamSearch, "exhaustive": Exhaustive,
+                                         "random": RandomSearch, "optuna": TPESearch}  # fmt: skip
