@@ -259,6 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache=args.cache,
             workers=args.workers,
             address=args.address,
+            mlflow=args.mlflow,
         )
     )
 
@@ -298,6 +299,14 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="manifest (default: the planted XOR benchmark, made once under --storage)",
     )
     run.add_argument("--modalities", nargs="+", default=None, help="manifest columns to use (default: all)")
+    run.add_argument(
+        "--mlflow",
+        default=None,
+        metavar="URI",
+        help="also log every candidate to this MLflow tracking URI (file:///path or http://server), "
+        "one MLflow experiment per search (default: off; TensorBoard event files are always in the "
+        "trial folders)",
+    )
     add_data_root_argument(run)
     search = run.add_argument_group("search")
     search.add_argument(

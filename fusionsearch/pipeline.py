@@ -6,6 +6,7 @@ report`` is :func:`report`. Everything a mistake can be found from is checked be
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from fusionsearch.report.pages import Evaluation, write_report
 from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
 from fusionsearch.settings import (
     DEFAULT_STORAGE,
+    ConfigError,
     ModelConfig,
     PreprocessConfig,
     ResourceConfig,
@@ -110,6 +112,41 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
     return ExhaustiveSearcher(from_scratch=search.from_scratch, **options)
 
 
+def mlflow_tracking(uri: str):
+    """A factory of Tune's MLflow callback logging to ``uri``, one MLflow experiment per search name.
+
+    Raises:
+        ConfigError: MLflow is not installed (checked before anything starts).
+    """
+    if importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(
+            f"--mlflow {uri}: MLflow is not installed; pip install 'fusionsearch[mlflow]' "
+            "(or mlflow-skinny), or leave --mlflow out"
+        )
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {key: os.environ.get(key) for key in retries}
+    os.environ.update(retries)
+    try:  # a store MLflow refuses or a server that does not answer: now, not after the cache is built
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # MlflowException, connection errors: all mean the same to the user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"--mlflow {uri}: MLflow cannot log there: {reason}") from None
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def callback(name: str) -> MLflowLoggerCallback:
+        return MLflowLoggerCallback(tracking_uri=uri, experiment_name=name, save_artifact=False)
+
+    return callback
+
+
 def load_manifest(
     manifest: str | Path, modalities: list[str] | None, folds: int, data_root: Path | None
 ) -> Manifest:
@@ -136,6 +173,7 @@ def run(
     cache: str | None = None,
     workers: int | None = None,
     address: str | None = None,
+    mlflow: str | None = None,
 ) -> PipelineResult:
     """Validate the data, build the preprocessing cache, search, evaluate on the test parts, report.
 
@@ -149,6 +187,9 @@ def run(
             storage when that is a URI).
         workers: preprocessing threads (default: CPUs).
         address: a Ray cluster (default: start a local Ray with ``resources.gpus`` GPUs).
+        mlflow: an MLflow tracking URI (``file:///...``, ``http://...``): every candidate is a
+            run of the MLflow experiment named after the search (params: its config; metrics:
+            every epoch's report), through Tune's ``MLflowLoggerCallback``.
 
     The settings records default to their own defaults (:mod:`fusionsearch.settings`).
     """
@@ -158,6 +199,7 @@ def run(
     manifest_path = Path(manifest or planted_manifest(storage_path, train.seed)).resolve()
     samples = load_manifest(manifest_path, modalities, search.folds, data_root)
     searcher = make_searcher(search, samples.modalities, model.num_points, train.seed)
+    tracking = mlflow_tracking(mlflow) if mlflow else None
     check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
     model = replace(model, modalities=len(samples.modalities))
     if train.init_streams:  # a file that does not fit: before anything starts
@@ -206,6 +248,7 @@ def run(
         name=name,
         resources=per_trial,
         max_failures=resources.max_failures,
+        callbacks=[tracking(name)] if tracking else (),
         metadata={
             "command": "run",
             "manifest": str(manifest_path),

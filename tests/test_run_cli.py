@@ -159,3 +159,45 @@ def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manif
     # A budget where the searcher decides its own count is refused before anything starts.
     assert main(["run", "--data", str(manifest), "--storage", storage, "--budget", "5", *TINY]) == 2
     assert "budget=5: a budget applies to the random and optuna searchers" in capsys.readouterr().err
+
+
+def _tensorboard_tags(path: Path) -> set[str]:
+    """Scalar tags in a TensorBoard event file (TFRecord framing, tensorboardX's Event protobuf)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, tags, at = path.read_bytes(), set(), 0
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 8], "little")
+        event = Event.FromString(data[at + 12 : at + 12 + length])
+        tags |= {value.tag for value in event.summary.value}
+        at += 12 + length + 4
+    return tags
+
+
+@pytest.mark.slow
+def test_candidates_are_tracked_in_mlflow_and_tensorboard(manifest, tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    tracking = (tmp_path / "mlruns").as_uri()
+    argv = ["run", "--data", str(manifest), "--storage", str(tmp_path / "runs"), "--name", "tracked",
+            "--mlflow", tracking, "--cache", str(tmp_path / "cache"), *TINY]  # fmt: skip
+    # MLflow 3 refuses a file store unless asked: refused before anything starts, saying why.
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert main(argv) == 2
+    assert f"--mlflow {tracking}: MLflow cannot log there" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tracked").exists()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = load_result(str(tmp_path / "runs" / "tracked")).table.to_pylist()
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert len(runs) == len(rows)  # one MLflow run per candidate
+    params = {(r.data.params["mask"], r.data.params["fold"], r.data.params["round"]) for r in runs}
+    assert params == {(r["mask"], str(r["fold"]), str(r["round"])) for r in rows}
+    for run in runs:  # the validation loss of every epoch, epoch 0 (before any update) included
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert len(history) >= 3, [m.value for m in history]
+    # Tune's own TensorBoard logger wrote every trial's metrics beside it.
+    events = list((tmp_path / "runs" / "tracked").glob("*/events.out.tfevents.*"))
+    assert len(events) == len(rows)
+    assert all("ray/tune/val_loss" in _tensorboard_tags(e) for e in events)
