@@ -201,3 +201,45 @@ def test_candidates_are_tracked_in_mlflow_and_tensorboard(manifest, tmp_path, ca
     events = list((tmp_path / "runs" / "tracked").glob("*/events.out.tfevents.*"))
     assert len(events) == len(rows)
     assert all("ray/tune/val_loss" in _tensorboard_tags(e) for e in events)
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map((img) => img.naturalWidth);
+  const tables = [...document.querySelectorAll("table")].map((t) => t.rows.length);
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({images, tables});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_headless_chromium(manifest, tmp_path, capsys):
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium when it runs as root)")
+    argv = ["run", "--data", str(manifest), "--storage", str(tmp_path / "runs"), "--name", "shown",
+            "--cache", str(tmp_path / "cache"), *TINY]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = tmp_path / "runs" / "shown" / "report" / "report.html"
+    probe = report.with_name("probe.html")  # the report as written, plus a script that reads the page
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    dom = subprocess.run(
+        [*browser, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(found.group(1).replace("&quot;", '"'))
+    assert len(seen["images"]) == 3 and all(width > 0 for width in seen["images"])  # every figure decodes
+    assert len(seen["tables"]) >= 3 and all(rows > 1 for rows in seen["tables"])  # header and rows
+    screenshot = tmp_path / "report.png"
+    subprocess.run([*browser, f"--screenshot={screenshot}", "--window-size=1280,2400", report.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
