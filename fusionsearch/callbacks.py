@@ -19,13 +19,13 @@ log = logging.getLogger("fusionsearch.driver")
 
 
 class ProgressLog(tune.Callback):
-    """Logs each candidate's epochs: round, mask, parent, epoch, validation loss."""
+    """Logs each candidate's epochs (at DEBUG: ``fusionsearch -v``): round, mask, parent, epoch, loss."""
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         config = trial.config
         if result.get("final") or "epoch" not in result:
             return
-        log.info(
+        log.debug(
             "round %s  %s (from %s)  epoch %s  val_loss %.4f  val_accuracy %.3f",
             config.get("round"),
             config.get("mask"),

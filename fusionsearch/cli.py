@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fusionsearch.console import CONSOLE, ConsoleHandler
 from fusionsearch.errors import SearchInterrupted, UserError
 from fusionsearch.settings import (
     DEFAULT_STORAGE,
@@ -482,7 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusionsearch",
         description="Find where to fuse imaging modalities in a multi-stream 3D CNN.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, with every candidate's epochs"
+    )
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings, errors and the results only (no progress lines)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     smoke = commands.add_parser("smoke", help="train one candidate a few steps on random tensors")
@@ -591,10 +598,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (2, with argparse's message) or --help (0)
         return exit_.code if isinstance(exit_.code, int) else 2
+    handler = ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
+        handlers=[handler],
     )
+    CONSOLE.enabled = not args.quiet and args.command in ("run", "resume")
     try:
         return args.func(args)
     except KeyboardInterrupt:  # a second Ctrl-C: out at once; Tune's last saved state stays

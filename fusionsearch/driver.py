@@ -30,6 +30,7 @@ from fusionsearch.callbacks import (
 from fusionsearch.errors import SearchInterrupted, StorageError, UserError
 from fusionsearch.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.mask import NUM_POINTS
+from fusionsearch.progress import FoldProgress
 from fusionsearch.report.evaluation import method_checkpoints, predict_fold
 from fusionsearch.search import experiment
 from fusionsearch.search.experiment import (
@@ -199,6 +200,7 @@ def run_search(
             callbacks=[
                 ForgetLostCheckpoints(),
                 ProgressLog(),
+                FoldProgress(),
                 FailureLog(experiment_dir),
                 StorageGuard(),
                 *callbacks,
