@@ -604,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
         handlers=[handler],
     )
-    CONSOLE.enabled = not args.quiet and args.command in ("run", "resume")
+    CONSOLE.enabled = not args.quiet and args.command in ("run", "resume", "data")
     try:
         return args.func(args)
     except KeyboardInterrupt:  # a second Ctrl-C: out at once; Tune's last saved state stays

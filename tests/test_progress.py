@@ -74,3 +74,19 @@ def test_run_prints_fold_progress_unless_quiet(tmp_path):
     assert "epoch 0  val_loss" not in outputs["loud"].stderr  # per-epoch lines need -v
     assert "fold 0  round " not in outputs["quiet"].stderr and " INFO " not in outputs["quiet"].stderr
     assert "chosen mask:" in outputs["quiet"].stdout  # the results still
+
+
+def test_preprocessing_shows_a_bar_on_a_terminal_and_one_line_elsewhere(monkeypatch):
+    from fusionsearch.console import Progress
+
+    monkeypatch.setattr(CONSOLE, "enabled", True)
+    for stream in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress = Progress("preprocessing", 4, width=8)
+        for _ in range(4):
+            progress.step()
+        progress.close()
+        last = stream.getvalue().rstrip("\n").rsplit("\n", 1)[-1].split("\x1b[J")[-1]
+        assert last.startswith("preprocessing [########]  4/4  ") and "left" not in last
+        draws = stream.getvalue().count("preprocessing")
+        assert draws >= 2 if isinstance(stream, Terminal) else draws == 1  # redrawn in place / one line

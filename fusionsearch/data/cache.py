@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusionsearch import storage
+from fusionsearch.console import Progress
 from fusionsearch.data.manifest import Manifest
 from fusionsearch.data.preprocess import preprocess_sample
 from fusionsearch.errors import DataError
@@ -87,8 +88,11 @@ class PreprocessCache:
         log.info("preprocessing %d of %d samples with %d worker(s)", len(missing), len(targets), workers)
         ids = manifest.sample_ids
         jobs = [(ids[row], manifest.paths(row), self.config, t) for row, t in missing]
+        progress = Progress("preprocessing", len(jobs))
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda job: _build_entry(*job), jobs))
+            for _ in pool.map(lambda job: _build_entry(*job), jobs):
+                progress.step()
+        progress.close()
         return CacheStats(built=len(missing), reused=len(targets) - len(missing))
 
     def write_index(self, manifest: Manifest) -> str:
