@@ -209,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     search = SearchConfig(
         searcher=args.searcher,
         min_delta=args.min_delta,
+        noise_z=args.noise_z,
         beam_width=args.beam_width,
         beam_patience=args.beam_patience,
         from_scratch=args.from_scratch,
@@ -333,6 +334,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         type=float,
         default=SEARCH.min_delta,
         help=f"least loss decrease that counts (default: {SEARCH.min_delta:g})",
+    )
+    search.add_argument(
+        "--noise-z",
+        type=float,
+        default=SEARCH.noise_z,
+        help="sfsa, beam: an improvement must also exceed this many standard errors of the "
+        f"candidate's loss decrease over its validation samples (default: {SEARCH.noise_z:g}; 0 = off)",
     )
     search.add_argument(
         "--from-scratch",

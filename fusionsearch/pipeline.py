@@ -100,10 +100,14 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
         "num_points": num_points,
     }
     if search.searcher == "sfsa":
-        return SFSASearcher(min_delta=search.min_delta, **options)
+        return SFSASearcher(min_delta=search.min_delta, noise_z=search.noise_z, **options)
     if search.searcher == "beam":
         return BeamSearcher(
-            beam_width=search.beam_width, patience=search.beam_patience, min_delta=search.min_delta, **options
+            beam_width=search.beam_width,
+            patience=search.beam_patience,
+            min_delta=search.min_delta,
+            noise_z=search.noise_z,
+            **options,
         )
     if search.searcher == "random":
         return RandomSearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)

@@ -246,6 +246,8 @@ class SearchConfig:
         searcher: ``sfsa``, ``beam``, ``exhaustive``, or a rival at a fixed budget: ``random``
             (uniform over the fused masks) or ``optuna`` (Optuna's TPE over the m points).
         min_delta: least decrease of the validation loss that counts as an improvement.
+        noise_z: sfsa, beam: an improvement must also exceed this many standard errors of the
+            candidate's loss decrease over its validation samples (0: off).
         beam_width: beam: masks kept per round.
         beam_patience: beam: non-improving rounds tolerated.
         from_scratch: exhaustive, random, optuna: train every mask from scratch instead of from 0000.
@@ -262,6 +264,7 @@ class SearchConfig:
 
     searcher: str = "sfsa"
     min_delta: float = 0.0
+    noise_z: float = 0.0
     beam_width: int = 2
     beam_patience: int = 1
     from_scratch: bool = False
@@ -286,10 +289,10 @@ class SearchConfig:
                 f"budget={self.budget}: a budget applies to the random and optuna searchers; "
                 f"{self.searcher} decides how many candidates to train"
             )
-        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0:
+        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0 or self.noise_z < 0:
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "
-                f"min_delta={self.min_delta} >= 0"
+                f"min_delta={self.min_delta} >= 0, noise_z={self.noise_z} >= 0"
             )
 
     def check_points(self, num_points: int) -> None:

@@ -23,8 +23,10 @@ class SFSASearcher(RoundSearcher):
 
     name = "sfsa"
 
-    def __init__(self, *, num_points: int = NUM_POINTS, min_delta: float = 0.0, **options: Any) -> None:
-        super().__init__(SFSA(num_points, min_delta), **options)
+    def __init__(
+        self, *, num_points: int = NUM_POINTS, min_delta: float = 0.0, noise_z: float = 0.0, **options: Any
+    ) -> None:
+        super().__init__(SFSA(num_points, min_delta, noise_z), **options)
 
 
 class BeamSearcher(RoundSearcher):
@@ -39,9 +41,10 @@ class BeamSearcher(RoundSearcher):
         patience: int = 1,
         num_points: int = NUM_POINTS,
         min_delta: float = 0.0,
+        noise_z: float = 0.0,
         **options: Any,
     ) -> None:
-        super().__init__(BeamSearch(num_points, beam_width, patience, min_delta), **options)
+        super().__init__(BeamSearch(num_points, beam_width, patience, min_delta, noise_z), **options)
 
 
 class ExhaustiveSearcher(RoundSearcher):

@@ -176,6 +176,8 @@ class RoundSearcher(Searcher):
             group = self._group(trial.fold)
             loss = (value if self.mode == "min" else -value) if ok else None
             group.losses.setdefault(trial.mask, {})[trial.fold] = loss
+            if ok and _float(result.get("val_loss_gain_se")) is not None:
+                group.errors.setdefault(trial.mask, {})[trial.fold] = float(result["val_loss_gain_se"])
             if not self._in_flight(group):
                 group.close_round()
         log.info(

@@ -113,3 +113,17 @@ def test_a_network_trained_from_scratch_that_never_beat_its_start_is_warned_abou
     warnings = training_warnings(pa.Table.from_pylist(stuck, schema=SCHEMA))
     assert len(warnings) == 2 and "search 0000 never beat its untrained start in 4 epoch(s)" in warnings[0]
     assert "unimodal FLAIR 0000" in warnings[1] and "--lr" in warnings[1]
+
+
+def test_a_pooled_candidates_standard_error_combines_its_folds():
+    group = FoldSearch((0, 1))
+    group.trials(SFSA().next_round([]))
+    group.losses["0000"] = {0: 0.4, 1: 0.6}
+    group.errors["0000"] = {0: 0.03, 1: 0.04}
+    group.close_round()
+    assert group.history[0].se == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
+    group.trials(SFSA().next_round(group.history))
+    group.losses["1000"] = {0: 0.3, 1: 0.5}
+    group.errors["1000"] = {0: 0.03}  # one fold did not report it: unknown
+    group.close_round()
+    assert next(o for o in group.history if str(o.candidate.mask) == "1000").se is None

@@ -200,3 +200,18 @@ def test_tpe_finds_the_best_mask_more_often_than_random_at_equal_budget():
 def test_rivals_refuse_impossible_budgets(rival, options, message):
     with pytest.raises(ConfigError, match=message):
         rival(**options)
+
+
+def test_noise_z_ignores_an_improvement_within_its_standard_errors():
+    def run(strategy, se):
+        history, land = [], {"0000": 0.50, "0100": 0.49, "1000": 0.60, "0010": 0.60, "0001": 0.60}
+        while candidates := strategy.next_round(history):
+            history += [Outcome(c, land.get(str(c.mask), 0.7), se) for c in candidates]
+        return str(strategy.chosen(history).candidate.mask), len(history)
+
+    assert run(SFSA(), se=0.02) == ("0100", 8)  # 0.01 better: taken, and the search goes on
+    assert run(SFSA(noise_z=1.0), se=0.02) == ("0000", 5)  # within one standard error: noise, stop
+    assert run(SFSA(noise_z=1.0), se=0.005) == ("0100", 8)  # beyond it: a real improvement
+    assert run(BeamSearch(beam_width=1, patience=0, noise_z=2.0), se=0.02)[0] == "0000"
+    with pytest.raises(ConfigError, match="noise_z=-1"):
+        SFSA(noise_z=-1).next_round([])

@@ -140,3 +140,34 @@ def test_peak_rss_is_measured_from_each_trials_start():
     del block
     _reset_peak_rss()
     assert _peak_rss_mb() < high - 200
+
+
+def test_a_childs_gain_standard_error_is_that_of_its_paired_per_sample_losses(tiny, tmp_path):
+    import math
+
+    import torch
+
+    from fusionsearch.model.device import DevicePolicy
+    from fusionsearch.train.folds import Batches
+    from fusionsearch.train.inference import predict_logits
+
+    data = load_fold(tiny.data, 0)
+    parent = Recorder(tmp_path / "parent")
+    fit(CandidateConfig(Trial("0000"), tiny), parent, data=data)
+    child = Recorder(tmp_path / "child")
+    longer = replace(tiny, train=replace(tiny.train, epochs=6))
+    final = fit(CandidateConfig(Trial("0100", parent_mask="0000"), longer, parent="x"), child,
+                parent=parent.checkpoints[-1], data=data)  # fmt: skip
+    val = Batches(data.val, DevicePolicy.select("cpu"), 8)
+
+    def losses(checkpoint):
+        logits = predict_logits(load_model(checkpoint).eval(), val)
+        return torch.nn.functional.cross_entropy(logits, val.data.labels, reduction="none").numpy()
+
+    if final["best_epoch"] == 0:  # never beat its parent: no gain, no error
+        assert final["val_loss_gain_se"] == 0.0
+    else:  # epoch 0 is the parent's final weights; the best epoch is the child's final checkpoint
+        gains = losses(parent.checkpoints[-1]) - losses(child.checkpoints[-1])
+        expected = np.std(gains, ddof=1) / math.sqrt(len(gains))
+        assert final["val_loss_gain_se"] == pytest.approx(expected, rel=1e-4) and expected > 0
+        assert gains.mean() == pytest.approx(parent.reports[-1]["val_loss"] - final["val_loss"], abs=1e-5)

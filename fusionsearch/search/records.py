@@ -9,6 +9,7 @@ trial's config (``mask``, ``fold``, ``role``, ``round``, ``parent_mask``, ``moda
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,8 @@ class Trial:
 TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))
 #: Metrics copied from a candidate's final report into the candidates table.
 REPORTED = ("val_accuracy", "val_auc", "best_epoch", "epochs_trained", "train_seconds", "step_seconds",
-            "eval_seconds", "checkpoint_seconds", "started_at", "finished_at", "peak_rss_mb")  # fmt: skip
+            "eval_seconds", "checkpoint_seconds", "started_at", "finished_at", "peak_rss_mb",
+            "val_loss_gain_se")  # fmt: skip
 #: ``candidates.parquet``: one row per finished trial.
 SCHEMA = pa.schema(
     [
@@ -94,6 +96,8 @@ class FoldSearch:
         folds: the folds this search trains every candidate on.
         history: every closed round's outcomes, the strategy's only input.
         losses: ``{mask: {fold: loss}}`` of the current round (``None``: failed).
+        errors: ``{mask: {fold: standard error}}`` of each loss's gain over the candidate's start
+            (``val_loss_gain_se``), where the trainable reported it.
         round: the current round's candidates, empty between rounds.
         finished: the strategy has proposed nothing more.
     """
@@ -101,6 +105,7 @@ class FoldSearch:
     folds: tuple[int, ...]
     history: list[Outcome] = field(default_factory=list)
     losses: dict[str, dict[int, float | None]] = field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = field(default_factory=dict)
     round: list[Candidate] = field(default_factory=list)
     finished: bool = False
 
@@ -109,7 +114,12 @@ class FoldSearch:
         for candidate in self.round:
             losses = [x for x in self.losses.get(str(candidate.mask), {}).values() if x is not None]
             ok = [x for x in losses if x == x]  # NaN is a failed candidate too
-            self.history.append(Outcome(candidate, sum(ok) / len(ok) if ok else None))
+            errors = list(self.errors.get(str(candidate.mask), {}).values())
+            # The standard error of a mean over folds: independent folds' errors add in quadrature.
+            se = (
+                math.sqrt(sum(e * e for e in errors)) / len(errors) if ok and len(errors) == len(ok) else None
+            )
+            self.history.append(Outcome(candidate, sum(ok) / len(ok) if ok else None, se))
         self.round = []
 
     def trials(self, candidates: Sequence[Candidate]) -> list[Trial]:

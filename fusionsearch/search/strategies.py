@@ -31,10 +31,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished candidate: its validation loss, or ``None`` if it failed."""
+    """A finished candidate: its validation loss, or ``None`` if it failed.
+
+    ``se``: the standard error of its loss decrease from its start (its parent's weights, for a
+    warm-started child) over the validation samples, where known.
+    """
 
     candidate: Candidate
     loss: float | None
+    se: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,18 +96,36 @@ class BeamSearch:
     the best loss seen before it by more than ``min_delta``; the search tolerates ``patience``
     consecutive rounds that do not improve and stops at the next one, or when no mask can be
     extended. The answer is the best mask seen, counting only improvements of more than ``min_delta``.
+
+    With ``noise_z > 0`` an improvement must also exceed ``noise_z`` standard errors of the
+    round best's own loss decrease over its validation samples (:attr:`Outcome.se`): a child's
+    loss is the minimum over its epochs, epoch 0 being its parent, so validation noise alone
+    makes some child "improve" by a little.
     """
 
     num_points: int = NUM_POINTS
     beam_width: int = 2
     patience: int = 1
     min_delta: float = 0.0
+    noise_z: float = 0.0
+
+    def _beats(self, outcome: Outcome, best_loss: float) -> bool:
+        """Whether ``outcome`` improves on ``best_loss`` by more than the margin."""
+        margin = max(self.min_delta, self.noise_z * (outcome.se or 0.0))
+        return outcome.loss < best_loss - margin
 
     def __post_init__(self) -> None:
-        if self.beam_width < 1 or self.patience < 0 or self.num_points < 1 or self.min_delta < 0:
+        if (
+            self.beam_width < 1
+            or self.patience < 0
+            or self.num_points < 1
+            or self.min_delta < 0
+            or self.noise_z < 0
+        ):
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, patience={self.patience} >= 0, "
-                f"num_points={self.num_points} >= 1, min_delta={self.min_delta} >= 0"
+                f"num_points={self.num_points} >= 1, min_delta={self.min_delta} >= 0, "
+                f"noise_z={self.noise_z} >= 0"
             )
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
@@ -112,7 +135,7 @@ class BeamSearch:
         best_loss, stale = math.inf, 0
         for outcomes in rounds:
             ranked = _ranked(outcomes)
-            if ranked and ranked[0].loss < best_loss - self.min_delta:
+            if ranked and self._beats(ranked[0], best_loss):
                 stale = 0
             else:
                 stale += 1
@@ -136,7 +159,7 @@ class BeamSearch:
         answer = None
         for outcomes in _rounds(history):
             ranked = _ranked(outcomes)
-            if ranked and (answer is None or ranked[0].loss < answer.loss - self.min_delta):
+            if ranked and (answer is None or self._beats(ranked[0], answer.loss)):
                 answer = ranked[0]
         return answer
 
@@ -147,12 +170,14 @@ class SFSA:
 
     Train the baseline A0; then, in each round, train every one-point extension of the current
     best mask warm-started from it; keep the round's best if its loss improves on the current
-    best by more than ``min_delta``, else stop and return the current best. Also stops when
-    every point is active.
+    best by more than ``min_delta`` (and, with ``noise_z > 0``, by more than ``noise_z`` standard
+    errors of its loss decrease: see :class:`BeamSearch`), else stop and return the current
+    best. Also stops when every point is active.
     """
 
     num_points: int = NUM_POINTS
     min_delta: float = 0.0
+    noise_z: float = 0.0
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
         return self._beam.next_round(history)
@@ -163,7 +188,7 @@ class SFSA:
 
     @property
     def _beam(self) -> BeamSearch:
-        return BeamSearch(self.num_points, beam_width=1, patience=0, min_delta=self.min_delta)
+        return BeamSearch(self.num_points, 1, 0, self.min_delta, self.noise_z)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,11 @@ def predict_logits(model: nn.Module, batches: Batches) -> torch.Tensor:
 
 def evaluate(model: nn.Module, batches: Batches) -> dict[str, Any]:
     """Validation loss (mean cross-entropy), accuracy and AUC."""
-    logits = predict_logits(model, batches)
-    labels = batches.data.labels
+    return logit_metrics(predict_logits(model, batches), batches.data.labels)
+
+
+def logit_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Loss (mean cross-entropy), accuracy and AUC of ``logits`` (samples x classes) for ``labels``."""
     metrics = {
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
         "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from fusionsearch.model.warm_start import warm_start
 from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData, load_fold
-from fusionsearch.train.inference import evaluate
+from fusionsearch.train.inference import logit_metrics, predict_logits
 from fusionsearch.train.recipe import augment, augmentation, class_weights, learning_rate
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,14 @@ class LoopState:
 
     ``step_seconds`` is the time inside training steps, ``eval_seconds`` in validation,
     ``checkpoint_seconds`` in writing and reporting checkpoints (summed over the trial).
+    ``initial_losses`` and ``best_losses`` are the per-sample validation losses of epoch 0 and
+    of the best epoch: :attr:`gain_se` is the standard error of their paired difference.
     """
 
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"val_loss": float("inf")})
+    initial_losses: list[float] = field(default_factory=list)  # per validation sample, epoch 0
+    best_losses: list[float] = field(default_factory=list)  # per validation sample, the best epoch
     step_seconds: float = 0.0
     eval_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
@@ -103,6 +109,18 @@ class LoopState:
             self.best = metrics
             return True
         return False
+
+    @property
+    def gain_se(self) -> float:
+        """Standard error of the mean per-sample loss decrease from epoch 0 to the best epoch.
+
+        0 when the best epoch is epoch 0 (no gain) or fewer than two samples were validated.
+        """
+        n = len(self.initial_losses)
+        if n < 2 or len(self.best_losses) != n or self.best.get("epoch", 0) == 0:
+            return 0.0
+        gains = [a - b for a, b in zip(self.initial_losses, self.best_losses, strict=True)]
+        return statistics.stdev(gains) / math.sqrt(n)
 
     def done(self, train: TrainConfig) -> bool:
         """Whether the loop stops here: the last epoch, or ``patience`` epochs without improving."""
@@ -123,6 +141,7 @@ class _Run:
     meta: dict[str, Any]
     augmentation: Compose | None
     class_weights: torch.Tensor | None
+    last_losses: list[float] = field(default_factory=list)  # per validation sample, the last evaluation
 
 
 def fit(
@@ -155,6 +174,7 @@ def fit(
     run = _prepare(candidate, resume, resumed, parent, data, policy or DevicePolicy.select())
     if resume is None:
         initial = {"epoch": 0, **_evaluate(run)}
+        run.state.initial_losses = run.last_losses
         _keep_if_best(run, initial)
         report(initial, None)
     last_checkpoint = time.monotonic()
@@ -173,6 +193,7 @@ def fit(
     final = {
         **best,  # val_loss, val_accuracy, val_auc of the best epoch
         "best_epoch": best["epoch"],
+        "val_loss_gain_se": run.state.gain_se,
         "epoch": run.state.epoch,
         "epochs_trained": run.state.epoch,
         "started_at": started,
@@ -269,7 +290,10 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 def _evaluate(run: _Run) -> dict[str, Any]:
     tick = time.perf_counter()
-    metrics = evaluate(run.model, run.val)
+    logits = predict_logits(run.model, run.val)
+    labels = run.val.data.labels
+    metrics = logit_metrics(logits, labels)
+    run.last_losses = nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
     run.state.eval_seconds += time.perf_counter() - tick
     return metrics
 
@@ -277,6 +301,7 @@ def _evaluate(run: _Run) -> dict[str, Any]:
 def _keep_if_best(run: _Run, metrics: dict[str, Any]) -> None:
     if run.state.improve(metrics):
         run.best_weights = copy.deepcopy(run.model.state_dict())
+        run.state.best_losses = run.last_losses
 
 
 def _checkpoint_and_report(
