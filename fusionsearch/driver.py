@@ -266,6 +266,13 @@ def _tune_environment(max_concurrent: int) -> Iterator[None]:
         # (a resumed search sees every finished candidate); Tune warns about it each time.
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     }
+    with environment(values):
+        yield
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set to ``values`` inside the block, restored (or removed) after it."""
     before = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:

@@ -22,6 +22,7 @@ from fusionsearch.driver import (
     check_resources,
     check_resumable,
     connect,
+    environment,
     evaluate_search,
     load_result,
     resume_search,
@@ -131,19 +132,12 @@ def mlflow_tracking(uri: str):
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    before = {key: os.environ.get(key) for key in retries}
-    os.environ.update(retries)
     try:  # a store MLflow refuses or a server that does not answer: now, not after the cache is built
-        MlflowClient(uri).search_experiments(max_results=1)
+        with environment(retries):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MlflowException, connection errors: all mean the same to the user
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"--mlflow {uri}: MLflow cannot log there: {reason}") from None
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
     def callback(name: str) -> MLflowLoggerCallback:
         return MLflowLoggerCallback(tracking_uri=uri, experiment_name=name, save_artifact=False)

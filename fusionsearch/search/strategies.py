@@ -12,7 +12,7 @@ import importlib.util
 import math
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -202,18 +202,28 @@ class Exhaustive:
     from_scratch: bool = False
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
-        rounds = _rounds(history)
-        baseline = FusionMask.empty(self.num_points)
-        if not rounds:
-            return [Candidate(baseline, None, 0)]
-        if len(rounds) > 1:
-            return []
-        parent = None if self.from_scratch or not _ranked(rounds[0]) else baseline
-        return [Candidate(m, parent, 1) for m in FusionMask.all_masks(self.num_points) if m != baseline]
+        return _baseline_then(history, self.num_points, self.from_scratch, lambda fused: fused)
 
     def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
         """The lowest-loss mask of all."""
         return best_outcome(history)
+
+
+def _baseline_then(
+    history: Sequence[Outcome],
+    num_points: int,
+    from_scratch: bool,
+    pick: Callable[[list[FusionMask]], list[FusionMask]],
+) -> list[Candidate]:
+    """Round 0: the baseline; round 1: ``pick(fused masks)``, warm-started from it; then done."""
+    rounds = _rounds(history)
+    if not rounds:
+        return [Candidate(FusionMask.empty(num_points), None, 0)]
+    if len(rounds) > 1:
+        return []
+    fused = [m for m in FusionMask.all_masks(num_points) if m != FusionMask.empty(num_points)]
+    parent = _parent(rounds, from_scratch, num_points)
+    return [Candidate(m, parent, 1) for m in pick(fused)]
 
 
 def sfsa_budget(num_points: int) -> int:
@@ -253,15 +263,10 @@ class RandomSearch:
         object.__setattr__(self, "budget", _check_budget(self.budget, self.num_points))
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
-        rounds = _rounds(history)
-        baseline = FusionMask.empty(self.num_points)
-        if not rounds:
-            return [Candidate(baseline, None, 0)]
-        if len(rounds) > 1:
-            return []
-        fused = [m for m in FusionMask.all_masks(self.num_points) if m != baseline]
-        parent = _parent(rounds, self.from_scratch, self.num_points)
-        return [Candidate(m, parent, 1) for m in random.Random(self.seed).sample(fused, self.budget - 1)]
+        draw = random.Random(self.seed).sample
+        return _baseline_then(
+            history, self.num_points, self.from_scratch, lambda fused: draw(fused, self.budget - 1)
+        )
 
     def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
         """The lowest-loss mask of all."""
