@@ -15,7 +15,15 @@ from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, Outcome
-from fusionsearch.settings import DataConfig, ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
+from fusionsearch.settings import (
+    DataConfig,
+    ModelConfig,
+    PreprocessConfig,
+    RunSettings,
+    SearchConfig,
+    TrainConfig,
+    to_dict,
+)
 from searchers import RoundSearcher, SFSASearcher
 
 CLI = [sys.executable, "-m", "fusionsearch.cli"]
@@ -147,10 +155,11 @@ def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifes
 
 def _sfsa_answer(rows):
     """What SFSA chooses from these losses, replayed without Ray (the uninterrupted answer)."""
-    losses = {r["mask"]: r["val_loss"] for r in rows}
-    history, strategy = [], SFSA()
+    by_mask = {r["mask"]: r for r in rows}
+    history, strategy = [], SFSA(noise_z=SearchConfig().noise_z)  # the command line's rule
     while candidates := strategy.next_round(history):
-        history += [Outcome(c, losses[str(c.mask)]) for c in candidates]
+        history += [Outcome(c, by_mask[str(c.mask)]["val_loss"], by_mask[str(c.mask)]["val_loss_gain_se"])
+                    for c in candidates]  # fmt: skip
     return {str(o.candidate.mask) for o in history}, str(strategy.chosen(history).candidate.mask)
 
 
