@@ -629,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"fusionsearch {command}: error: {error}", file=sys.stderr)
         return 2
+    finally:  # main() may run again in this process (tests, notebooks): no progress lines there
+        CONSOLE.enabled = False
 
 
 if __name__ == "__main__":
