@@ -28,10 +28,21 @@ def evaluate(model: nn.Module, batches: Batches) -> dict[str, Any]:
     return logit_metrics(predict_logits(model, batches), batches.data.labels)
 
 
-def logit_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Loss (mean cross-entropy), accuracy and AUC of ``logits`` (samples x classes) for ``labels``."""
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each sample's ``logits`` (samples x classes) for its label."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def logit_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Loss (mean cross-entropy), accuracy and AUC of ``logits`` (samples x classes) for ``labels``.
+
+    ``losses``: :func:`sample_losses` of the same logits, if already computed.
+    """
+    losses = sample_losses(logits, labels) if losses is None else losses
     metrics = {
-        "val_loss": nn.functional.cross_entropy(logits, labels).item(),
+        "val_loss": losses.mean().item(),
         "val_accuracy": (logits.argmax(1) == labels).float().mean().item(),
         "val_auc": float("nan"),
     }

@@ -35,7 +35,7 @@ from fusionsearch.model.warm_start import warm_start
 from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData, load_fold
-from fusionsearch.train.inference import logit_metrics, predict_logits
+from fusionsearch.train.inference import logit_metrics, predict_logits, sample_losses
 from fusionsearch.train.recipe import augment, augmentation, class_weights, learning_rate
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,9 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     tick = time.perf_counter()
     logits = predict_logits(run.model, run.val)
     labels = run.val.data.labels
-    metrics = logit_metrics(logits, labels)
-    run.last_losses = nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
+    losses = sample_losses(logits, labels)  # once: for the metrics and the paired error
+    metrics = logit_metrics(logits, labels, losses)
+    run.last_losses = losses.tolist()
     run.state.eval_seconds += time.perf_counter() - tick
     return metrics
 
