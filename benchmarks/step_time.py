@@ -3,18 +3,23 @@
     python benchmarks/step_time.py --mask 1111 --size 128 --batch 8 --width 1 --stem-stride 2
 
 Runs unchanged on CPU and CUDA (bf16 autocast + channels_last_3d there). Prints one line per
-repeat and the median.
+repeat and the median. ``--augment standard`` also times the training recipe's augmentation
+(:mod:`fusionsearch.train.recipe`, on the same device) on a batch of the same shape, and prints
+it as a share of the step (the target is <= 10 %).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
 from fusionsearch import DevicePolicy, FusionNet, ModelConfig
+from fusionsearch.settings import TrainConfig
 from fusionsearch.train.profiling import measure_step_rate
+from fusionsearch.train.recipe import augment, augmentation
 
 
 def main() -> None:
@@ -33,6 +38,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--augment", choices=["none", "standard"], default="none")
     args = parser.parse_args()
 
     policy = DevicePolicy.select(args.device)
@@ -60,6 +66,19 @@ def main() -> None:
         print(f"repeat {repeat}: {ms:.1f} ms/step  {rate.volumes_per_second:.1f} volumes/s")
     step = statistics.median(r.step_seconds for r in rates)
     print(f"median: {step * 1000:.1f} ms/step  {args.batch / step:.1f} volumes/s")
+    if args.augment != "none":
+        transform = augmentation(TrainConfig(augment=args.augment), (args.size,) * 3, policy.device)
+        images = policy.batch(torch.randn(args.batch, args.modalities, args.size, args.size, args.size))
+        times = []
+        for repeat in range(args.warmup + args.repeats * args.steps):
+            policy.synchronize()
+            tick = time.perf_counter()
+            augment(transform, images, seed=repeat)
+            policy.synchronize()
+            times.append(time.perf_counter() - tick)
+        seconds = statistics.median(times[args.warmup :])
+        share = seconds / step
+        print(f"augmentation ({args.augment}): {seconds * 1000:.1f} ms/batch, {share:.1%} of the step")
     if policy.is_cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(policy.device) / 2**30:.2f} GiB")
 

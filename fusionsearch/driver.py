@@ -31,10 +31,11 @@ from fusionsearch.errors import SearchInterrupted, StorageError, UserError
 from fusionsearch.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.progress import FoldProgress
-from fusionsearch.report.evaluation import method_checkpoints, predict_fold
+from fusionsearch.report.evaluation import landscape_checkpoints, method_checkpoints, predict_fold
 from fusionsearch.search import experiment
 from fusionsearch.search.experiment import (
     DEFAULT_TRAINABLE,
+    LANDSCAPE_FILE,
     PREDICTIONS_FILE,
     RunRecord,
     SearchResult,
@@ -347,15 +348,25 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
 def evaluate_search(
     experiment_dir: str, candidates: pa.Table, data: DataConfig, resources: dict[str, float] | None = None
 ) -> pa.Table:
-    """Predict every fold's test part with every method (one Ray task per fold); store and return it."""
+    """Predict every fold's test part with every method (one Ray task per fold); store and return it,
+    and store every trained mask's predictions as the landscape."""
     folds = sorted(set(candidates["fold"].to_pylist()))
     num_points = len(candidates["mask"][0].as_py())
     resources = resources or {}
     task = ray.remote(predict_fold).options(
         num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0)
     )
-    jobs = [task.remote(data, fold, method_checkpoints(candidates, fold, num_points)) for fold in folds]
+    jobs = [
+        task.remote(
+            data,
+            fold,
+            method_checkpoints(candidates, fold, num_points),
+            landscape_checkpoints(candidates, fold),
+        )
+        for fold in folds
+    ]
     log.info("evaluating on the test parts of %d fold(s)", len(folds))
-    predictions = pa.concat_tables(ray.get(jobs))
+    predictions, landscape = (pa.concat_tables(part) for part in zip(*ray.get(jobs), strict=True))
+    storage.write_table(storage.join(experiment_dir, LANDSCAPE_FILE), landscape)
     storage.write_table(storage.join(experiment_dir, PREDICTIONS_FILE), predictions)
     return predictions

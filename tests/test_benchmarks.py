@@ -37,6 +37,15 @@ def test_trainable_vs_model_prints_both_rates_and_their_ratio():
     assert loop > 0 and model > 0 and ratio == pytest.approx(loop / model, abs=2e-3)
 
 
+def test_step_time_prints_the_augmentation_as_a_share_of_the_step():
+    out = run("step_time.py", "--size", "16", "--batch", "2", "--width", "0.125", "--steps", "2",
+              "--repeats", "1", "--augment", "standard")  # fmt: skip
+    step = float(re.search(rf"median: ({NUMBER}) ms/step", out).group(1))
+    found = re.search(rf"augmentation \(standard\): ({NUMBER}) ms/batch, ({NUMBER})% of the step", out)
+    assert found, out
+    assert float(found.group(2)) == pytest.approx(100 * float(found.group(1)) / step, rel=0.05)
+
+
 def test_round_overhead_prints_a_row_per_round_size():
     out = run("round_overhead.py", "--ks", "1", "2", "--rounds", "2", "--duration", "0.2")
     rows = re.findall(rf"^ +([12]) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.MULTILINE)

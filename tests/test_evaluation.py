@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sklearn import metrics as sk
 
@@ -13,8 +14,8 @@ from fusionsearch.data.splits import make_folds
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import evaluate_search, run_search
 from fusionsearch.errors import DataError
-from fusionsearch.report.evaluation import method_checkpoints, predict
-from fusionsearch.report.metrics import classification_metrics
+from fusionsearch.report.evaluation import landscape_checkpoints, method_checkpoints, predict
+from fusionsearch.report.metrics import classification_metrics, fold_metrics
 from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
 from searchers import ExhaustiveSearcher
 
@@ -71,6 +72,42 @@ def test_methods_of_a_fold_and_the_ensemble_of_exactly_the_fusion_configurations
     assert "ensemble" not in method_checkpoints(rows(search + without), 0)
 
 
+def test_landscape_is_every_configuration_trained_on_the_fold_once():
+    search = [{"role": "search", "mask": m} for m in ("0000", "1000", "0100")]
+    search.append({"role": "search", "mask": "0010", "status": "failed", "checkpoint": None})
+    unimodal = [{"role": "unimodal", "mask": "0000", "modality": "T1w"}]
+    members = [{"role": "ensemble", "mask": m} for m in ("1000", "0001")]
+    other_fold = [{"role": "search", "mask": "1111", "fold": 1}]
+    landscape = landscape_checkpoints(rows(search + unimodal + members + other_fold), 0)
+    assert landscape == {
+        "0000": "ck/search-0000",  # late fusion, not the unimodal network of the same mask
+        "0001": "ck/ensemble-0001",
+        "0100": "ck/search-0100",
+        "1000": "ck/search-1000",  # the search's version, not the ensemble member
+    }
+
+
+def test_fold_metrics_give_one_row_per_mask_of_the_landscape():
+    probabilities = [[0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.9, 0.1]]  # predicts 1, 0, 0, 0
+    table = pa.Table.from_pylist(
+        [
+            {
+                "fold": f,
+                "method": "candidate",
+                "mask": mask,
+                "sample_id": str(i),
+                "label": label,
+                "probabilities": p if mask == "0000" else p[::-1],
+            }
+            for f in (0, 1)
+            for mask in ("0000", "1000")
+            for i, (label, p) in enumerate(zip([1, 0, 0, 1], probabilities, strict=True))
+        ]
+    )
+    per_mask = {(r["fold"], r["mask"]): r["accuracy"] for r in fold_metrics(table).to_pylist()}
+    assert per_mask == {(0, "0000"): 0.75, (0, "1000"): 0.25, (1, "0000"): 0.75, (1, "1000"): 0.25}
+
+
 @pytest.mark.slow
 def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its_members(local_ray, tmp_path):
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=4))
@@ -96,6 +133,9 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
         entry.write_bytes(content)
     predictions = evaluate_search(result.experiment_dir, table, data).to_pylist()
     assert (tmp_path / "runs" / "ex" / "predictions.parquet").is_file()
+    landscape = pq.read_table(tmp_path / "runs" / "ex" / "landscape.parquet").to_pylist()
+    assert sorted({r["mask"] for r in landscape}) == [f"{i:04b}" for i in range(16)]
+    assert {r["method"] for r in landscape} == {"candidate"} and len(landscape) == 16 * len(test_rows)
     by_method = {}
     for r in predictions:
         by_method.setdefault(r["method"], []).append(r)
@@ -117,6 +157,11 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     assert len(members) == 15
     np.testing.assert_allclose(ensemble, np.mean(members, axis=0), atol=1e-6)
     np.testing.assert_array_equal([r["label"] for r in by_method["ensemble"]], test.labels.numpy())
+    # ... and each landscape entry is that mask's own prediction.
+    for r in table.to_pylist():
+        mine = np.array([e["probabilities"] for e in landscape if e["mask"] == r["mask"]])
+        expected = predict(load_model(r["checkpoint"]), test, DevicePolicy.select())
+        np.testing.assert_allclose(mine, expected, atol=1e-6)
 
 
 def test_cost_adds_up_the_trials_and_their_efficiency():

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY_EVERY_FOLD, BaselineThenOne, cached_data
@@ -79,10 +80,19 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
     assert "chosen mask: " in out and "exhaustive search: candidates" in out
     report = tmp_path / "runs" / "cli" / "report"
     page = (report / "report.html").read_text()
-    assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
+    assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4
     assert all(mask in page for _, mask in chosen) and "sfsa: chosen mask" in page
-    for name in ("results", "metrics_per_fold", "candidates", "cost"):
+    for name in ("results", "metrics_per_fold", "candidates", "cost", "landscape"):
         assert (report / f"{name}.csv").is_file() and (report / f"{name}.parquet").is_file()
+    # The landscape: every mask the search trained, on every fold it trained it on, and no unimodal one.
+    landscape = pq.read_table(report / "landscape.parquet").to_pylist()
+    trained = {(r["fold"], r["mask"]) for r in table if r["role"] == "search" and r["status"] == "ok"}
+    assert {(r["fold"], r["mask"]) for r in landscape} == trained and len(landscape) == len(trained)
+    per_fold = pq.read_table(report / "metrics_per_fold.parquet").to_pylist()
+    for r in per_fold:  # a method's metrics on a fold equal its mask's landscape entry (same checkpoint)
+        if r["method"] in ("chosen", "late fusion"):
+            entry = next(e for e in landscape if (e["fold"], e["mask"]) == (r["fold"], r["mask"]))
+            assert entry["accuracy"] == r["accuracy"] and entry["auc"] == r["auc"]
     markdown = (report / "report.md").read_text()
     assert "| method | mask | accuracy |" in markdown and "![Search tree](search_tree.png)" in markdown
     assert main(["report", "cli", "--storage", storage]) == 0
@@ -237,7 +247,7 @@ def test_the_report_renders_in_headless_chromium(manifest, tmp_path, capsys):
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
     assert found, dom.stderr[-2000:]
     seen = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(seen["images"]) == 3 and all(width > 0 for width in seen["images"])  # every figure decodes
+    assert len(seen["images"]) == 4 and all(width > 0 for width in seen["images"])  # every figure decodes
     assert len(seen["tables"]) >= 3 and all(rows > 1 for rows in seen["tables"])  # header and rows
     screenshot = tmp_path / "report.png"
     subprocess.run([*browser, f"--screenshot={screenshot}", "--window-size=1280,2400", report.as_uri()],

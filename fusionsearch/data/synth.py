@@ -10,8 +10,14 @@ independent of the label, and any additive combination of per-modality logits (l
 is capped at 75 % accuracy, while fusing inside the network can approach 100 %. MMTM can solve
 it, since *a* and *b* live in global channel statistics.
 
-Task ``colocalized``: both A and B carry a finding; ``label`` = whether they sit at the same
-place. Only a spatially aware fusion can solve it well.
+Task ``colocalized`` (needs spatial fusion at high resolution): A and B each carry
+:data:`COLOCALIZED_FINDINGS` small findings (radius 0.12 of the edge). ``label = 1``: A's first
+finding and B's first sit at the same place; every other B finding, and B's first when
+``label = 0``, is a near miss of its A finding (2-3 radii away, touching no A finding). Each
+modality alone, and any sum of per-modality evidence, is at chance; so are global channel
+statistics, even with position-coded channels, because they would have to match *sets* of
+positions. Fusing the feature maps while they still resolve a finding (the early points,
+with the ``spatial`` module) can solve it; tested on image features in ``tests/test_synth.py``.
 
 Task ``null`` (a control where fusion cannot help): findings *a* and *b* as in ``xor``, but
 ``label = a``. Modality A alone carries the label, B is independent of it, so late fusion
@@ -47,6 +53,10 @@ from fusionsearch.settings import ConfigError, check_choice
 log = logging.getLogger(__name__)
 
 TASKS = ("xor", "colocalized", "null")
+#: Default finding radius of each task, as a fraction of the cube edge.
+LESION_RADIUS = {"xor": 0.18, "colocalized": 0.12, "null": 0.18}
+#: Findings per modality in the ``colocalized`` task.
+COLOCALIZED_FINDINGS = 2
 GRIDS = ("cube", "scanner")
 #: ``scanner`` grids: (shape, spacing in mm) of the first modality and of the others.
 SCANNER_GRIDS = (((193, 229, 193), (1.0, 1.0, 1.0)), ((192, 229, 64), (1.0, 1.0, 3.0)))
@@ -70,7 +80,8 @@ class SynthConfig:
         seed: everything is a deterministic function of the seed.
         task: ``xor``, ``colocalized`` or ``null`` (see the module's docstring).
         modalities: number of contrasts, at least 2 (T1, FLAIR, T2, then T1 variants).
-        lesion_radius: finding radius as a fraction of ``size``.
+        lesion_radius: finding radius as a fraction of ``size`` (default: :data:`LESION_RADIUS` of the
+            task: small findings for ``colocalized``, so that a near miss is a short distance).
         lesion_contrast: finding intensity above its surroundings (tissue scale is ~0-1).
         noise: standard deviation of the additive noise.
         grid: ``cube`` or ``scanner`` (real scan sizes, anisotropic and oblique: see the module).
@@ -81,7 +92,7 @@ class SynthConfig:
     seed: int = 0
     task: str = "xor"
     modalities: int = 2
-    lesion_radius: float = 0.18
+    lesion_radius: float | None = None
     lesion_contrast: float = 1.0
     noise: float = 0.04
     grid: str = "cube"
@@ -154,30 +165,56 @@ def _centres(rng: np.random.Generator, wm: np.ndarray, radius: float, count: int
     return [first, second]
 
 
+def _colocalized_centres(
+    rng: np.random.Generator, parenchyma: np.ndarray, radius: float, count: int, label: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``count`` finding centres for A and for B in the parenchyma, pair by pair: B's first at A's
+    first when ``label`` is 1, every other B finding a near miss of its A finding (2-3 radii away,
+    and at least 2 radii from every A finding) where the anatomy allows, else the nearest it does."""
+    depth = ndimage.distance_transform_edt(parenchyma)
+    candidates = np.argwhere(depth >= min(radius, depth.max() * 0.5)).astype(float)
+
+    def pick(near: np.ndarray | None, avoid: list[np.ndarray]) -> np.ndarray:
+        gap = np.full(len(candidates), np.inf)
+        for centre in avoid:
+            gap = np.minimum(gap, np.linalg.norm(candidates - centre, axis=1))
+        score = np.maximum(2 * radius - gap, 0)  # overlap with an avoided finding
+        if near is not None:
+            distance = np.linalg.norm(candidates - near, axis=1)
+            score = score + np.maximum(2 * radius - distance, 0) + np.maximum(distance - 3 * radius, 0)
+        allowed = np.flatnonzero(score <= score.min() + 1e-9)
+        return candidates[rng.choice(allowed)]
+
+    a: list[np.ndarray] = []
+    for _ in range(count):
+        a.append(pick(None, a))
+    b = [a[0] + rng.uniform(-0.5, 0.5, 3) if label else pick(a[0], a)]
+    b += [pick(centre, a) for centre in a[1:]]
+    return a, b
+
+
 def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.ndarray], dict]:
     """The volumes and ground truth of sample ``index`` in XOR cell / colocalisation class ``cell``."""
     rng = np.random.default_rng([config.seed, index])
     tissues, wm = _anatomy(rng, config.size)
-    radius = config.lesion_radius * config.size
+    radius = (config.lesion_radius or LESION_RADIUS[config.task]) * config.size
     if config.task in ("xor", "null"):
         has = {"a": bool(cell & 2), "b": bool(cell & 1)}
         label = int(has["a"] != has["b"]) if config.task == "xor" else int(has["a"])
         a_centre, b_centre = _centres(rng, wm, radius, 2, apart=0.0)
+        findings = {0: [a_centre] if has["a"] else [], 1: [b_centre] if has["b"] else []}
     else:
         has = {"a": True, "b": True}
         label = int(cell % 2)
-        if label:
-            a_centre = _centres(rng, wm, radius, 1, 0.0)[0]
-            b_centre = a_centre + rng.uniform(-0.5, 0.5, 3)
-        else:
-            a_centre, b_centre = _centres(rng, wm, radius, 2, apart=2 * radius)
-    findings = {0: (has["a"], a_centre), 1: (has["b"], b_centre)}
+        parenchyma = tissues[1:].sum(0) > 0.5
+        a, b = _colocalized_centres(rng, parenchyma, radius, COLOCALIZED_FINDINGS, label)
+        (a_centre, b_centre), findings = (a[0], b[0]), {0: a, 1: b}
     volumes = []
     for m, name in enumerate(config.modality_names):
         image = np.tensordot(np.asarray(_contrast(name, m), np.float32), tissues, axes=1)
-        present, centre = findings.get(m, (False, None))
-        if present:
-            image = image + config.lesion_contrast * _sphere(config.size, centre, radius) * (image > 0.05)
+        if findings.get(m):
+            spheres = np.max([_sphere(config.size, c, radius) for c in findings[m]], axis=0)
+            image = image + config.lesion_contrast * spheres * (image > 0.05)
         axis = np.linspace(-1, 1, config.size)
         bias = np.exp(
             sum(c * g for c, g in zip(rng.normal(0, 0.12, 3), np.ix_(axis, axis, axis), strict=True))

@@ -10,6 +10,11 @@ probabilities in ``<experiment>/predictions.parquet``. Methods:
 - ``chosen``: the mask the search chose on that fold (by validation loss);
 - ``ensemble``: the brute-force ensemble, the mean of the class probabilities of all
   ``2**m - 1`` fusion configurations trained on that fold (only when all of them were).
+
+It also predicts with every fusion configuration trained on the fold (method ``candidate``,
+one per mask: the *landscape*, ``<experiment>/landscape.parquet``). That is analysis after the
+fact, for the report's landscape figure; the search never sees it. Each checkpoint is
+predicted once, however many methods and masks share it.
 """
 
 from __future__ import annotations
@@ -61,14 +66,24 @@ def method_checkpoints(
     for r in rows:
         if r["chosen"]:
             methods["chosen"] = (r["mask"], [r["checkpoint"]])
-    # Each fusion configuration once: the search's version when it trained one, else the ensemble member.
-    fusion = {}
-    for r in sorted(rows, key=lambda r: r["role"] != "search"):
-        if r["role"] in ("search", "ensemble") and r["mask"] != empty:
-            fusion.setdefault(r["mask"], r["checkpoint"])
+    fusion = {m: c for m, c in landscape_checkpoints(candidates, fold).items() if m != empty}
     if len(fusion) == 2**num_points - 1:
         methods["ensemble"] = (f"{len(fusion)} masks", [fusion[m] for m in sorted(fusion)])
     return methods
+
+
+def landscape_checkpoints(candidates: pa.Table, fold: int) -> dict[str, str]:
+    """``{mask: checkpoint location}`` of every configuration trained on ``fold`` (late fusion
+    included), once each: the search's version when it trained one, else the ensemble member."""
+    rows = [
+        r
+        for r in candidates.to_pylist()
+        if r["fold"] == fold and r["status"] == "ok" and r["checkpoint"] and r["role"] != "unimodal"
+    ]
+    masks: dict[str, str] = {}
+    for r in sorted(rows, key=lambda r: r["role"] != "search"):
+        masks.setdefault(r["mask"], r["checkpoint"])
+    return dict(sorted(masks.items()))
 
 
 def ensemble_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
@@ -83,23 +98,40 @@ def predict(
     return predict_logits(policy.module(model), Batches(data, policy, batch_size)).softmax(1).numpy()
 
 
-def predict_fold(data: DataConfig, fold: int, methods: dict[str, tuple[str, list[str]]]) -> pa.Table:
-    """Every method's test-part probabilities on ``fold`` (a plain function; the driver runs it remotely)."""
+def predict_fold(
+    data: DataConfig,
+    fold: int,
+    methods: dict[str, tuple[str, list[str]]],
+    landscape: dict[str, str] | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """Test-part probabilities on ``fold`` of every method, and of every mask of ``landscape``
+    (method ``candidate``): two :data:`PREDICTIONS` tables. A plain function; the driver runs it remotely."""
     test = load_fold(data, fold, parts=("test",))
     policy = DevicePolicy.select()
-    columns: dict[str, list] = {name: [] for name in PREDICTIONS.names}
-    for method, (mask, locations) in methods.items():
-        members = []
-        for location in locations:
+    predicted: dict[str, np.ndarray] = {}
+
+    def probabilities_of(location: str) -> np.ndarray:
+        if location not in predicted:
             with storage.local_copy(location) as folder:
                 model, modality = load_model(folder), read_meta(folder).get("modality")
-            members.append(predict(model, (test.single(modality) if modality else test).test, policy))
-        probabilities = ensemble_probabilities(members)
+            predicted[location] = predict(model, (test.single(modality) if modality else test).test, policy)
+        return predicted[location]
+
+    def table(rows: list[tuple[str, str, np.ndarray]]) -> pa.Table:
+        columns: dict[str, list] = {name: [] for name in PREDICTIONS.names}
         n = len(test.test)
-        columns["fold"] += [fold] * n
-        columns["method"] += [method] * n
-        columns["mask"] += [mask] * n
-        columns["sample_id"] += test.test.ids
-        columns["label"] += test.test.labels.tolist()
-        columns["probabilities"] += probabilities.tolist()
-    return pa.table(columns, schema=PREDICTIONS)
+        for method, mask, probabilities in rows:
+            columns["fold"] += [fold] * n
+            columns["method"] += [method] * n
+            columns["mask"] += [mask] * n
+            columns["sample_id"] += test.test.ids
+            columns["label"] += test.test.labels.tolist()
+            columns["probabilities"] += probabilities.tolist()
+        return pa.table(columns, schema=PREDICTIONS)
+
+    methods_rows = [
+        (method, mask, ensemble_probabilities([probabilities_of(c) for c in locations]))
+        for method, (mask, locations) in methods.items()
+    ]
+    landscape_rows = [("candidate", m, probabilities_of(c)) for m, c in (landscape or {}).items()]
+    return table(methods_rows), table(landscape_rows)

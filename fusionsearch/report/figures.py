@@ -149,3 +149,46 @@ def rounds_figure(evaluation: Evaluation) -> bytes:
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend(fontsize=8)
     return _png(figure)
+
+
+def landscape_order(masks: set[str]) -> list[str]:
+    """Masks by number of fusion points, then earliest point first (late fusion leftmost)."""
+    return sorted(masks, key=lambda m: (m.count("1"), [-int(c) for c in m]))
+
+
+def landscape_figure(evaluation: Evaluation) -> bytes:
+    """Held-out accuracy of every trained mask, one dot per fold, the mean as a bar; each fold's
+    chosen mask ringed; late fusion's mean as a dashed line."""
+    rows = evaluation.landscape.to_pylist()
+    masks = landscape_order({r["mask"] for r in rows})
+    chosen = {(r["fold"], r["mask"]) for r in evaluation.candidates.to_pylist() if r["chosen"]}
+    folds = sorted({r["fold"] for r in rows})
+    figure = Figure(figsize=(max(5.5, 0.38 * len(masks) + 1.5), 4))
+    axes = figure.subplots()
+    x = {m: i for i, m in enumerate(masks)}
+    for k, fold in enumerate(folds):
+        mine = [r for r in rows if r["fold"] == fold]
+        offset = (k - (len(folds) - 1) / 2) * 0.12
+        axes.scatter(
+            [x[r["mask"]] + offset for r in mine],
+            [r["accuracy"] for r in mine],
+            s=18,
+            label=f"fold {fold}",
+            edgecolors=["crimson" if (fold, r["mask"]) in chosen else "none" for r in mine],
+            linewidths=1.5,
+            zorder=3,
+        )
+    means = [np.mean([r["accuracy"] for r in rows if r["mask"] == m]) for m in masks]
+    axes.bar(range(len(masks)), means, width=0.7, color="0.85", zorder=1, label="mean over folds")
+    if masks and masks[0].count("1") == 0:
+        axes.axhline(means[0], ls="--", color="0.4", lw=1, zorder=2, label="late fusion (mean)")
+    axes.set_xticks(range(len(masks)), masks, rotation=90, family="monospace", fontsize=8)
+    low = min([r["accuracy"] for r in rows], default=0.5)
+    axes.set(
+        ylim=(min(0.4, low - 0.05), 1.02),
+        ylabel="test accuracy",
+        title="landscape: held-out accuracy of every trained mask (chosen: red ring)",
+    )
+    axes.title.set_fontsize(10)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(figure)

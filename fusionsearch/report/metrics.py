@@ -51,21 +51,21 @@ def mean_and_std(per_fold: pa.Table, group: str = "method") -> pa.Table:
 
 
 def fold_metrics(predictions: pa.Table) -> pa.Table:
-    """One row per (method, fold) with every metric of :data:`METRICS`."""
+    """One row per (method, fold, mask) with every metric of :data:`METRICS` (a method has one
+    mask per fold; the landscape's ``candidate`` method has one row per mask)."""
     rows = []
-    keys = sorted(set(zip(predictions["method"].to_pylist(), predictions["fold"].to_pylist(), strict=True)))
-    for method, fold in keys:
-        part = predictions.filter(
-            pa.compute.and_(
-                pa.compute.equal(predictions["method"], method), pa.compute.equal(predictions["fold"], fold)
-            )
-        )
+    groups: dict[tuple, list[int]] = {}
+    keys = zip(*(predictions[c].to_pylist() for c in ("method", "fold", "mask")), strict=True)
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for (method, fold, mask), indices in sorted(groups.items()):
+        part = predictions.take(indices)
         probabilities = np.array(part["probabilities"].to_pylist())
         rows.append(
             {
                 "method": method,
                 "fold": fold,
-                "mask": part["mask"][0].as_py(),
+                "mask": mask,
                 **classification_metrics(part["label"].to_pylist(), probabilities),
             }
         )

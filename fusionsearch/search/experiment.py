@@ -6,6 +6,7 @@
                            written by the searcher only, after every round
 ``errors.json``            the last line of each failed trial's error, by trial id
 ``predictions.parquet``    every method's held-out class probabilities (after the search)
+``landscape.parquet``      every trained mask's held-out class probabilities (after the search)
 ``report/``                the report's pages, figures and tables
 """
 
@@ -27,6 +28,7 @@ RUN_FILE = "fusionsearch-run.json"
 CANDIDATES_FILE = "candidates.parquet"
 ERRORS_FILE = "errors.json"
 PREDICTIONS_FILE = "predictions.parquet"
+LANDSCAPE_FILE = "landscape.parquet"
 REPORT_DIR = "report"
 #: Version of :class:`RunRecord`'s JSON form. Version 1 (no ``format_version`` key) is still read.
 RUN_FORMAT = 2
