@@ -53,9 +53,7 @@ def method_checkpoints(
     candidates: pa.Table, fold: int, num_points: int = NUM_POINTS
 ) -> dict[str, tuple[str, list[str]]]:
     """``{method: (mask, checkpoint locations)}`` of ``fold`` from the candidates table."""
-    rows = [
-        r for r in candidates.to_pylist() if r["fold"] == fold and r["status"] == "ok" and r["checkpoint"]
-    ]
+    rows = _finished(candidates, fold)
     empty = str(FusionMask.empty(num_points))
     methods: dict[str, tuple[str, list[str]]] = {}
     for r in sorted((r for r in rows if r["role"] == "unimodal"), key=lambda r: r["modality"]):
@@ -75,15 +73,18 @@ def method_checkpoints(
 def landscape_checkpoints(candidates: pa.Table, fold: int) -> dict[str, str]:
     """``{mask: checkpoint location}`` of every configuration trained on ``fold`` (late fusion
     included), once each: the search's version when it trained one, else the ensemble member."""
-    rows = [
-        r
-        for r in candidates.to_pylist()
-        if r["fold"] == fold and r["status"] == "ok" and r["checkpoint"] and r["role"] != "unimodal"
-    ]
     masks: dict[str, str] = {}
-    for r in sorted(rows, key=lambda r: r["role"] != "search"):
-        masks.setdefault(r["mask"], r["checkpoint"])
+    for r in sorted(_finished(candidates, fold), key=lambda r: r["role"] != "search"):
+        if r["role"] != "unimodal":
+            masks.setdefault(r["mask"], r["checkpoint"])
     return dict(sorted(masks.items()))
+
+
+def _finished(candidates: pa.Table, fold: int) -> list[dict]:
+    """The rows of ``fold``'s trials that finished with a checkpoint."""
+    return [
+        r for r in candidates.to_pylist() if r["fold"] == fold and r["status"] == "ok" and r["checkpoint"]
+    ]
 
 
 def ensemble_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:

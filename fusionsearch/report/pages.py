@@ -194,36 +194,33 @@ LANDSCAPE_HEADER = [
 
 
 def landscape_rows(evaluation: Evaluation) -> list[list[str]]:
-    """Every trained mask: its validation loss and its held-out accuracy on each fold it was trained on."""
+    """Every trained mask: its validation loss and its held-out accuracy on each fold it was trained on
+    (mean ± std over folds as in the results table)."""
     rows = evaluation.landscape.to_pylist()
+    summary = {
+        r["mask"]: r
+        for r in mean_and_std(evaluation.landscape.drop_columns(["fold"]), group="mask").to_pylist()
+    }
     losses: dict[str, list[float]] = {}
     for r in evaluation.candidates.to_pylist():
         if r["role"] != "unimodal" and r["val_loss"] is not None:
             losses.setdefault(r["mask"], []).append(r["val_loss"])
     table = []
-    for mask in landscape_order({r["mask"] for r in rows}):
+    for mask in landscape_order(set(summary)):
         mine = sorted((r for r in rows if r["mask"] == mask), key=lambda r: r["fold"])
-        accuracy = [r["accuracy"] for r in mine]
-        auc = [r["auc"] for r in mine]
+        s = summary[mask]
         table.append(
             [
                 mask,
                 str(mask.count("1")),
                 ", ".join(str(r["fold"]) for r in mine),
                 f"{statistics.mean(losses[mask]):.4f}" if mask in losses else "-",
-                " / ".join(f"{a:.3f}" for a in accuracy),
-                _mean_std(accuracy),
-                _mean_std(auc),
+                " / ".join(f"{r['accuracy']:.3f}" for r in mine),
+                f"{_fmt(s['accuracy_mean'])} ± {_fmt(s['accuracy_std'])}",
+                f"{_fmt(s['auc_mean'])} ± {_fmt(s['auc_std'])}",
             ]
         )
     return table
-
-
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "-"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -302,6 +299,19 @@ def write_report(experiment_dir: str) -> Evaluation:
 def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str, Any, str | None]]:
     folds = evaluation.cost.folds
     chosen = ", ".join(f"{mask} on {n} of {folds} fold(s)" for mask, n in frequency.most_common())
+    landscape = []
+    if evaluation.landscape.num_rows:
+        landscape.append(
+            (
+                "Landscape: every trained mask on the test folds",
+                "Held-out accuracy of every fusion configuration this search trained, per fold (an "
+                "exhaustive search trains them all). This is analysis after the selection: the search "
+                "chose on validation losses only and never saw these figures. Does the fusion point "
+                "matter on these data? Masks whose folds lie apart from late fusion's (0…0) say yes.",
+                (LANDSCAPE_HEADER, landscape_rows(evaluation)),
+                "landscape",
+            )
+        )
     return [
         (
             "Results on the held-out test folds",
@@ -327,21 +337,7 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
             (COMPARISONS_HEADER, comparison_rows(evaluation)),
             None,
         ),
-        *(
-            [
-                (
-                    "Landscape: every trained mask on the test folds",
-                    "Held-out accuracy of every fusion configuration this search trained, per fold (an "
-                    "exhaustive search trains them all). This is analysis after the selection: the search "
-                    "chose on validation losses only and never saw these figures. Does the fusion point "
-                    "matter on these data? Masks whose folds lie apart from late fusion's (0…0) say yes.",
-                    (LANDSCAPE_HEADER, landscape_rows(evaluation)),
-                    "landscape",
-                )
-            ]
-            if evaluation.landscape.num_rows
-            else []
-        ),
+        *landscape,
         (
             "Search tree",
             "Every candidate with its parent, round and validation loss; the path to the chosen mask in red.",
