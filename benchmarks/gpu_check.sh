@@ -6,8 +6,9 @@
 #                        and the recipe's augmentation as a share of that step
 # 2. trainable_vs_model  the training loop against the bare step, same settings
 # 3. trial_efficiency    one ds004199-sized trial (136 subjects: ~82 train / 27 validation in
-#                        fold 0 of 5) at 128^3, width 1, with real checkpoints, every epoch vs
-#                        the default interval
+#                        fold 0 of 5) at 128^3, width 1, 30 epochs, real checkpoints at the default
+#                        interval: where its time goes (steps, validation, checkpoints, setup), with
+#                        validation after every epoch and after every 2nd (--eval-every 2)
 # 4. fusionsearch run    a whole SFSA search (--gpus 1 --size 128 --width 1) on 136 planted subjects
 #                        at real scan sizes (synth --grid scanner), where Ray is installed
 #
@@ -21,7 +22,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 log=${OUT:-.}/gpu_check.log
-# Timeouts add up to 570 s; the whole script took 474 s on an H200 with 16 CPUs (figures in the README).
+# Timeouts add up to 580 s; the whole script took 474 s on an H200 with 16 CPUs before step 3 ran 30 epochs
+# twice (figures in the README).
 {
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null) $(nproc) CPUs"
   python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
@@ -30,9 +32,11 @@ log=${OUT:-.}/gpu_check.log
     --augment standard
   echo "== 2. trainable_vs_model"
   timeout 100 python3 benchmarks/trainable_vs_model.py --size 128 --width 1 --batch 8 --n 120 --epochs 4 --steps 10
-  echo "== 3. trial_efficiency"
-  timeout 140 python3 benchmarks/trial_efficiency.py --size 128 --width 1 --batch 8 --n 136 --epochs 6 \
-    --checkpoint-interval 0 300
+  echo "== 3. trial_efficiency (validation every epoch, then every 2nd)"
+  for every in 1 2; do
+    timeout 75 python3 benchmarks/trial_efficiency.py --size 128 --width 1 --batch 8 --n 136 --epochs 30 \
+      --checkpoint-interval 300 --eval-every $every
+  done
   if python3 -c "import ray" 2> /dev/null; then
     echo "== 4. fusionsearch run on scanner-sized volumes (1 mm T1w 193x229x193, 1x1x3 mm oblique FLAIR)"
     storage=$(mktemp -d)

@@ -67,7 +67,7 @@ def main() -> None:
     step = statistics.median(r.step_seconds for r in rates)
     print(f"median: {step * 1000:.1f} ms/step  {args.batch / step:.1f} volumes/s")
     if args.augment != "none":
-        transform = augmentation(TrainConfig(augment=args.augment), (args.size,) * 3, policy.device)
+        transform = augmentation(TrainConfig(augment=args.augment), (args.size,) * 3)
         images = policy.batch(torch.randn(args.batch, args.modalities, args.size, args.size, args.size))
         times = []
         for repeat in range(args.warmup + args.repeats * args.steps):

@@ -7,7 +7,7 @@
 Runs :func:`fusionsearch.train.loop.fit` for one candidate on a cached planted benchmark and,
 like Ray Tune's ``tune.report``, copies every checkpoint it reports into ``--storage`` (a
 local folder, by default a temporary one, or any pyarrow URI) inside the report, so the copy
-counts as checkpoint time. Prints the trial's step, validation and checkpoint seconds, its wall
+counts as checkpoint time. Prints the trial's step, validation, checkpoint and setup seconds, its wall
 time, the efficiency (step seconds / wall seconds; target >= 0.9 on a GPU at width 1, 128^3,
 and >= 0.8 for the tiny CPU search), and the bytes written per epoch, for each
 ``--checkpoint-interval`` given (0 = a resumable checkpoint after every epoch, as before
@@ -68,13 +68,18 @@ def main() -> None:
         default=[0, 300],
         help="seconds; one trial per value (default: 0 300)",
     )
+    parser.add_argument(
+        "--eval-every", type=int, default=1, help="validate every K-th epoch and the last (default: 1)"
+    )
     parser.add_argument("--storage", default=None, help="folder or URI (default: a temporary folder)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args()
 
     policy = DevicePolicy.select(args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        train = TrainConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch)
+        train = TrainConfig(
+            epochs=args.epochs, patience=args.epochs, batch_size=args.batch, eval_every=args.eval_every
+        )
         settings, fold = planted_fold(
             Path(scratch), n=args.n, size=args.size, model=ModelConfig(width=args.width), train=train
         )
@@ -86,11 +91,12 @@ def main() -> None:
         )
         print(
             f"{device}: width {args.width}, {args.size}^3, mask {args.mask}, {len(fold.train)} training and "
-            f"{len(fold.val)} validation subjects, batch {args.batch}, {args.epochs} epochs"
+            f"{len(fold.val)} validation subjects, batch {args.batch}, {args.epochs} epochs, "
+            f"validation every {args.eval_every}"
         )
         print(
-            f"{'interval s':>10} {'step s':>8} {'eval s':>8} {'ckpt s':>8} {'wall s':>8} {'efficiency':>10} "
-            f"{'checkpoints':>11} {'MB/epoch':>9}"
+            f"{'interval s':>10} {'step s':>8} {'eval s':>8} {'ckpt s':>8} {'setup s':>8} {'wall s':>8} "
+            f"{'efficiency':>10} {'checkpoints':>11} {'MB/epoch':>9}"
         )
         for interval in args.checkpoint_interval:
             storage = args.storage or str(Path(scratch) / f"storage-{interval:g}")
@@ -100,7 +106,8 @@ def main() -> None:
             final = fit(candidate, persist, data=fold, policy=policy)
             print(
                 f"{interval:>10g} {final['step_seconds']:>8.2f} {final['eval_seconds']:>8.2f} "
-                f"{final['checkpoint_seconds']:>8.2f} {final['train_seconds']:>8.2f} "
+                f"{final['checkpoint_seconds']:>8.2f} {final['setup_seconds']:>8.2f} "
+                f"{final['train_seconds']:>8.2f} "
                 f"{final['step_seconds'] / final['train_seconds']:>10.2f} {persist.checkpoints:>11} "
                 f"{persist.bytes / args.epochs / 1e6:>9.1f}"
             )

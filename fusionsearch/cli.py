@@ -228,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
         class_weights=args.class_weights,
         checkpoint_interval=args.checkpoint_interval,
+        eval_every=args.eval_every,
         init_streams=str(Path(args.init_streams).resolve()) if args.init_streams else None,
         epochs=epochs,
         patience=args.patience,
@@ -387,6 +388,14 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         default=TRAIN.checkpoint_interval,
         help=f"seconds between resumable checkpoints of a training candidate; 0 = every epoch "
         f"(default: {TRAIN.checkpoint_interval:g}; the final checkpoint is always written)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        default=TRAIN.eval_every,
+        metavar="K",
+        help=f"validate after every K-th epoch and the last; the best epoch is chosen among those "
+        f"(default: {TRAIN.eval_every}; 2 halves validation's share of a trial)",
     )
     train.add_argument(
         "--augment",

@@ -99,8 +99,8 @@ def test_trial_efficiency_prints_a_row_per_interval_and_counts_checkpoints():
               "--checkpoint-interval", "0", "3600")  # fmt: skip
     rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^\s+\d", line)}
     assert set(rows) == {"0", "3600"}
-    assert rows["0"][6] == "3" and rows["3600"][6] == "1"  # every epoch + final, or the final only
+    assert rows["0"][7] == "3" and rows["3600"][7] == "1"  # every epoch + final, or the final only
     for row in rows.values():
-        step, evaluate, checkpoint, wall, efficiency = map(float, row[1:6])
-        assert step + evaluate + checkpoint <= wall and 0 < efficiency <= 1
-    assert float(rows["3600"][7]) < float(rows["0"][7])  # fewer bytes per epoch
+        step, evaluate, checkpoint, setup, wall, efficiency = map(float, row[1:7])
+        assert step + evaluate + checkpoint + setup <= wall and 0 < efficiency <= 1 and setup > 0
+    assert float(rows["3600"][8]) < float(rows["0"][8])  # fewer bytes per epoch

@@ -169,7 +169,7 @@ def test_cost_adds_up_the_trials_and_their_efficiency():
     from fusionsearch.search.experiment import RunRecord
     from fusionsearch.search.records import SCHEMA
 
-    def row(mask, role, train, step, evaluate, checkpoint, fold=0):
+    def row(mask, role, train, step, evaluate, checkpoint, setup=None, fold=0):
         return {
             "fold": fold,
             "role": role,
@@ -180,6 +180,7 @@ def test_cost_adds_up_the_trials_and_their_efficiency():
             "step_seconds": step,
             "eval_seconds": evaluate,
             "checkpoint_seconds": checkpoint,
+            "setup_seconds": setup,
             "started_at": 100.0,
             "finished_at": 100.0 + train,
             "chosen": False,
@@ -187,9 +188,9 @@ def test_cost_adds_up_the_trials_and_their_efficiency():
 
     table = pa.Table.from_pylist(
         [
-            row("0000", "search", 100, 80, 10, 5),
-            row("0100", "search", 300, 280, 10, 5),
-            row("0000", "unimodal", 100, 40, 10, 40),
+            row("0000", "search", 100, 80, 10, 5, 3),
+            row("0100", "search", 300, 280, 10, 5, 2),
+            row("0000", "unimodal", 100, 40, 10, 40),  # from an older version: no setup time
         ],
         schema=SCHEMA,
     )
@@ -202,6 +203,9 @@ def test_cost_adds_up_the_trials_and_their_efficiency():
     assert cost.exhaustive_compute == pytest.approx(200 * 16 / 3600)  # the mean search candidate x 16 masks
     assert cost.efficiency == pytest.approx(400 / 500)
     assert (cost.eval_share, cost.checkpoint_share) == (pytest.approx(30 / 500), pytest.approx(50 / 500))
+    assert cost.setup_share == pytest.approx(5 / 500)
+    older = search_cost(table.drop_columns(["setup_seconds"]), run, num_points=4)
+    assert older.setup_share is None and older.efficiency == cost.efficiency
     assert ["efficiency: share of trial time in training steps", "0.80"] in cost_rows(cost)
 
 

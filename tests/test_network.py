@@ -12,6 +12,7 @@ from fusionsearch import (
     build_fusion,
     warm_start,
 )
+from fusionsearch.model.network import build_network
 
 ALL_MASKS = FusionMask.all_masks(4)
 PAIRS = [(parent, child) for parent in ALL_MASKS for child in parent.extensions()]
@@ -65,7 +66,8 @@ def test_identity_insertion_for_every_parent_and_extension(fusion):
         randomise(parents[mask], seed)
     for parent_mask, child_mask in PAIRS:
         parent = parents[parent_mask]
-        child = FusionNet(config, child_mask).eval()
+        # Built as the training loop builds a child: streams allocated, not initialised.
+        child = build_network(config, child_mask, torch.device("cpu"), streams_loaded=True).eval()
         report = warm_start(child, parent.state_dict())
         new_point = (set(child_mask.active) - set(parent_mask.active)).pop()
         expected_new = {k for k in child.state_dict() if k.startswith(f"fusion.{new_point}.")}
@@ -74,6 +76,15 @@ def test_identity_insertion_for_every_parent_and_extension(fusion):
         with torch.no_grad():
             diff = (child(x) - parent(x)).abs().max().item()
         assert diff < 1e-5, f"{parent_mask} -> {child_mask}: max abs diff {diff}"
+
+
+def test_a_network_built_on_the_device_is_initialised_as_a_plain_one():
+    torch.manual_seed(7)
+    built = build_network(tiny_config(), "0110", torch.device("cpu"))
+    torch.manual_seed(7)
+    plain = FusionNet(tiny_config(), "0110")
+    for (key, a), b in zip(built.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
 
 
 def test_warm_start_rejects_parent_with_point_child_lacks():

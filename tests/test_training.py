@@ -69,9 +69,47 @@ def test_with_a_long_interval_only_the_final_checkpoint_is_written_and_time_is_a
     assert len(recorder.reports) == 5 and len(recorder.checkpoints) == 1  # epochs 0-3, then the final
     assert read_meta(recorder.checkpoints[0])["metrics"]["final"]
     assert not (recorder.checkpoints[0] / "training.pt").exists()  # the final one: best weights only
-    parts = [final[k] for k in ("step_seconds", "eval_seconds", "checkpoint_seconds")]
+    parts = [final[k] for k in ("step_seconds", "eval_seconds", "checkpoint_seconds", "setup_seconds")]
     assert all(p > 0 for p in parts) and sum(parts) <= final["train_seconds"]
     assert read_meta(recorder.checkpoints[0])["metrics"]["step_seconds"] == final["step_seconds"]
+
+
+def test_validating_every_kth_epoch_reports_and_checkpoints_only_validated_epochs(tiny, tmp_path):
+    data = load_fold(tiny.data, 0)
+    every = replace(tiny, train=replace(tiny.train, epochs=5, eval_every=2))
+    first = Recorder(tmp_path / "first")
+    final = fit(CandidateConfig(Trial("0010"), every), first, data=data)
+    assert [r["epoch"] for r in first.reports[:-1]] == [0, 2, 4, 5]  # every 2nd epoch, and the last
+    assert final["best_epoch"] in (0, 2, 4, 5) and final["epochs_trained"] == 5
+    assert len(first.checkpoints) == 4  # interval 0: each validated epoch's, then the final one
+    # Half the validations of the same training: less validation time, the same steps.
+    each = Recorder(tmp_path / "each")
+    fit(
+        CandidateConfig(Trial("0010"), replace(every, train=replace(every.train, eval_every=1))),
+        each,
+        data=data,
+    )
+    assert [r["epoch"] for r in each.reports[:-1]] == [0, 1, 2, 3, 4, 5]
+    assert [r["train_loss"] for r in each.reports if r["epoch"] in (2, 4, 5) and "train_loss" in r][:3] == [
+        r["train_loss"] for r in first.reports[1:4]
+    ]
+    # A retry resumes after the validated epoch of its checkpoint.
+    resumed = Recorder(tmp_path / "resumed")
+    fit(CandidateConfig(Trial("0010"), every), resumed, resume=first.checkpoints[0], data=data)
+    assert [r["epoch"] for r in resumed.reports[:-1]] == [4, 5]
+    assert resumed.reports[-1]["val_loss"] == pytest.approx(final["val_loss"], abs=1e-4)
+
+
+def test_the_epoch_where_training_stops_is_always_validated():
+    from fusionsearch.train.loop import LoopState
+
+    train = TrainConfig(epochs=9, patience=3, eval_every=2)
+    best_at_0 = {"val_loss": 0.5, "epoch": 0}
+    # Epoch 3: patience runs out (3 epochs without improving), so it is validated although odd.
+    assert [LoopState(epoch=e, best=best_at_0).validates(train) for e in (1, 2, 3)] == [False, True, True]
+    best_at_6 = {"val_loss": 0.5, "epoch": 6}
+    assert [LoopState(epoch=e, best=best_at_6).validates(train) for e in (7, 8, 9)] == [False, True, True]
+    assert LoopState(epoch=9, best={"val_loss": 0.4, "epoch": 8}).validates(train)  # the last epoch
 
 
 def test_the_recipe_is_seeded_and_a_child_still_starts_at_its_parent(tiny, tmp_path):

@@ -24,8 +24,8 @@ class Cost:
             else the mean candidate times the number of masks and folds).
         peak_rss_mb: median and maximum peak memory per trial, if reported.
         efficiency: the share of the trials' wall time spent in training steps (``None`` when
-            the trials did not report it); ``eval_share`` and ``checkpoint_share`` likewise for
-            validation and checkpoints.
+            the trials did not report it); ``eval_share``, ``checkpoint_share`` and ``setup_share``
+            likewise for validation, checkpoints and setup (building the network and its batches).
     """
 
     folds: int
@@ -42,6 +42,7 @@ class Cost:
     efficiency: float | None = None
     eval_share: float | None = None
     checkpoint_share: float | None = None
+    setup_share: float | None = None
 
     @property
     def search_candidates_per_fold(self) -> float:
@@ -67,7 +68,9 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     wall = sum(r["train_seconds"] for r in timed)
 
     def share(key: str) -> float | None:
-        return sum(r[key] or 0.0 for r in timed) / wall if wall else None
+        if not wall or all(r.get(key) is None for r in timed):  # an older table lacks the column
+            return None
+        return sum(r.get(key) or 0.0 for r in timed) / wall
 
     return Cost(
         folds=folds,
@@ -86,6 +89,7 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
         efficiency=share("step_seconds"),
         eval_share=share("eval_seconds"),
         checkpoint_share=share("checkpoint_seconds"),
+        setup_share=share("setup_seconds"),
     )
 
 
@@ -109,8 +113,8 @@ def cost_rows(cost: Cost) -> list[list[str]]:
         ["peak RSS per trial, MB (median, max)", peak],
         ["efficiency: share of trial time in training steps", _share(cost.efficiency)],
         [
-            "share of trial time in validation, in checkpoints",
-            f"{_share(cost.eval_share)}, {_share(cost.checkpoint_share)}",
+            "share of trial time in validation, in checkpoints, in setup",
+            f"{_share(cost.eval_share)}, {_share(cost.checkpoint_share)}, {_share(cost.setup_share)}",
         ],
     ]
 

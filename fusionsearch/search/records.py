@@ -63,7 +63,7 @@ class Trial:
 TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))
 #: Metrics copied from a candidate's final report into the candidates table.
 REPORTED = ("val_accuracy", "val_auc", "best_epoch", "epochs_trained", "train_seconds", "step_seconds",
-            "eval_seconds", "checkpoint_seconds", "started_at", "finished_at", "peak_rss_mb",
+            "eval_seconds", "checkpoint_seconds", "setup_seconds", "started_at", "finished_at", "peak_rss_mb",
             "val_loss_gain_se")  # fmt: skip
 #: ``candidates.parquet``: one row per finished trial.
 SCHEMA = pa.schema(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose
 from torch import nn
 
 from fusionsearch.errors import UserError
@@ -29,14 +27,14 @@ from fusionsearch.model.checkpoint import (
     update_metrics,
 )
 from fusionsearch.model.device import DevicePolicy
-from fusionsearch.model.network import FusionNet
+from fusionsearch.model.network import build_network
 from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.model.warm_start import warm_start
 from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData, load_fold
 from fusionsearch.train.inference import logit_metrics, predict_logits, sample_losses
-from fusionsearch.train.recipe import augment, augmentation, class_weights, learning_rate
+from fusionsearch.train.recipe import Augmentation, augment, augmentation, class_weights, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,8 @@ class LoopState:
     """The loop's progress: the last finished epoch, the best epoch's metrics, where the time went.
 
     ``step_seconds`` is the time inside training steps, ``eval_seconds`` in validation,
-    ``checkpoint_seconds`` in writing and reporting checkpoints (summed over the trial).
+    ``checkpoint_seconds`` in writing and reporting checkpoints, ``setup_seconds`` in building the
+    network, its optimizer and its batches (summed over the trial and its resumptions).
     ``initial_losses`` and ``best_losses`` are the per-sample validation losses of epoch 0 and
     of the best epoch: :attr:`gain_se` is the standard error of their paired difference.
     """
@@ -94,6 +93,7 @@ class LoopState:
     step_seconds: float = 0.0
     eval_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
+    setup_seconds: float = 0.0
 
     @property
     def timings(self) -> dict[str, float]:
@@ -101,6 +101,7 @@ class LoopState:
             "step_seconds": self.step_seconds,
             "eval_seconds": self.eval_seconds,
             "checkpoint_seconds": self.checkpoint_seconds,
+            "setup_seconds": self.setup_seconds,
         }
 
     def improve(self, metrics: dict[str, Any]) -> bool:
@@ -122,6 +123,10 @@ class LoopState:
         gains = [a - b for a, b in zip(self.initial_losses, self.best_losses, strict=True)]
         return statistics.stdev(gains) / math.sqrt(n)
 
+    def validates(self, train: TrainConfig) -> bool:
+        """Whether the epoch just trained is validated: every ``eval_every``-th, and where the loop stops."""
+        return self.epoch % train.eval_every == 0 or self.done(train)
+
     def done(self, train: TrainConfig) -> bool:
         """Whether the loop stops here: the last epoch, or ``patience`` epochs without improving."""
         return self.epoch >= train.epochs or self.epoch - self.best.get("epoch", 0) >= train.patience
@@ -139,7 +144,7 @@ class _Run:
     state: LoopState
     best_weights: dict[str, torch.Tensor] | None
     meta: dict[str, Any]
-    augmentation: Compose | None
+    augmentation: Augmentation | None
     class_weights: torch.Tensor | None
     last_losses: list[float] = field(default_factory=list)  # per validation sample, the last evaluation
 
@@ -158,10 +163,11 @@ def fit(
     Starts from ``resume`` (this candidate's own checkpoint: a retried trial) if given, else
     warm-starts from ``parent`` (the parent candidate's final checkpoint), else from scratch.
     Epoch 0 is the model before any update, so a warm-started child's epoch-0 validation loss
-    is its parent's. After every epoch, the last included, ``report`` gets the epoch's metrics
-    and a checkpoint that resumes training; at the end it gets the best epoch's metrics and
-    weights (``final: True``). Given its own final checkpoint as ``resume``, it reports that
-    result again without training.
+    is its parent's. After every validated epoch (every ``eval_every``-th, and the last),
+    ``report`` gets the epoch's metrics, with a checkpoint that resumes training once
+    ``checkpoint_interval`` seconds have passed since the last one; at the end it gets the best
+    epoch's metrics and weights (``final: True``). Given its own final checkpoint as ``resume``,
+    it reports that result again without training.
     """
     resumed = read_meta(resume) if resume is not None else None
     if resumed and resumed["metrics"].get("final"):
@@ -169,9 +175,10 @@ def fit(
         # report the same result again instead of training more.
         report(resumed["metrics"], resume)
         return resumed["metrics"]
-    started = time.time()
+    started, tick = time.time(), time.perf_counter()
     train = candidate.settings.train
     run = _prepare(candidate, resume, resumed, parent, data, policy or DevicePolicy.select())
+    run.state.setup_seconds += time.perf_counter() - tick
     if resume is None:
         initial = {"epoch": 0, **_evaluate(run)}
         run.state.initial_losses = run.last_losses
@@ -180,8 +187,11 @@ def fit(
     last_checkpoint = time.monotonic()
     while not run.state.done(train):
         metrics = _train_epoch(run, run.state.epoch + 1)
-        _keep_if_best(run, metrics)
         run.state.epoch = metrics["epoch"]
+        if not run.state.validates(train):
+            continue  # not validated: nothing to report (Tune's metric is the validation loss)
+        metrics |= _evaluate(run)
+        _keep_if_best(run, metrics)
         if time.monotonic() - last_checkpoint >= train.checkpoint_interval:
             extra = {"optimizer": run.optimizer.state_dict(), "best_weights": run.best_weights}
             _checkpoint_and_report(run, metrics, report, extra)
@@ -217,7 +227,9 @@ def _prepare(
     if candidate.trial.modality is not None:
         data = data.single(candidate.trial.modality)
     torch.manual_seed(candidate_seed(candidate))
-    model = FusionNet(replace(settings.model, modalities=len(data.modalities)), candidate.mask)
+    config = replace(settings.model, modalities=len(data.modalities))
+    loaded = resume is not None or parent is not None  # every stream weight comes from a checkpoint
+    model = build_network(config, candidate.mask, policy.device, streams_loaded=loaded)
     state, training = LoopState(), None
     if resume is not None:
         model.load_state_dict(load_state_dict(resume), strict=True)
@@ -236,7 +248,7 @@ def _prepare(
     best_weights = None
     if training is not None:
         optimizer.load_state_dict(training["optimizer"])
-        best_weights = training["best_weights"]
+        best_weights = {k: v.to(policy.device) for k, v in training["best_weights"].items()}
     trial = candidate.trial
     meta = {
         "parent": candidate.parent,
@@ -257,13 +269,13 @@ def _prepare(
         state,
         best_weights,
         meta,
-        augmentation(train, shape, policy.device),
+        augmentation(train, shape),
         None if weights is None else weights.to(policy.device),
     )
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
-    """One pass over the training part in this epoch's seeded order, then validation."""
+    """One pass over the training part in this epoch's seeded order."""
     run.model.train()
     order = np.random.default_rng([candidate_seed(run.candidate), epoch]).permutation(len(run.train))
     policy = run.train.policy
@@ -284,7 +296,6 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         "epoch": epoch,
         "train_loss": train_loss,
         "samples_per_second": len(order) / seconds,
-        **_evaluate(run),
     }
 
 
@@ -300,8 +311,16 @@ def _evaluate(run: _Run) -> dict[str, Any]:
 
 
 def _keep_if_best(run: _Run, metrics: dict[str, Any]) -> None:
+    """Keep the weights (on the device) if ``metrics`` are the best so far.
+
+    The copy goes into the buffers of the previous best: no new allocation after the first.
+    """
     if run.state.improve(metrics):
-        run.best_weights = copy.deepcopy(run.model.state_dict())
+        if run.best_weights is None:
+            run.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            for key, value in run.model.state_dict().items():
+                run.best_weights[key].copy_(value)
         run.state.best_losses = run.last_losses
 
 

@@ -8,53 +8,94 @@ model before any update, so a warm-started child still starts exactly at its par
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity
+from monai.networks.layers import AffineTransform
+from monai.transforms.utils import create_rotate, create_scale, create_translate
 
 from fusionsearch.settings import TrainConfig
 
 
-def augmentation(train: TrainConfig, shape: tuple[int, ...], device: torch.device) -> Compose | None:
-    """MONAI's random flips, small rotations and translations, intensity scale and shift, or ``None``.
+@dataclass(frozen=True)
+class Augmentation:
+    """Random flips, small rotations and translations, intensity scale and shift, for a whole batch.
 
-    ``shape`` is a sample's spatial shape (translations are in voxels), ``device`` where it lies.
+    Each sample gets its own draw; all channels (modalities) of a sample share its spatial
+    transform, so the streams stay aligned. The flips, rotation and translation of a sample are
+    composed into one matrix (MONAI's ``create_scale``/``create_rotate``/``create_translate``,
+    about the volume's centre) and the batch is resampled at once by MONAI's batched
+    ``AffineTransform`` (trilinear, zeros outside): one resampling of the batch on its device,
+    where per-sample MONAI transforms cost about 1.4 ms of Python per sample whatever the size.
 
-    Every channel (modality) of a sample gets the same spatial transform, so the streams stay
-    aligned: ``train.augment`` = ``"none"`` or ``"standard"`` (flips along each axis with
-    probability 1/2, rotations up to 0.1 rad (~6 degrees), translations up to 5 % of each edge,
-    intensity x (1 +/- 0.1) + (+/- 0.1) in the normalised units).
+    Attributes:
+        shape: a sample's spatial shape ``(D, H, W)``; translations are fractions of its edges.
+        flip: probability of a flip along each axis.
+        rotate: largest rotation about each axis, in radians (0.1: about 6 degrees).
+        translate: largest translation along each axis, as a fraction of its edge.
+        scale: intensities are multiplied by ``1 + u``, ``u`` uniform in ``[-scale, scale]``.
+        shift: then ``v`` uniform in ``[-shift, shift]`` is added (normalised units).
     """
+
+    shape: tuple[int, int, int]
+    flip: float = 0.5
+    rotate: float = 0.1
+    translate: float = 0.05
+    scale: float = 0.1
+    shift: float = 0.1
+
+    def matrices(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """``(batch, 4, 4)`` matrices mapping output to input coordinates, for ``AffineTransform``.
+
+        Its convention (``zero_centered``, ``align_corners``): about the volume's centre, an edge
+        of ``d`` voxels ``d`` units long, so a translation ``t`` is ``t / d`` of the edge.
+        """
+        flips = torch.where(torch.rand(batch, 3, generator=generator) < self.flip, -1.0, 1.0)
+        angles = (torch.rand(batch, 3, generator=generator) * 2 - 1) * self.rotate
+        shifts = (
+            (torch.rand(batch, 3, generator=generator) * 2 - 1) * self.translate * torch.tensor(self.shape)
+        )
+        return torch.stack(
+            [
+                torch.as_tensor(
+                    create_translate(3, t.tolist())
+                    @ create_rotate(3, a.tolist())
+                    @ create_scale(3, f.tolist()),
+                    dtype=torch.float32,
+                )
+                for f, a, t in zip(flips, angles, shifts, strict=True)
+            ]
+        )
+
+    def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """``images`` ``(B, N, D, H, W)``, each sample transformed, on their device, seeded by ``seed``."""
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        batch, device = images.shape[0], images.device
+        theta = self.matrices(batch, generator).to(device, non_blocking=True)
+        scale = 1 + (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.scale
+        shift = (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.shift
+        warped = _RESAMPLE(images, theta) * scale.to(device) + shift.to(device)
+        return warped.contiguous(
+            memory_format=torch.channels_last_3d if images.is_cuda else torch.contiguous_format
+        )
+
+
+#: Pull-direction resampling (scipy's ``affine_transform`` convention) about the volume's centre.
+_RESAMPLE = AffineTransform(normalized=False, zero_centered=True, padding_mode="zeros", align_corners=True)
+
+
+def augmentation(train: TrainConfig, shape: tuple[int, ...]) -> Augmentation | None:
+    """The augmentation ``train.augment`` names for samples of spatial ``shape``: ``"standard"``
+    (:class:`Augmentation`'s defaults) or ``"none"`` (``None``)."""
     if train.augment == "none":
         return None
-    return Compose(
-        [
-            *(RandFlip(prob=0.5, spatial_axis=axis) for axis in range(3)),
-            RandAffine(
-                prob=1.0,
-                rotate_range=(0.1, 0.1, 0.1),
-                translate_range=[0.05 * s for s in shape],
-                padding_mode="zeros",
-                device=device,
-            ),
-            RandScaleIntensity(factors=0.1, prob=1.0),
-            RandShiftIntensity(offsets=0.1, prob=1.0),
-        ]
-    )
+    return Augmentation(shape=tuple(shape))
 
 
-def augment(transform: Compose | None, images: torch.Tensor, seed: int) -> torch.Tensor:
-    """``images`` ``(B, N, D, H, W)`` with each sample transformed on its device, seeded by ``seed``."""
-    if transform is None:
-        return images
-    transform.set_random_state(seed=seed % 2**32)
-    layout = (
-        torch.channels_last_3d if images.is_cuda else torch.contiguous_format
-    )  # as the device policy lays out
-    return torch.stack([torch.as_tensor(transform(sample)) for sample in images]).contiguous(
-        memory_format=layout
-    )
+def augment(transform: Augmentation | None, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """``images`` ``(B, N, D, H, W)`` transformed by ``transform`` with ``seed`` (``None``: unchanged)."""
+    return images if transform is None else transform(images, seed)
 
 
 def learning_rate(train: TrainConfig, epoch: int) -> float:
