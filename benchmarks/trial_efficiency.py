@@ -1,4 +1,4 @@
-"""Where one trial's time goes: training steps, validation, checkpoints; and the bytes it writes.
+"""Where one trial's time goes: training steps, validation, checkpoints, setup; and the bytes it writes.
 
     python benchmarks/trial_efficiency.py --width 1 --size 16                      # CPU
     python benchmarks/trial_efficiency.py --width 1 --size 128 --n 136 --batch 8   # GPU, ds004199-sized
@@ -7,11 +7,12 @@
 Runs :func:`fusionsearch.train.loop.fit` for one candidate on a cached planted benchmark and,
 like Ray Tune's ``tune.report``, copies every checkpoint it reports into ``--storage`` (a
 local folder, by default a temporary one, or any pyarrow URI) inside the report, so the copy
-counts as checkpoint time. Prints the trial's step, validation, checkpoint and setup seconds, its wall
-time, the efficiency (step seconds / wall seconds; target >= 0.9 on a GPU at width 1, 128^3,
-and >= 0.8 for the tiny CPU search), and the bytes written per epoch, for each
+counts as checkpoint time. Prints the trial's step, validation, checkpoint and setup seconds,
+its wall time, the efficiency (step seconds / wall seconds; target >= 0.9 on a GPU at width 1,
+128^3, and >= 0.8 for the tiny CPU search), and the bytes written per epoch, for each
 ``--checkpoint-interval`` given (0 = a resumable checkpoint after every epoch, as before
-checkpoints became periodic).
+checkpoints became periodic); then the setup's two parts measured apart (a fresh network with
+its optimizer on the device; the fold's parts on the device).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import pyarrow.fs as pafs
 import torch
 
 from fusionsearch import DevicePolicy, ModelConfig
+from fusionsearch.model.network import build_network
 from fusionsearch.search.records import Trial
-from fusionsearch.settings import TrainConfig
+from fusionsearch.settings import RunSettings, TrainConfig
 from fusionsearch.train.candidate import CandidateConfig
-from fusionsearch.train.loop import fit
+from fusionsearch.train.folds import Batches, FoldData
+from fusionsearch.train.loop import fit, make_optimizer
 from planted import planted_fold
 
 
@@ -49,6 +52,23 @@ class Persist:
         if "://" not in target:
             Path(target).mkdir(parents=True)
         pafs.copy_files(str(directory), target)
+
+
+def setup_parts(
+    settings: RunSettings, fold: FoldData, policy: DevicePolicy, mask: str
+) -> tuple[float, float]:
+    """Seconds to build a fresh network with its optimizer on the device, and to put the fold's
+    training and validation parts there (what a trial's setup does), each measured on its own."""
+    tick = time.perf_counter()
+    model = policy.module(build_network(settings.model, mask, policy.device))
+    make_optimizer(model, policy, settings.train.lr)
+    policy.synchronize()
+    network = time.perf_counter() - tick
+    tick = time.perf_counter()
+    parts = [Batches(part, policy, settings.train.batch_size) for part in (fold.train, fold.val)]
+    policy.synchronize()
+    del parts
+    return network, time.perf_counter() - tick
 
 
 def main() -> None:
@@ -111,6 +131,11 @@ def main() -> None:
                 f"{final['step_seconds'] / final['train_seconds']:>10.2f} {persist.checkpoints:>11} "
                 f"{persist.bytes / args.epochs / 1e6:>9.1f}"
             )
+        network, data = setup_parts(settings, fold, policy, args.mask)
+        print(
+            f"setup parts, measured apart: network and optimizer {network:.2f} s, "
+            f"the fold's parts {data:.2f} s"
+        )
 
 
 if __name__ == "__main__":
