@@ -78,7 +78,7 @@ def main() -> None:
             times.append(time.perf_counter() - tick)
         seconds = statistics.median(times[args.warmup :])
         share = seconds / step
-        print(f"augmentation ({args.augment}): {seconds * 1000:.1f} ms/batch, {share:.1%} of the step")
+        print(f"augmentation ({args.augment}): {seconds * 1000:.2f} ms/batch, {share:.2%} of the step")
     if policy.is_cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(policy.device) / 2**30:.2f} GiB")
 
