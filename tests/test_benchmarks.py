@@ -104,7 +104,8 @@ def test_trial_efficiency_prints_a_row_per_interval_and_counts_checkpoints():
     assert rows["0"][7] == "3" and rows["3600"][7] == "1"  # every epoch + final, or the final only
     for row in rows.values():
         step, evaluate, checkpoint, setup, wall, efficiency = map(float, row[1:7])
-        assert step + evaluate + checkpoint + setup <= wall and 0 < efficiency <= 1 and setup > 0
+        # Each figure is printed to 0.01 s: the parts add up to the wall time within that rounding.
+        assert step + evaluate + checkpoint + setup <= wall + 5 * 0.005 and 0 < efficiency <= 1 and setup >= 0
     assert float(rows["3600"][8]) < float(rows["0"][8])  # fewer bytes per epoch
     parts = re.search(r"network and optimizer ([\d.]+) s, the fold's parts ([\d.]+) s", out)
     assert parts and float(parts[1]) > 0 and float(parts[2]) >= 0
