@@ -73,7 +73,7 @@ def main() -> None:
         for repeat in range(args.warmup + args.repeats * args.steps):
             policy.synchronize()
             tick = time.perf_counter()
-            augment(transform, images, seed=repeat)
+            policy.batch(augment(transform, images, seed=repeat))  # laid out for the step, as in training
             policy.synchronize()
             times.append(time.perf_counter() - tick)
         seconds = statistics.median(times[args.warmup :])

@@ -285,7 +285,12 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     tick = time.perf_counter()
     losses = [
         train_step(
-            run.model, run.optimizer, policy, augment(run.augmentation, x, seed + k), y, run.class_weights
+            run.model,
+            run.optimizer,
+            policy,
+            policy.batch(augment(run.augmentation, x, seed + k)),  # the policy's layout again
+            y,
+            run.class_weights,
         )
         for k, (x, y) in enumerate(run.train(order))
     ]

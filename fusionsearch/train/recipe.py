@@ -69,16 +69,16 @@ class Augmentation:
         )
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """``images`` ``(B, N, D, H, W)``, each sample transformed, on their device, seeded by ``seed``."""
+        """``images`` ``(B, N, D, H, W)``, each sample transformed, on their device, seeded by ``seed``.
+
+        The result is contiguous; the caller lays it out as its device wants (``DevicePolicy.batch``).
+        """
         generator = torch.Generator().manual_seed(seed % 2**63)
         batch, device = images.shape[0], images.device
         theta = self.matrices(batch, generator).to(device, non_blocking=True)
         scale = 1 + (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.scale
         shift = (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.shift
-        warped = _RESAMPLE(images, theta) * scale.to(device) + shift.to(device)
-        return warped.contiguous(
-            memory_format=torch.channels_last_3d if images.is_cuda else torch.contiguous_format
-        )
+        return _RESAMPLE(images, theta) * scale.to(device) + shift.to(device)
 
 
 #: Pull-direction resampling (scipy's ``affine_transform`` convention) about the volume's centre.
