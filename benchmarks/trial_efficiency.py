@@ -10,14 +10,16 @@ local folder, by default a temporary one, or any pyarrow URI) inside the report,
 counts as checkpoint time. Prints the trial's step, validation, checkpoint and setup seconds,
 its wall time, the efficiency (step seconds / wall seconds; target >= 0.9 on a GPU at width 1,
 128^3, and >= 0.8 for the tiny CPU search), and the bytes written per epoch, for each
-``--checkpoint-interval`` given (0 = a resumable checkpoint after every epoch, as before
-checkpoints became periodic); then the setup's two parts measured apart (a fresh network with
-its optimizer on the device; the fold's parts on the device).
+``--checkpoint-interval`` and ``--eval-every`` given (interval 0 = a resumable checkpoint after
+every validated epoch, as before checkpoints became periodic); then the setup's two parts
+measured apart (a fresh network with its optimizer on the device; the fold's parts on the
+device). A one-epoch trial first warms the process up (imports, allocator, kernels).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 import uuid
@@ -89,7 +91,11 @@ def main() -> None:
         help="seconds; one trial per value (default: 0 300)",
     )
     parser.add_argument(
-        "--eval-every", type=int, default=1, help="validate every K-th epoch and the last (default: 1)"
+        "--eval-every",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="validate every K-th epoch and the last; one trial per value and interval (default: 1)",
     )
     parser.add_argument("--storage", default=None, help="folder or URI (default: a temporary folder)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -97,35 +103,31 @@ def main() -> None:
 
     policy = DevicePolicy.select(args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        train = TrainConfig(
-            epochs=args.epochs, patience=args.epochs, batch_size=args.batch, eval_every=args.eval_every
-        )
+        train = TrainConfig(epochs=args.epochs, patience=args.epochs, batch_size=args.batch)
         settings, fold = planted_fold(
             Path(scratch), n=args.n, size=args.size, model=ModelConfig(width=args.width), train=train
         )
-        fit(
-            CandidateConfig(Trial(args.mask), settings), lambda m, d: None, data=fold, policy=policy
-        )  # warm-up
+        warm_up = replace(settings, train=replace(train, epochs=1))
+        fit(CandidateConfig(Trial(args.mask), warm_up), lambda m, d: None, data=fold, policy=policy)
         device = (
             torch.cuda.get_device_name() if policy.is_cuda else f"CPU ({torch.get_num_threads()} threads)"
         )
         print(
             f"{device}: width {args.width}, {args.size}^3, mask {args.mask}, {len(fold.train)} training and "
-            f"{len(fold.val)} validation subjects, batch {args.batch}, {args.epochs} epochs, "
-            f"validation every {args.eval_every}"
+            f"{len(fold.val)} validation subjects, batch {args.batch}, {args.epochs} epochs"
         )
         print(
-            f"{'interval s':>10} {'step s':>8} {'eval s':>8} {'ckpt s':>8} {'setup s':>8} {'wall s':>8} "
-            f"{'efficiency':>10} {'checkpoints':>11} {'MB/epoch':>9}"
+            f"{'interval s':>10} {'eval every':>10} {'step s':>8} {'eval s':>8} {'ckpt s':>8} {'setup s':>8} "
+            f"{'wall s':>8} {'efficiency':>10} {'checkpoints':>11} {'MB/epoch':>9}"
         )
-        for interval in args.checkpoint_interval:
-            storage = args.storage or str(Path(scratch) / f"storage-{interval:g}")
-            persist = Persist(f"{storage.rstrip('/')}/{time.strftime('%H%M%S')}-{interval:g}")
-            timed = replace(settings, train=replace(train, checkpoint_interval=interval))
+        for interval, every in itertools.product(args.checkpoint_interval, args.eval_every):
+            storage = args.storage or str(Path(scratch) / f"storage-{interval:g}-{every}")
+            persist = Persist(f"{storage.rstrip('/')}/{time.strftime('%H%M%S')}-{interval:g}-{every}")
+            timed = replace(settings, train=replace(train, checkpoint_interval=interval, eval_every=every))
             candidate = CandidateConfig(Trial(args.mask), timed)
             final = fit(candidate, persist, data=fold, policy=policy)
             print(
-                f"{interval:>10g} {final['step_seconds']:>8.2f} {final['eval_seconds']:>8.2f} "
+                f"{interval:>10g} {every:>10} {final['step_seconds']:>8.2f} {final['eval_seconds']:>8.2f} "
                 f"{final['checkpoint_seconds']:>8.2f} {final['setup_seconds']:>8.2f} "
                 f"{final['train_seconds']:>8.2f} "
                 f"{final['step_seconds'] / final['train_seconds']:>10.2f} {persist.checkpoints:>11} "

@@ -96,16 +96,17 @@ def test_early_stop_replay_stops_siblings_and_flags_a_stopped_winner(tmp_path):
     assert "fold 0 round 1: 0001 (0.100) stopped at epoch 1 (best 1.000), 1000 instead" in out
 
 
-def test_trial_efficiency_prints_a_row_per_interval_and_counts_checkpoints():
+def test_trial_efficiency_prints_a_row_per_interval_and_eval_every_and_counts_checkpoints():
     out = run("trial_efficiency.py", "--width", "0.125", "--size", "16", "--n", "24", "--epochs", "2",
-              "--checkpoint-interval", "0", "3600")  # fmt: skip
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"^\s+\d", line)}
-    assert set(rows) == {"0", "3600"}
-    assert rows["0"][7] == "3" and rows["3600"][7] == "1"  # every epoch + final, or the final only
+              "--checkpoint-interval", "0", "3600", "--eval-every", "1", "2")  # fmt: skip
+    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines() if re.match(r"^\s+\d", line)}
+    assert set(rows) == {("0", "1"), ("0", "2"), ("3600", "1"), ("3600", "2")}
+    # Interval 0: a checkpoint after every validated epoch (1 and 2, or 2 only) and the final one.
+    assert [rows[k][8] for k in sorted(rows)] == ["3", "2", "1", "1"]
     for row in rows.values():
-        step, evaluate, checkpoint, setup, wall, efficiency = map(float, row[1:7])
+        step, evaluate, checkpoint, setup, wall, efficiency = map(float, row[2:8])
         # Each figure is printed to 0.01 s: the parts add up to the wall time within that rounding.
         assert step + evaluate + checkpoint + setup <= wall + 5 * 0.005 and 0 < efficiency <= 1 and setup >= 0
-    assert float(rows["3600"][8]) < float(rows["0"][8])  # fewer bytes per epoch
+    assert float(rows["3600", "1"][9]) < float(rows["0", "1"][9])  # fewer bytes per epoch
     parts = re.search(r"network and optimizer ([\d.]+) s, the fold's parts ([\d.]+) s", out)
     assert parts and float(parts[1]) > 0 and float(parts[2]) >= 0

@@ -73,11 +73,18 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_state_dict(directory: str | os.PathLike, name: str = MODEL_FILE) -> dict[str, Any]:
-    """A tensor dict from the checkpoint, loaded without unpickling arbitrary objects."""
+def load_state_dict(
+    directory: str | os.PathLike, name: str = MODEL_FILE, *, mmap: bool = False
+) -> dict[str, Any]:
+    """A tensor dict from the checkpoint, loaded without unpickling arbitrary objects.
+
+    ``mmap=True`` maps the file instead of reading it into new memory: for weights copied into a
+    network at once (0.06-0.18 s -> 0.04 s for a width-1 network's 265 MB on 2 cores). The tensors
+    are private copy-on-write maps of the file.
+    """
     path = Path(directory) / name
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise CheckpointError(
             f"{path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:200]}): "
@@ -89,5 +96,5 @@ def load_model(directory: str | os.PathLike) -> FusionNet:
     """Rebuild the checkpoint's network from its config and mask, and load its weights strictly."""
     meta = read_meta(directory)
     model = FusionNet(from_dict(ModelConfig, meta["model"]), meta["mask"])
-    model.load_state_dict(load_state_dict(directory), strict=True)
+    model.load_state_dict(load_state_dict(directory, mmap=True), strict=True)
     return model

@@ -232,7 +232,7 @@ def _prepare(
     model = build_network(config, candidate.mask, policy.device, streams_loaded=loaded)
     state, training = LoopState(), None
     if resume is not None:
-        model.load_state_dict(load_state_dict(resume), strict=True)
+        model.load_state_dict(load_state_dict(resume, mmap=True), strict=True)
         training = load_state_dict(resume, TRAINING_FILE)
         state = LoopState(**resumed["loop"])
         log.info("candidate %s resumes after epoch %d", candidate.mask, state.epoch)
@@ -240,7 +240,7 @@ def _prepare(
         parent_mask = FusionMask.parse(read_meta(parent)["mask"])
         if not parent_mask.is_subset(FusionMask.parse(candidate.mask)):
             raise UserError(f"cannot warm-start {candidate.mask} from {parent_mask}: not a subset")
-        warm_start(model, load_state_dict(parent))
+        warm_start(model, load_state_dict(parent, mmap=True))
     elif train.init_streams:
         load_streams(model.streams, stream_state_dict(train.init_streams), train.init_streams)
     model = policy.module(model)
