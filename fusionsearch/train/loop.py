@@ -288,7 +288,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
             run.model,
             run.optimizer,
             policy,
-            policy.batch(augment(run.augmentation, x, seed + k)),  # the policy's layout again
+            # The augmented batch is contiguous: lay it out for the device (without augmentation
+            # the batch is laid out already, and this returns it as is).
+            policy.batch(augment(run.augmentation, x, seed + k)),
             y,
             run.class_weights,
         )
