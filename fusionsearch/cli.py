@@ -12,6 +12,7 @@ from pathlib import Path
 from fusionsearch.console import CONSOLE, ConsoleHandler
 from fusionsearch.errors import SearchInterrupted, UserError
 from fusionsearch.settings import (
+    CONTROLS,
     DEFAULT_STORAGE,
     DEMO,
     EXHAUSTIVE_LIMIT,
@@ -203,13 +204,14 @@ def _print_result(result) -> int:
     return 0 if result.evaluation is not None else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Validate the data, build the preprocessing cache, run the search, print the answer."""
-    demo = args.data is None
-    search = SearchConfig(
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """The search settings of ``fusionsearch run``'s options."""
+    return SearchConfig(
         searcher=args.searcher,
         min_delta=args.min_delta,
-        noise_z=args.noise_z,
+        control=args.control,
+        alpha=args.alpha,
+        extend=args.extend,
         beam_width=args.beam_width,
         beam_patience=args.beam_patience,
         from_scratch=args.from_scratch,
@@ -221,6 +223,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         force=args.force,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the data, build the preprocessing cache, run the search, print the answer."""
+    demo = args.data is None
+    search = search_config(args)
     epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
     train = TrainConfig(
         augment=args.augment,
@@ -337,11 +345,28 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help=f"least loss decrease that counts (default: {SEARCH.min_delta:g})",
     )
     search.add_argument(
-        "--noise-z",
+        "--control",
+        choices=CONTROLS,
+        default=SEARCH.control,
+        help="sfsa, beam: compare each round's children with their parent continued for the same "
+        "budget (parent), or with the parent's own loss (none: the paper's rule) "
+        f"(default: {SEARCH.control})",
+    )
+    search.add_argument(
+        "--alpha",
         type=float,
-        default=SEARCH.noise_z,
-        help="sfsa, beam: an improvement must also exceed this many standard errors of the "
-        f"candidate's loss decrease over its validation samples (default: {SEARCH.noise_z:g}; 0 = off)",
+        default=SEARCH.alpha,
+        help="sfsa, beam: false-accept rate of a round's acceptance test: the best child's gain, chosen "
+        "on one half of the validation subjects, is tested on the other half "
+        f"(default: {SEARCH.alpha:g})",
+    )
+    search.add_argument(
+        "--no-extend",
+        dest="extend",
+        action="store_false",
+        default=SEARCH.extend,
+        help="sfsa, beam: stop at a round where no child passed even if nothing in it learned "
+        "(default: such a round is continued once for another budget, then decided)",
     )
     search.add_argument(
         "--from-scratch",

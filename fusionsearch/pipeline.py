@@ -100,16 +100,12 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
         "ensemble": search.ensemble,
         "num_points": num_points,
     }
+    rules = {"min_delta": search.min_delta, "control": search.control, "alpha": search.alpha,
+             "extend": search.extend}  # fmt: skip
     if search.searcher == "sfsa":
-        return SFSASearcher(min_delta=search.min_delta, noise_z=search.noise_z, **options)
+        return SFSASearcher(**rules, **options)
     if search.searcher == "beam":
-        return BeamSearcher(
-            beam_width=search.beam_width,
-            patience=search.beam_patience,
-            min_delta=search.min_delta,
-            noise_z=search.noise_z,
-            **options,
-        )
+        return BeamSearcher(beam_width=search.beam_width, patience=search.beam_patience, **rules, **options)
     if search.searcher == "random":
         return RandomSearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
     if search.searcher == "optuna":

@@ -25,6 +25,8 @@ POINTS = ("stages", "blocks")
 #: Exhaustive search (and the brute-force ensemble) over more points than this needs ``force``.
 EXHAUSTIVE_LIMIT = 6
 SEARCHERS = ("sfsa", "beam", "exhaustive", "random", "optuna")
+#: What a round's children are compared with: the parent continued for their budget, or the parent.
+CONTROLS = ("parent", "none")
 
 
 class ConfigError(UserError):
@@ -70,6 +72,12 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of {allowed}")
+
+
+def check_alpha(alpha: float) -> None:
+    """A false-accept rate must lie strictly between 0 and 1."""
+    if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"alpha={alpha!r} must be a false-accept rate between 0 and 1 (e.g. 0.05)")
 
 
 def _positive_ints(obj: Any, *names: str) -> None:
@@ -251,9 +259,14 @@ class SearchConfig:
         searcher: ``sfsa``, ``beam``, ``exhaustive``, or a rival at a fixed budget: ``random``
             (uniform over the fused masks) or ``optuna`` (Optuna's TPE over the m points).
         min_delta: least decrease of the validation loss that counts as an improvement.
-        noise_z: sfsa, beam: an improvement must also exceed this many standard errors of the
-            candidate's loss decrease over its validation samples (0: off, the paper's rule;
-            the searcher classes' own default, for plain Tune use).
+        control: sfsa, beam: ``parent`` trains, beside each round's children, their parent
+            continued with exactly their budget, and a child must beat that; ``none``: the
+            paper's rule, a child must beat its parent's own loss.
+        alpha: sfsa, beam: false-accept rate of a round's acceptance test (the best child's gain
+            over its reference, chosen on one half of the validation subjects and tested on the
+            other: :mod:`fusionsearch.search.acceptance`).
+        extend: sfsa, beam: when no child passes and nothing in the round learned, continue
+            every trial of the round once for another budget before deciding.
         beam_width: beam: masks kept per round.
         beam_patience: beam: non-improving rounds tolerated.
         from_scratch: exhaustive, random, optuna: train every mask from scratch instead of from 0000.
@@ -270,8 +283,9 @@ class SearchConfig:
 
     searcher: str = "sfsa"
     min_delta: float = 0.0
-    # Measured on the null control (README): 2 stops noise-driven additions there; 0 = the paper's rule.
-    noise_z: float = 2.0
+    control: str = "parent"
+    alpha: float = 0.05
+    extend: bool = True
     beam_width: int = 2
     beam_patience: int = 1
     from_scratch: bool = False
@@ -296,11 +310,13 @@ class SearchConfig:
                 f"budget={self.budget}: a budget applies to the random and optuna searchers; "
                 f"{self.searcher} decides how many candidates to train"
             )
-        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0 or self.noise_z < 0:
+        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0:
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "
-                f"min_delta={self.min_delta} >= 0, noise_z={self.noise_z} >= 0"
+                f"min_delta={self.min_delta} >= 0"
             )
+        check_choice("control", self.control, CONTROLS)
+        check_alpha(self.alpha)
 
     def check_points(self, num_points: int) -> None:
         """Refuse exhaustive search or the ensemble over more than :data:`EXHAUSTIVE_LIMIT` points."""

@@ -15,36 +15,56 @@ from typing import Any
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.search.experiment import CANDIDATES_FILE
 from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, RandomSearch, TPESearch
+from fusionsearch.settings import SearchConfig
 from searchers.rounds import CheckpointLocator, RoundSearcher
+
+#: The rules' defaults: the same as ``fusionsearch run``'s (one source, :class:`SearchConfig`).
+_RULES = SearchConfig()
 
 
 class SFSASearcher(RoundSearcher):
-    """The paper's Sequential Forward Search Algorithm."""
+    """The paper's Sequential Forward Search Algorithm, each round with its continued-parent control.
+
+    ``control``, ``alpha``, ``extend``, ``min_delta``: see :class:`~fusionsearch.search.strategies.SFSA`;
+    the defaults are ``fusionsearch run``'s.
+    """
 
     name = "sfsa"
 
     def __init__(
-        self, *, num_points: int = NUM_POINTS, min_delta: float = 0.0, noise_z: float = 0.0, **options: Any
+        self,
+        *,
+        num_points: int = NUM_POINTS,
+        min_delta: float = _RULES.min_delta,
+        control: str = _RULES.control,
+        alpha: float = _RULES.alpha,
+        extend: bool = _RULES.extend,
+        **options: Any,
     ) -> None:
-        super().__init__(SFSA(num_points, min_delta, noise_z), **options)
+        super().__init__(SFSA(num_points, min_delta, control, alpha, extend), **options)
 
 
 class BeamSearcher(RoundSearcher):
-    """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds."""
+    """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds, a control
+    per kept parent."""
 
     name = "beam"
 
     def __init__(
         self,
         *,
-        beam_width: int = 2,
-        patience: int = 1,
+        beam_width: int = _RULES.beam_width,
+        patience: int = _RULES.beam_patience,
         num_points: int = NUM_POINTS,
-        min_delta: float = 0.0,
-        noise_z: float = 0.0,
+        min_delta: float = _RULES.min_delta,
+        control: str = _RULES.control,
+        alpha: float = _RULES.alpha,
+        extend: bool = _RULES.extend,
         **options: Any,
     ) -> None:
-        super().__init__(BeamSearch(num_points, beam_width, patience, min_delta, noise_z), **options)
+        super().__init__(
+            BeamSearch(num_points, beam_width, patience, min_delta, control, alpha, extend), **options
+        )
 
 
 class ExhaustiveSearcher(RoundSearcher):

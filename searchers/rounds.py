@@ -15,10 +15,13 @@ from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.search import experiment
-from fusionsearch.search.records import REPORTED, SCHEMA, FoldSearch, Trial
-from fusionsearch.search.strategies import Strategy, chosen_outcome
+from fusionsearch.search.records import DECISION, PER_SAMPLE, REPORTED, SCHEMA, FoldSearch, Trial
+from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
 
 log = logging.getLogger(__name__)
+
+#: The roles of a fold search's own trials (the rest are baselines beside it).
+SEARCH_ROLES = ("search", "control")
 
 
 class RoundSearcher(Searcher):
@@ -170,14 +173,16 @@ class RoundSearcher(Searcher):
                 "node_id": result.get("node_id"),
                 "error": result.get("error"),
                 **{name: _float(result.get(name)) for name in REPORTED},
+                **{name: _floats(result.get(name)) for name in PER_SAMPLE},
             }
         )
-        if trial.role == "search":
+        if trial.role in SEARCH_ROLES:
             group = self._group(trial.fold)
-            loss = (value if self.mode == "min" else -value) if ok else None
-            group.losses.setdefault(trial.mask, {})[trial.fold] = loss
-            if ok and _float(result.get("val_loss_gain_se")) is not None:
-                group.errors.setdefault(trial.mask, {})[trial.fold] = float(result["val_loss_gain_se"])
+            report = None
+            if ok:
+                report = {name: result.get(name) for name in ("best_epoch", "val_loss_start", *PER_SAMPLE)}
+                report["val_loss"] = value if self.mode == "min" else -value
+            group.record(trial, report)
             if not self._in_flight(group):
                 group.close_round()
         log.info(
@@ -185,11 +190,11 @@ class RoundSearcher(Searcher):
             trial.fold,
             trial.round,
             trial.mask,
-            f" ({trial.role} {trial.modality or ''})".rstrip() if trial.role != "search" else "",
+            f" ({' '.join(filter(None, [trial.role, trial.modality]))})" if trial.role != "search" else "",
             f"{self.metric} {value:.4f}" if ok else "FAILED",
             f", {len(self._pending)} trial(s) still running" if self._pending else "",
         )
-        if not any(t.role == "search" for t in self._pending.values()):
+        if not any(t.role in SEARCH_ROLES for t in self._pending.values()):
             self._write_table()
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -213,6 +218,7 @@ class RoundSearcher(Searcher):
             if group.finished or self._in_flight(group):
                 continue
             candidates = list(self.strategy.next_round(group.history))
+            self._log_decision(group, extended=bool(candidates) and candidates[0].extension > 0)
             if not candidates:
                 group.finished = True
                 if self.ensemble:
@@ -223,14 +229,43 @@ class RoundSearcher(Searcher):
                 ",".join(map(str, group.folds)),
                 candidates[0].round,
                 len(candidates),
-                ", ".join(f"{c.mask} (from {c.parent or 'scratch'})" for c in candidates),
+                ", ".join(_describe(c) for c in candidates),
             )
             self._queue.extend(group.trials(candidates))
 
+    def _log_decision(self, group: FoldSearch, extended: bool) -> None:
+        """Say what the round just closed decided (strategies with rounds of decisions only)."""
+        decisions = self.decisions(group)
+        if not decisions or decisions[-1].round != max(o.candidate.round for o in group.history):
+            return
+        d, folds = decisions[-1], ",".join(map(str, group.folds))
+        if d.tested is None:
+            log.info("folds %s round %d: no child finished", folds, d.round)
+            return
+        against = "its control" if d.reference and d.reference.candidate.control else "its parent"
+        p = "" if d.verdict.p_value is None else f", p = {d.verdict.p_value:.3g}"
+        log.info(
+            "folds %s round %d%s: %s gains %.4f over %s%s: %s%s",
+            folds,
+            d.round,
+            " (extended)" if d.extension else "",
+            d.tested.candidate.mask,
+            d.verdict.gain,
+            against,
+            p,
+            "accepted" if d.accepted else "not accepted",
+            "; nothing in the round learned yet: every trial of it continues once" if extended else "",
+        )
+
+    def decisions(self, group: FoldSearch) -> list:
+        """The strategy's decisions on ``group`` (``[]`` for strategies without them)."""
+        decide = getattr(self.strategy, "decisions", None)
+        return decide(group.history) if decide else []
+
     def _in_flight(self, group: FoldSearch) -> bool:
-        """Whether a search trial of ``group``'s current round is queued or running."""
+        """Whether a search or control trial of ``group``'s current round is queued or running."""
         return any(
-            t.role == "search" and t.fold in group.folds for t in [*self._queue, *self._pending.values()]
+            t.role in SEARCH_ROLES and t.fold in group.folds for t in [*self._queue, *self._pending.values()]
         )
 
     def _ensemble_trials(self, group: FoldSearch) -> list[Trial]:
@@ -254,13 +289,9 @@ class RoundSearcher(Searcher):
                 not told where the experiment lives, or Tune names trial folders otherwise, or the
                 trainable reported no checkpoint), so a warm start is never silently dropped.
         """
+        wanted = (trial.parent_role, trial.fold, trial.parent_mask)
         record = next(
-            (
-                r
-                for r in self._records
-                if (r["role"], r["fold"], r["mask"]) == ("search", trial.fold, trial.parent_mask)
-            ),
-            None,
+            (r for r in reversed(self._records) if (r["role"], r["fold"], r["mask"]) == wanted), None
         )
         if record is None or record["status"] != "ok":
             log.warning("parent %s of %s failed: it trains from scratch", trial.parent_mask, trial)
@@ -283,13 +314,17 @@ class RoundSearcher(Searcher):
         return location
 
     # --- results ------------------------------------------------------------------------
-    def chosen_masks(self) -> dict[int, str | None]:
-        """The chosen mask of every fold (the same for all folds of a pooled search)."""
+    def chosen_outcomes(self) -> dict[int, Outcome | None]:
+        """The chosen outcome of every fold (the same for all folds of a pooled search)."""
         chosen = {}
         for group in self._groups:
             best = chosen_outcome(self.strategy, group.history)
-            chosen |= {f: str(best.candidate.mask) if best else None for f in group.folds}
+            chosen |= {f: best for f in group.folds}
         return chosen
+
+    def chosen_masks(self) -> dict[int, str | None]:
+        """The chosen mask of every fold (the same for all folds of a pooled search)."""
+        return {f: str(o.candidate.mask) if o else None for f, o in self.chosen_outcomes().items()}
 
     @property
     def best_mask(self) -> str | None:
@@ -297,12 +332,25 @@ class RoundSearcher(Searcher):
         return next(iter(self.chosen_masks().values()), None)
 
     def table(self) -> pa.Table:
-        """One row per finished trial, in completion order."""
-        chosen = self.chosen_masks()
-        rows = [
-            r | {"chosen": r["role"] == "search" and r["mask"] == chosen.get(r["fold"])}
-            for r in self._records
-        ]
+        """One row per finished trial, in completion order, with each round's decision on the row of
+        the child it tested."""
+        chosen = {f: _candidate_key(o.candidate) for f, o in self.chosen_outcomes().items() if o}
+        verdicts = {}
+        for group in self._groups:
+            for d in self.decisions(group):
+                if d.tested is not None:
+                    reference = "control" if d.reference and d.reference.candidate.control else "parent"
+                    verdict = {"reference": reference, "gain": d.verdict.gain, "p_value": d.verdict.p_value,
+                               "accepted": d.verdict.accepted}  # fmt: skip
+                    verdicts |= {(f, *_candidate_key(d.tested.candidate)): verdict for f in group.folds}
+        rows = []
+        for r in self._records:
+            key = (r["role"], r["mask"], r["round"], r.get("extension") or 0)
+            rows.append(
+                r
+                | {"chosen": chosen.get(r["fold"]) == key}
+                | verdicts.get((r["fold"], *key), dict.fromkeys(DECISION))
+            )
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
     def _write_table(self) -> None:
@@ -312,6 +360,24 @@ class RoundSearcher(Searcher):
             experiment.write_candidates(self._experiment_dir, self.table())
         except OSError as error:  # full or unreachable storage: the next round (or a resume) writes it again
             log.warning("could not write the candidates table: %s", error)
+
+
+def _candidate_key(candidate: Candidate) -> tuple[str, str, int, int]:
+    """(role, mask, round, extension): how a candidate's rows are found in the table."""
+    role = "control" if candidate.control else "search"
+    return role, str(candidate.mask), candidate.round, candidate.extension
+
+
+def _describe(candidate: Candidate) -> str:
+    if candidate.extension:
+        return f"{candidate.mask} ({'control ' if candidate.control else ''}continued)"
+    if candidate.control:
+        return f"{candidate.mask} (control: continued)"
+    return f"{candidate.mask} (from {candidate.parent or 'scratch'})"
+
+
+def _floats(value: Any) -> list[float] | None:
+    return None if value is None else [float(x) for x in value]
 
 
 def _float(value: Any) -> float | None:

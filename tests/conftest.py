@@ -133,7 +133,7 @@ def scripted_driver(
 
 def plain_tune_search(searcher, storage_path: str, name: str, callbacks=(), **tune_options) -> dict:
     """Run ``searcher`` in a plain ``tune.Tuner`` with the scripted trainable on the search test's
-    landscape; return ``{mask: (mask found in the parent's checkpoint, parent_mask)}``."""
+    landscape; return ``{(role, mask): (mask found in the parent's checkpoint, parent_mask)}``."""
     import json
 
     from ray import tune
@@ -155,7 +155,7 @@ def plain_tune_search(searcher, storage_path: str, name: str, callbacks=(), **tu
             raise result.error
         with result.checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / "state.json").read_text())
-        states[state["mask"]] = (state["parent_seen"], result.config["parent_mask"])
+        states[result.config["role"], state["mask"]] = (state["parent_seen"], result.config["parent_mask"])
     return states
 
 

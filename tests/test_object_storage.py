@@ -72,7 +72,7 @@ def test_searcher_in_a_plain_tuner_on_s3_hands_children_their_parents_checkpoint
     states = plain_tune_search(
         searcher, f"s3://{BUCKET}/plain", "sfsa", callbacks=[searcher.checkpoint_locator()]
     )
-    assert len(states) == 10 and states["0000"] == (None, None)
+    assert len(states) == 13 and states["search", "0000"] == (None, None)  # with 3 rounds' controls
     assert all(seen == parent for seen, parent in states.values())  # each child read its s3:// parent
     assert all(
         str(r["checkpoint"]).startswith(f"s3://{BUCKET}/plain/sfsa/") for r in searcher.table().to_pylist()

@@ -65,17 +65,25 @@ def test_fold_search_closes_a_round_on_the_mean_over_its_folds():
         ("0000", 0, 0, None),
         ("0000", 1, 0, None),
     ]
-    group.losses["0000"] = {0: 0.4, 1: 0.6}
+    for trial, loss in zip(trials, (0.4, 0.6), strict=True):
+        group.record(trial, {"val_loss": loss})
     group.close_round()
     assert group.round == [] and len(group.history) == 1
     assert group.history[0].loss == pytest.approx(0.5) and group.history[0].candidate.mask == FusionMask(
         "0000"
     )
-    group.trials(SFSA().next_round(group.history))
-    group.losses |= {"1000": {0: None, 1: None}, "0100": {0: float("nan"), 1: 0.3}}
+    trials = group.trials(SFSA().next_round(group.history))
+    assert sum(t.role == "control" for t in trials) == 2  # the continued parent, on each fold
+    reports = {"1000": [None, None], "0100": [{"val_loss": float("nan")}, {"val_loss": 0.3}],
+               "0010": [{"val_loss": 0.2}, {"val_loss": 0.4}]}  # fmt: skip
+    for trial in trials:
+        if trial.mask in reports:
+            group.record(trial, reports[trial.mask][trial.fold])
     group.close_round()
-    losses = {str(o.candidate.mask): o.loss for o in group.history}
-    assert losses["1000"] is None and losses["0100"] == 0.3 and losses["0010"] is None
+    losses = {str(o.candidate.mask): o.loss for o in group.history if not o.candidate.control}
+    # A candidate that failed on any fold has failed; one never reported (0001) too.
+    assert losses["1000"] is None and losses["0100"] is None and losses["0001"] is None
+    assert losses["0010"] == pytest.approx(0.3)
 
 
 def test_of_searches_started_at_once_under_one_name_exactly_one_creates_the_experiment(tmp_path):
@@ -115,15 +123,15 @@ def test_a_network_trained_from_scratch_that_never_beat_its_start_is_warned_abou
     assert "unimodal FLAIR 0000" in warnings[1] and "--lr" in warnings[1]
 
 
-def test_a_pooled_candidates_standard_error_combines_its_folds():
+def test_a_pooled_candidates_evidence_joins_its_folds():
     group = FoldSearch((0, 1))
-    group.trials(SFSA().next_round([]))
-    group.losses["0000"] = {0: 0.4, 1: 0.6}
-    group.errors["0000"] = {0: 0.03, 1: 0.04}
+    trials = group.trials(SFSA().next_round([]))
+    for trial in trials:
+        report = {"val_loss": 0.4 + 0.2 * trial.fold, "val_loss_start": 0.7, "best_epoch": trial.fold,
+                  "holdout_losses": [trial.fold, 1.0], "start_losses": [2.0, 2.0]}  # fmt: skip
+        group.record(trial, report)
     group.close_round()
-    assert group.history[0].se == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
-    group.trials(SFSA().next_round(group.history))
-    group.losses["1000"] = {0: 0.3, 1: 0.5}
-    group.errors["1000"] = {0: 0.03}  # one fold did not report it: unknown
-    group.close_round()
-    assert next(o for o in group.history if str(o.candidate.mask) == "1000").se is None
+    outcome = group.history[0]
+    assert outcome.loss == pytest.approx(0.5) and outcome.start_loss == pytest.approx(0.7)
+    assert outcome.holdout == (0.0, 1.0, 1.0, 1.0) and outcome.start == (2.0,) * 4  # fold 0's, then fold 1's
+    assert outcome.best_epoch == 1  # 0 only if no fold trained past its start

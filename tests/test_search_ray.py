@@ -58,7 +58,8 @@ def rows_by_round(table):
 
 def test_sfsa_rounds_parents_and_checkpoints(tmp_path):
     # A round's trials wait for each other, so they provably run at once (round 1 in 4 actors).
-    gather = {"dir": str(tmp_path / "gather"), "sizes": {"1": 4, "2": 3, "3": 2}}
+    # Each round has its control beside the children: 4 + 1, 3 + 1, 2 + 1 trials, 4 CPUs.
+    gather = {"dir": str(tmp_path / "gather"), "sizes": {"1": 4, "2": 4, "3": 3}}
     result = search(tmp_path, SFSASearcher(), duration=0.5, gather=gather)
     expected = simulated(SFSA())
     assert rows_by_round(result.table) == rows_by_round_from(expected)
@@ -75,7 +76,9 @@ def test_sfsa_rounds_parents_and_checkpoints(tmp_path):
         pids.setdefault(row["round"], set()).add(state["metrics"]["pid"])
     # Later rounds ran in round 1's actors, kept warm, not in fresh processes (stock Tune keeps
     # one idle actor); a reused actor still trained its own candidate from its own parent.
-    assert len(pids[1]) == 4 and pids[2] | pids[3] <= pids[1]
+    assert len(pids[1]) >= 4 and pids[2] | pids[3] <= pids[1]
+    controls = sorted((r["round"], r["mask"]) for r in rows if r["role"] == "control")
+    assert controls == [(1, "0000"), (2, "0100"), (3, "0110")]
     # The table is persisted as Parquet under the experiment folder.
     assert load_result(result.experiment_dir).table.equals(result.table)
     assert Path(result.experiment_dir, "candidates.parquet").is_file()
@@ -99,7 +102,7 @@ def test_beam_and_exhaustive_on_ray(tmp_path):
 
 def test_failing_candidate_does_not_stall_the_search(tmp_path):
     result = search(tmp_path, SFSASearcher(), fail=["0100"])
-    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     assert rows["0100"]["status"] == "failed" and "scripted failure of 0100" in rows["0100"]["error"]
     assert rows["0100"]["checkpoint"] is None
     # Without 0100, round 1's best is 0010 (0.7); the search goes on from it and finds 0110.
@@ -134,15 +137,15 @@ def test_searcher_in_a_plain_tuner_warm_starts_children_or_fails_loudly(tmp_path
     states = plain_tune_search(
         searcher, str(tmp_path), "default-names", callbacks=[searcher.checkpoint_locator()]
     )
-    assert len(states) == 10 and states["0000"] == (None, None)
-    assert all(seen == parent for seen, parent in states.values())  # 9 children, each from its own parent
+    assert len(states) == 10 + 3 and states["search", "0000"] == (None, None)  # 3 rounds, a control each
+    assert all(seen == parent for seen, parent in states.values())  # 12 children, each from its own parent
     assert not any(
         p.name.startswith("trial_") for p in (tmp_path / "default-names").iterdir()
     )  # Tune's names
     # Told where the experiment lives, with trial folders named by trial id: the same.
     searcher = SFSASearcher(experiment_dir=str(tmp_path / "plain"))
     states = plain_tune_search(searcher, str(tmp_path), "plain", trial_dirname_creator=trial_dirname)
-    assert len(states) == 10 and all(seen == parent for seen, parent in states.values())
+    assert len(states) == 13 and all(seen == parent for seen, parent in states.values())
     # Told neither: the first child cannot be handed its parent, and the run fails saying why.
     with pytest.raises(Exception, match="does not know where the experiment lives"):
         plain_tune_search(SFSASearcher(), str(tmp_path), "lost")

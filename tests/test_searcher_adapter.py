@@ -39,14 +39,16 @@ def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     searcher.set_experiment_dir(str(tmp_path))
     first = searcher.suggest("t0")
     assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
-                     "role": "search", "modality": None}  # fmt: skip
+                     "role": "search", "modality": None, "extension": 0}  # fmt: skip
     assert searcher.suggest("t1") is None  # round 0 in flight
     complete(searcher, "t0", "0000", 1.0)
-    round1 = [searcher.suggest(f"r1-{i}") for i in range(4)]
-    assert [s["mask"] for s in round1] == ["1000", "0100", "0010", "0001"]
+    round1 = [searcher.suggest(f"r1-{i}") for i in range(5)]
+    assert [(s["mask"], s["role"]) for s in round1] == [
+        ("1000", "search"), ("0100", "search"), ("0010", "search"), ("0001", "search"), ("0000", "control")
+    ]  # fmt: skip
     assert {s["parent"] for s in round1} == {f"{tmp_path}/t0/checkpoint_000001"}
     assert searcher.suggest("extra") is None
-    for i, loss in enumerate([1.5, 1.2, 1.1, 1.3]):
+    for i, loss in enumerate([1.5, 1.2, 1.1, 1.3, 0.9]):  # the continued baseline beats them all
         complete(searcher, f"r1-{i}", round1[i]["mask"], loss)
     assert searcher.suggest("done") == Searcher.FINISHED
     assert searcher.best_mask == "0000"
@@ -75,16 +77,16 @@ def test_save_restore_mid_round(tmp_path):
     searcher = BeamSearcher(beam_width=2, patience=1, experiment_dir=str(tmp_path / "exp"))
     searcher.suggest("t0")
     complete(searcher, "t0", "0000", 1.0)
-    issued = [searcher.suggest(f"t{i}") for i in range(1, 5)]
+    issued = [searcher.suggest(f"t{i}") for i in range(1, 6)]
     complete(searcher, "t1", issued[0]["mask"], 0.5)
     searcher.save(str(tmp_path / "state.pkl"))
     restored = BeamSearcher()
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.strategy == searcher.strategy and restored.suggest("t9") is None
-    for i in range(2, 5):
+    for i in range(2, 6):
         complete(restored, f"t{i}", issued[i - 1]["mask"], 0.8)
     assert restored.suggest("t10")["round"] == 2
-    assert restored.table().num_rows == 5
+    assert restored.table().num_rows == 6
 
 
 def test_max_mode_and_concurrency_limit(tmp_path):
@@ -101,7 +103,7 @@ def test_max_mode_and_concurrency_limit(tmp_path):
     assert searcher.suggest("a") and searcher.suggest("b") and searcher.suggest("c") is None
     done("a", 0.9, "1000")
     done("b", 0.4, "0100")
-    for trial_id in ("c", "d"):
+    for trial_id in ("c", "d", "e"):  # the last is the control, the continued baseline
         done(trial_id, 0.6, searcher.suggest(trial_id)["mask"])
     assert searcher.best_mask == "1000"  # the highest accuracy wins in max mode
 
@@ -113,7 +115,7 @@ def test_folds_search_independently_and_choose_their_own_mask(tmp_path):
     assert sorted((s["fold"], s["mask"]) for s in round0.values()) == [(0, "0000"), (1, "0000")]
     finish(searcher, {"a0": round0["a0"]}, {"0000": 1.0})  # only fold 0 is done ...
     round1 = drain(searcher, "b")  # ... and fold 0's round 1 starts while fold 1 trains
-    assert {s["fold"] for s in round1.values()} == {0} and len(round1) == 4
+    assert {s["fold"] for s in round1.values()} == {0} and len(round1) == 5  # 4 children, 1 control
     assert all(s["parent"] == f"{tmp_path}/a0/checkpoint_000001" for s in round1.values())
     finish(searcher, {"a1": round0["a1"]}, {"0000": 1.0})
     round1b = drain(searcher, "c")
@@ -136,7 +138,7 @@ def test_pooled_search_scores_the_mean_over_folds(tmp_path):
     assert drain(searcher, "x") == {}  # the round waits for all three
     finish(searcher, round0, {})
     round1 = drain(searcher, "b")
-    assert len(round1) == 12 and {s["fold"] for s in round1.values()} == {0, 1, 2}
+    assert len(round1) == 15 and {s["fold"] for s in round1.values()} == {0, 1, 2}  # 4 children, 1 control
     # 1000 is best on fold 0 alone, 0001 on average.
     finish(searcher, round1, {(0, "1000"): 0.1, (1, "1000"): 0.95, (2, "1000"): 0.95,
                               (0, "0001"): 0.5, (1, "0001"): 0.5, (2, "0001"): 0.5})  # fmt: skip

@@ -29,8 +29,13 @@ def simulate(strategy, landscape):
 
 
 def trained(history):
+    """(round, mask, parent) of every candidate but the controls."""
     return [(o.candidate.round, str(o.candidate.mask), o.candidate.parent and str(o.candidate.parent))
-            for o in history]  # fmt: skip
+            for o in history if not o.candidate.control]  # fmt: skip
+
+
+def controls(history):
+    return [(o.candidate.round, str(o.candidate.mask)) for o in history if o.candidate.control]
 
 
 def landscape_from(losses, num_points=4, default=2.0):
@@ -50,27 +55,32 @@ def test_sfsa_exact_sequence_and_stop_rule():
         (2, "1100", "0100"), (2, "0110", "0100"), (2, "0101", "0100"),
         (3, "1110", "0110"), (3, "0111", "0110"),
     ]  # fmt: skip
-    assert str(best_outcome(history).candidate.mask) == "0110"
+    # Each round continues its parent beside the children: the control, warm-started from it.
+    assert controls(history) == [(1, "0000"), (2, "0100"), (3, "0110")]
+    assert all(o.candidate.parent == o.candidate.mask for o in history if o.candidate.control)
+    assert str(SFSA().chosen(history).candidate.mask) == "0110"
+    assert controls(simulate(SFSA(control="none"), land)) == []  # the paper's rule: no control
 
 
 def test_sfsa_stops_after_round_one_when_nothing_beats_baseline():
     land = landscape_from({"0000": 0.5}, default=0.6)
     history = simulate(SFSA(), land)
-    assert len(history) == 5 and str(best_outcome(history).candidate.mask) == "0000"
+    assert len(trained(history)) == 5 and str(SFSA().chosen(history).candidate.mask) == "0000"
 
 
 def test_sfsa_ties_do_not_count_as_improvement_and_min_delta_applies():
-    assert len(simulate(SFSA(), landscape_from({"0000": 0.5}, default=0.5))) == 5
+    assert len(trained(simulate(SFSA(), landscape_from({"0000": 0.5}, default=0.5)))) == 5
     land = landscape_from({"0000": 0.5, "0100": 0.49, "0110": 0.3}, default=0.6)
-    assert len(simulate(SFSA(min_delta=0.05), land)) == 5  # 0.49 is not 0.05 better
-    assert len(simulate(SFSA(min_delta=0.0), land)) > 5
+    assert len(trained(simulate(SFSA(min_delta=0.05), land))) == 5  # 0.49 is not 0.05 better
+    assert len(trained(simulate(SFSA(min_delta=0.0), land))) > 5
 
 
 def test_sfsa_stops_when_every_point_is_active():
     land = {str(m): 1.0 - 0.1 * len(m.active) - 0.01 * int(str(m), 2) / 16 for m in FusionMask.all_masks(4)}
     history = simulate(SFSA(), land)
-    assert len(history) == 1 + 4 + 3 + 2 + 1
-    assert str(best_outcome(history).candidate.mask) == "1111"
+    assert len(trained(history)) == 1 + 4 + 3 + 2 + 1
+    assert len(controls(history)) == 4
+    assert str(SFSA().chosen(history).candidate.mask) == "1111"
 
 
 def sfsa_by_definition(num_points, land, min_delta=0.0):
@@ -100,7 +110,11 @@ def test_sfsa_and_beam_one_without_patience_follow_the_definition(num_points, mi
     for _ in range(50):
         land = {str(m): rng.random() for m in FusionMask.all_masks(num_points)}
         expected, best = sfsa_by_definition(num_points, land, min_delta)
-        for strategy in (SFSA(num_points, min_delta), BeamSearch(num_points, 1, 0, min_delta)):
+        for strategy in (
+            SFSA(num_points, min_delta),
+            SFSA(num_points, min_delta, control="none"),
+            BeamSearch(num_points, 1, 0, min_delta),
+        ):
             history = simulate(strategy, land)
             assert trained(history) == expected
             assert str(strategy.chosen(history).candidate.mask) == best
@@ -112,9 +126,10 @@ PAIR = landscape_from({
 
 
 def test_pair_of_points_sfsa_misses_beam_and_exhaustive_find():
-    assert str(best_outcome(simulate(SFSA(), PAIR)).candidate.mask) == "0000"
+    assert str(SFSA().chosen(simulate(SFSA(), PAIR)).candidate.mask) == "0000"
     beam = simulate(BeamSearch(beam_width=2, patience=1), PAIR)
-    assert str(best_outcome(beam).candidate.mask) == "1010"
+    assert str(BeamSearch(beam_width=2, patience=1).chosen(beam).candidate.mask) == "1010"
+    assert controls(beam)[:3] == [(1, "0000"), (2, "1000"), (2, "0010")]  # a control per kept parent
     assert (2, "1010", "1000") in trained(beam)  # warm-started from the better of its parents
     assert str(best_outcome(simulate(Exhaustive(), PAIR)).candidate.mask) == "1010"
     # Without patience, beam also stops after the non-improving first round.
@@ -146,9 +161,9 @@ def test_exhaustive_covers_every_mask_once():
 def test_failed_candidates_are_skipped_not_waited_for():
     land = landscape_from({"0000": 1.0, "0100": None, "0010": 0.5, "0011": None, "1010": 0.6}, default=1.5)
     history = simulate(SFSA(), land)
-    assert str(best_outcome(history).candidate.mask) == "0010"
+    assert str(SFSA().chosen(history).candidate.mask) == "0010"
     # A round where everything fails ends the search.
-    assert len(simulate(SFSA(), landscape_from({"0000": 1.0}, default=None))) == 5
+    assert len(trained(simulate(SFSA(), landscape_from({"0000": 1.0}, default=None)))) == 5
     assert len(simulate(SFSA(), landscape_from({"0000": None}))) == 1
 
 
@@ -202,16 +217,40 @@ def test_rivals_refuse_impossible_budgets(rival, options, message):
         rival(**options)
 
 
-def test_noise_z_ignores_an_improvement_within_its_standard_errors():
-    def run(strategy, se):
-        history, land = [], {"0000": 0.50, "0100": 0.49, "1000": 0.60, "0010": 0.60, "0001": 0.60}
-        while candidates := strategy.next_round(history):
-            history += [Outcome(c, land.get(str(c.mask), 0.7), se) for c in candidates]
-        return str(strategy.chosen(history).candidate.mask), len(history)
+def test_the_control_decides_not_the_parents_old_loss():
+    """A child that beats its parent's old loss but not the parent trained as long is not accepted."""
+    land = {"0000": 0.50, "0100": 0.40, "1000": 0.60, "0010": 0.60, "0001": 0.60}
 
-    assert run(SFSA(), se=0.02) == ("0100", 8)  # 0.01 better: taken, and the search goes on
-    assert run(SFSA(noise_z=1.0), se=0.02) == ("0000", 5)  # within one standard error: noise, stop
-    assert run(SFSA(noise_z=1.0), se=0.005) == ("0100", 8)  # beyond it: a real improvement
-    assert run(BeamSearch(beam_width=1, patience=0, noise_z=2.0), se=0.02)[0] == "0000"
-    with pytest.raises(ConfigError, match="noise_z=-1"):
-        SFSA(noise_z=-1).next_round([])
+    def run(strategy, control_loss):
+        history = []
+        while candidates := strategy.next_round(history):
+            history += [
+                Outcome(c, control_loss if c.control else land.get(str(c.mask), 0.7)) for c in candidates
+            ]
+        chosen = strategy.chosen(history).candidate
+        return f"{chosen.mask}{' (control)' if chosen.control else ''}"
+
+    assert run(SFSA(control="none"), control_loss=0.35) == "0100"  # the paper's rule takes it
+    # The continued parent is better still: the answer is its mask, with the continued weights.
+    assert run(SFSA(), control_loss=0.35) == "0000 (control)"
+    assert run(SFSA(), control_loss=0.45) == "0100"  # the child beats its control: fusion helped
+    with pytest.raises(ConfigError, match="control='both' is not allowed"):
+        SFSA(control="both")
+    with pytest.raises(ConfigError, match="alpha=0 must be"):
+        BeamSearch(alpha=0)
+
+
+@pytest.mark.parametrize("searcher", ["sfsa", "beam"])
+def test_python_and_the_command_line_have_the_same_rules(searcher):
+    """One default per rule: ``SFSASearcher()`` in Python decides as ``fusionsearch run`` does."""
+    from fusionsearch.cli import build_parser, search_config
+    from fusionsearch.pipeline import make_searcher
+    from searchers import BeamSearcher, SFSASearcher
+
+    args = build_parser().parse_args(["run", "--searcher", searcher])
+    from_cli = make_searcher(search_config(args), ["T1w", "FLAIR"]).strategy
+    from_python = {"sfsa": SFSASearcher, "beam": BeamSearcher}[searcher]().strategy
+    assert from_cli == from_python
+    assert (from_cli.control, from_cli.alpha, from_cli.extend) == ("parent", 0.05, True)
+    no_control = search_config(build_parser().parse_args(["run", "--control", "none", "--no-extend"]))
+    assert (no_control.control, no_control.extend) == ("none", False)

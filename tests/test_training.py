@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import cached_data
 from fusionsearch.data.synth import SynthConfig, generate
@@ -208,4 +209,40 @@ def test_a_childs_gain_standard_error_is_that_of_its_paired_per_sample_losses(ti
         gains = losses(parent.checkpoints[-1]) - losses(child.checkpoints[-1])
         expected = np.std(gains, ddof=1) / math.sqrt(len(gains))
         assert final["val_loss_gain_se"] == pytest.approx(expected, rel=1e-4) and expected > 0
-        assert gains.mean() == pytest.approx(parent.reports[-1]["val_loss"] - final["val_loss"], abs=1e-5)
+        select = data.val_select  # val_loss is the selection half's; the test half is reported per sample
+        assert 0 < select.sum() < len(select)
+        assert gains[select].mean() == pytest.approx(
+            parent.reports[-1]["val_loss"] - final["val_loss"], abs=1e-5
+        )
+        assert final["holdout_losses"] == pytest.approx(losses(child.checkpoints[-1])[~select], abs=1e-5)
+        assert final["start_losses"] == pytest.approx(losses(parent.checkpoints[-1])[~select], abs=1e-5)
+        assert final["val_loss_start"] == pytest.approx(parent.reports[-1]["val_loss"], abs=1e-5)
+
+
+def test_a_rounds_children_and_control_see_identical_batches(tiny, tmp_path, monkeypatch):
+    """Common random numbers: the data order and augmentation depend on (seed, fold, round), not the mask."""
+    import fusionsearch.train.loop as loop
+
+    recipe = replace(tiny, train=replace(tiny.train, augment="standard", epochs=2))
+    data = load_fold(tiny.data, 0)
+    parent = Recorder(tmp_path / "parent")
+    fit(CandidateConfig(Trial("0000"), recipe), parent, data=data)
+    seen, step = [], loop.train_step
+
+    def recording(model, optimizer, policy, images, labels, weights=None):
+        seen[-1].append((images.clone(), labels.clone()))
+        return step(model, optimizer, policy, images, labels, weights)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    trials = [Trial("0100", round=1, parent_mask="0000"),
+              Trial("0000", role="control", round=1, parent_mask="0000"),
+              Trial("0010", round=2, parent_mask="0000")]  # fmt: skip
+    for trial in trials:
+        seen.append([])
+        fit(CandidateConfig(trial, recipe, parent="x"), Recorder(tmp_path / trial.role / trial.mask),
+            parent=parent.checkpoints[-1], data=data)  # fmt: skip
+    child, control, later = seen
+    assert len(child) == len(control) == 2  # 2 epochs of 1 batch (8 training samples, batch 8)
+    for (x, y), (cx, cy) in zip(child, control, strict=True):
+        assert torch.equal(x, cx) and torch.equal(y, cy)  # the same samples, the same augmentation draws
+    assert not all(torch.equal(x, lx) for (x, _), (lx, _) in zip(child, later, strict=True))  # another round

@@ -46,3 +46,27 @@ def make_folds(labels: Sequence[int], subjects: Sequence[str], k: int = 5, seed:
         train = np.sort(np.concatenate([p for j, p in enumerate(parts) if j not in (i, (i + 1) % k)]))
         folds.append(Fold(train=train, val=np.sort(val), test=np.sort(parts[i])))
     return folds
+
+
+def validation_halves(labels: Sequence[int], subjects: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Which validation samples form the *selection half* (``True``); the rest is the *test half*.
+
+    A trial chooses its best epoch, and a round its best child, on the selection half; the gain
+    is tested on the test half (:mod:`fusionsearch.search.acceptance`). The halves are
+    stratified and subject-grouped (scikit-learn's ``StratifiedGroupKFold`` with 2 splits,
+    shuffled with ``seed``); a part too small for that is split by alternating samples of
+    each class.
+    """
+    labels = np.asarray(labels)
+    subjects = np.asarray(subjects)
+    select = np.zeros(len(labels), dtype=bool)
+    try:
+        splitter = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+        first, _ = next(splitter.split(np.zeros(len(labels)), labels, subjects))
+        select[first] = True
+    except ValueError:  # fewer than 2 subjects: alternate within each class
+        for c in np.unique(labels):
+            select[np.flatnonzero(labels == c)[::2]] = True
+    if select.all() or not select.any():
+        select[:] = np.arange(len(labels)) % 2 == 0
+    return select

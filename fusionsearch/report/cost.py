@@ -17,7 +17,10 @@ class Cost:
 
     Attributes:
         unit: ``GPU-hours`` when trials had GPUs, else ``CPU-hours``.
-        search_compute: compute of the search candidates, in ``unit``.
+        search_candidates: trials of the search itself: candidates, controls and extensions.
+        search_compute: compute of those trials, in ``unit``.
+        controls: of the search's trials, the rounds' controls (parents continued).
+        extensions: of the search's trials, the continuations of rounds that learned nothing.
         total_compute: the same with the baselines (unimodal networks, ensemble members).
         wall_hours: first trial start to last trial end.
         exhaustive_compute: what exhaustive search needs (measured for an exhaustive search,
@@ -39,6 +42,8 @@ class Cost:
     exhaustive_compute: float
     exhaustive_measured: bool
     peak_rss_mb: tuple[float, float] | None
+    controls: int = 0
+    extensions: int = 0
     efficiency: float | None = None
     eval_share: float | None = None
     checkpoint_share: float | None = None
@@ -52,7 +57,7 @@ class Cost:
 def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     """The :class:`Cost` of the trials in ``candidates`` under ``run``'s per-trial resources."""
     rows = [r for r in candidates.to_pylist() if r["status"] == "ok" or r["train_seconds"]]
-    search = [r for r in rows if r["role"] == "search"]
+    search = [r for r in rows if r["role"] in ("search", "control")]
     folds = len({r["fold"] for r in candidates.to_pylist()})
     resources = run.resources or {}
     gpus = resources.get("gpu") or 0
@@ -86,6 +91,8 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
         / 3600,
         exhaustive_measured=measured,
         peak_rss_mb=(float(np.median(peaks)), float(max(peaks))) if peaks else None,
+        controls=sum(r["role"] == "control" for r in search),
+        extensions=sum(bool(r.get("extension")) for r in search),
         efficiency=share("step_seconds"),
         eval_share=share("eval_seconds"),
         checkpoint_share=share("checkpoint_seconds"),
@@ -103,6 +110,10 @@ def cost_rows(cost: Cost) -> list[list[str]]:
         [
             "search candidates trained (per fold)",
             f"{cost.search_candidates} ({cost.search_candidates_per_fold:.1f})",
+        ],
+        [
+            "of which controls (parents continued), continued trials of extended rounds",
+            f"{cost.controls}, {cost.extensions}",
         ],
         ["baseline trials (unimodal, ensemble members)", str(cost.baseline_trials)],
         [f"search compute ({unit})", f"{cost.search_compute:.3f}"],

@@ -54,62 +54,91 @@ def roc_figure(evaluation: Evaluation) -> bytes:
     return _png(figure)
 
 
-def _chosen_path(rows: list[dict[str, Any]]) -> set[str]:
-    by_mask = {r["mask"]: r for r in rows}
-    path, mask = set(), next((r["mask"] for r in rows if r["chosen"]), None)
-    while mask:
-        path.add(mask)
-        mask = by_mask.get(mask, {}).get("parent_mask")
+def _node(r: dict[str, Any]) -> tuple[str, str, int]:
+    """A tree node: (role, mask, extension); a control and a continued trial are nodes of their own."""
+    return r["role"], r["mask"], r.get("extension") or 0
+
+
+def _parent_node(r: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, int] | None:
+    """The node a trial warm-started from: the latest trial of its parent's mask before it."""
+    if r["parent_mask"] is None:
+        return None
+    if r.get("extension"):  # continues its own first attempt
+        return r["role"], r["mask"], r["extension"] - 1
+    earlier = [
+        q for q in rows if q["role"] == "search" and q["mask"] == r["parent_mask"] and q["round"] < r["round"]
+    ]
+    return _node(max(earlier, key=lambda q: (q["round"], q.get("extension") or 0))) if earlier else None
+
+
+def _chosen_path(rows: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    by_node = {_node(r): r for r in rows}
+    path, node = set(), next((_node(r) for r in rows if r["chosen"]), None)
+    while node in by_node:
+        path.add(node)
+        node = _parent_node(by_node[node], rows)
     return path
 
 
 def tree_figure(evaluation: Evaluation) -> bytes:
-    """Every fold's search tree: candidates by round with their validation loss; the chosen path in red."""
-    search = [r for r in evaluation.candidates.to_pylist() if r["role"] == "search"]
+    """Every fold's search tree: candidates and controls by round with their validation loss; the
+    chosen path in red."""
+    search = [r for r in evaluation.candidates.to_pylist() if r["role"] in ("search", "control")]
     folds = sorted({r["fold"] for r in search})
     tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
     rounds = 1 + max(r["round"] for r in search)
     # One row per fold, so the figure keeps its width (and its text legible) however many folds.
-    figure = Figure(figsize=(1.8 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
+    figure = Figure(figsize=(2.0 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
     axes = figure.subplots(len(folds), 1, squeeze=False)
     for ax, fold in zip(axes[:, 0], folds, strict=True):
         rows = [r for r in search if r["fold"] == fold]
         path = _chosen_path(rows)
         place = {}
         for round_ in sorted({r["round"] for r in rows}):
-            members = sorted((r for r in rows if r["round"] == round_), key=lambda r: r["mask"])
+            members = sorted(
+                (r for r in rows if r["round"] == round_),
+                key=lambda r: (r.get("extension") or 0, r["role"] == "control", r["mask"]),
+            )
             for i, r in enumerate(members):
-                place[r["mask"]] = (round_, -(i - (len(members) - 1) / 2))
+                place[_node(r)] = (round_ + 0.35 * (r.get("extension") or 0), -(i - (len(members) - 1) / 2))
         for r in rows:
-            if r["parent_mask"] in place:
-                (x0, y0), (x1, y1) = place[r["parent_mask"]], place[r["mask"]]
-                on_path = r["mask"] in path and r["parent_mask"] in path
+            parent = _parent_node(r, rows)
+            if parent in place:
+                (x0, y0), (x1, y1) = place[parent], place[_node(r)]
+                on_path = _node(r) in path and parent in path
                 ax.plot(
                     [x0, x1],
                     [y0, y1],
                     color="crimson" if on_path else "0.75",
                     lw=2 if on_path else 0.8,
+                    ls=":" if r["role"] == "control" else "-",
                     zorder=1,
                 )
         for r in rows:
-            x, y = place[r["mask"]]
+            x, y = place[_node(r)]
             loss = "failed" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
-            style = {"color": "crimson", "fontweight": "bold"} if r["mask"] in path else {}
+            on_path = _node(r) in path
+            style = {"color": "crimson", "fontweight": "bold"} if on_path else {}
+            if r["role"] == "control":
+                style = {"color": "0.4", "fontstyle": "italic"}
+            label = (
+                f"{'ctrl ' if r['role'] == 'control' else ''}{r['mask']}{'+' if r.get('extension') else ''}"
+            )
             ax.text(
                 x,
                 y,
-                f"{r['mask']}  {loss}",
+                f"{label}  {loss}",
                 ha="center",
                 va="center",
                 fontsize=8,
                 family="monospace",
-                bbox={"boxstyle": "round", "fc": "white", "ec": "crimson" if r["mask"] in path else "0.6"},
+                bbox={"boxstyle": "round", "fc": "white", "ec": "crimson" if on_path else "0.6"},
                 zorder=2,
                 **style,
             )
         fold_rounds = sorted({r["round"] for r in rows})
         ax.set(
-            xlim=(-0.6, rounds - 0.4),
+            xlim=(-0.6, rounds - 0.2),
             ylim=(-tallest / 2 - 0.3, tallest / 2 + 0.3),
             xticks=fold_rounds,
             yticks=[],
@@ -118,7 +147,11 @@ def tree_figure(evaluation: Evaluation) -> bytes:
         )
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
-    figure.suptitle("search tree: mask and validation loss (chosen path in red)", fontsize=10, y=1.0)
+    figure.suptitle(
+        "search tree: mask and validation loss (ctrl: the round's control; +: continued; chosen path in red)",
+        fontsize=10,
+        y=1.0,
+    )
     figure.tight_layout()
     return _png(figure)
 

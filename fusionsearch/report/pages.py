@@ -41,6 +41,7 @@ from fusionsearch.search.experiment import (
     read_candidates,
     read_run,
 )
+from fusionsearch.search.records import PER_SAMPLE
 from fusionsearch.settings import to_dict
 
 METHOD_ORDER = ("unimodal", "late fusion", "chosen", "ensemble")
@@ -223,6 +224,23 @@ def landscape_rows(evaluation: Evaluation) -> list[list[str]]:
     return table
 
 
+DECISIONS_HEADER = ["fold", "round", "tested child", "against", "gain on the test half", "p (one-sided)",
+                    "accepted"]  # fmt: skip
+
+
+def decision_rows(candidates: pa.Table) -> list[list[str]]:
+    """Each round's decision: the child tested, its reference (its parent's control, or its parent),
+    its loss decrease on the validation part's test half and the p-value, in fold and round order."""
+    rows = [r for r in candidates.to_pylist() if r.get("accepted") is not None]
+    table = []
+    for r in sorted(rows, key=lambda r: (r["fold"], r["round"], r.get("extension") or 0)):
+        round_ = f"{r['round']}{' (extended)' if r.get('extension') else ''}"
+        p = "-" if r["p_value"] is None else f"{r['p_value']:.3g}"
+        table.append([str(r["fold"]), round_, r["mask"], r["reference"], f"{r['gain']:+.4f}", p,
+                      "yes" if r["accepted"] else "no"])  # fmt: skip
+    return table
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -264,7 +282,10 @@ def write_report(experiment_dir: str) -> Evaluation:
     tables = {
         "results": evaluation.results,
         "metrics_per_fold": evaluation.per_fold,
-        "candidates": evaluation.candidates.drop_columns(["node_ip", "node_id"]),
+        # Per-sample losses stay in the experiment's candidates.parquet (CSV has no list type).
+        "candidates": evaluation.candidates.drop_columns(
+            [c for c in ("node_ip", "node_id", *PER_SAMPLE) if c in evaluation.candidates.column_names]
+        ),
         "cost": pa.Table.from_pylist([{"item": k, "value": v} for k, v in cost_rows(evaluation.cost)]),
         "landscape": evaluation.landscape,
     }
@@ -338,9 +359,27 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
             None,
         ),
         *landscape,
+        *(
+            [
+                (
+                    "Round decisions: each addition against its control",
+                    "Each round's best child (largest loss decrease over its reference on the selection "
+                    "half of the validation subjects, where every trial also chose its best epoch) tested "
+                    "on the other half: its mean per-sample loss decrease against the parent continued "
+                    "for the same budget (control), or against the parent itself (--control none), with "
+                    "a one-sided paired t-test. A child is added only if p < alpha.",
+                    (DECISIONS_HEADER, decisions),
+                    None,
+                )
+            ]
+            if (decisions := decision_rows(evaluation.candidates))
+            else []
+        ),
         (
             "Search tree",
-            "Every candidate with its parent, round and validation loss; the path to the chosen mask in red.",
+            "Every candidate with its parent, round and validation loss; each round's control (its parent "
+            "continued) in grey italics, continued trials of an extended round marked +; the path to the "
+            "chosen mask in red.",
             None,
             "search_tree",
         ),

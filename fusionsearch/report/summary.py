@@ -21,7 +21,7 @@ COLUMNS = (("fold", "fold", "{}"), ("round", "round", "{}"), ("role", "role", "{
            ("parent_mask", "parent", "{}"), ("val_loss", "val_loss", "{:.4f}"),
            ("val_accuracy", "val_acc", "{:.3f}"), ("val_auc", "val_auc", "{:.3f}"),
            ("epochs_trained", "epochs", "{:.0f}"), ("train_seconds", "seconds", "{:.0f}"),
-           ("status", "status", "{}"))  # fmt: skip
+           ("gain", "gain", "{:+.4f}"), ("p_value", "p", "{:.3g}"), ("status", "status", "{}"))  # fmt: skip
 
 
 def _cell(value: object, fmt: str) -> str:
@@ -43,7 +43,9 @@ def candidates_text(table: pa.Table) -> str:
     order = [("fold", "ascending"), ("round", "ascending"), ("role", "descending"), ("mask", "ascending")]
     rows = []
     for row in table.sort_by(order).to_pylist():
-        row["role"] = " ".join(filter(None, [row["role"], row["modality"]]))
+        row["role"] = " ".join(filter(None, [row["role"], row["modality"]])) + (
+            "+" if row.get("extension") else ""
+        )
         rows.append([_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] + ["*" if row["chosen"] else ""])
     return text_table([title for _, title, _ in COLUMNS] + ["chosen"], rows)
 

@@ -19,8 +19,9 @@ import pyarrow as pa
 from fusionsearch.search.strategies import Candidate, Outcome
 from fusionsearch.settings import ConfigError, check_choice
 
-#: What a trial trains: a search candidate, a unimodal baseline, or an ensemble member.
-ROLES = ("search", "unimodal", "ensemble")
+#: What a trial trains: a search candidate, a round's control (its parent continued), a unimodal
+#: baseline, or an ensemble member.
+ROLES = ("search", "control", "unimodal", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,12 @@ class Trial:
     """One trial: ``mask`` trained on ``fold`` in ``round``, warm-started from ``parent_mask``'s checkpoint.
 
     Attributes:
-        role: ``search`` (a search candidate), ``unimodal`` (a single-stream baseline of
-            ``modality``) or ``ensemble`` (a fusion configuration for the brute-force ensemble).
+        role: ``search`` (a search candidate), ``control`` (the round's parent continued with
+            the children's budget), ``unimodal`` (a single-stream baseline of ``modality``) or
+            ``ensemble`` (a fusion configuration for the brute-force ensemble).
         modality: for unimodal baselines, the one modality to train on.
+        extension: 1 for the continuation of a trial of a round that learned nothing (its parent is
+            that trial: the same role, mask and round, one extension less).
     """
 
     mask: str
@@ -39,6 +43,7 @@ class Trial:
     round: int = 0
     parent_mask: str | None = None
     modality: str | None = None
+    extension: int = 0
 
     def __post_init__(self) -> None:
         check_choice("role", self.role, ROLES)
@@ -46,9 +51,22 @@ class Trial:
             raise ConfigError(f"role={self.role!r} with modality={self.modality!r}: only unimodal names one")
 
     @property
-    def key(self) -> tuple[str, int, str, str | None]:
+    def key(self) -> tuple[str, int, str, str | None, int]:
         """What identifies a trial across restarts (Tune gives restarted trials new ids)."""
-        return self.role, self.fold, self.mask, self.modality
+        return self.role, self.fold, self.mask, self.modality, self.extension
+
+    @property
+    def parent_role(self) -> str:
+        """The role of the trial it warm-starts from: a control's extension continues the control."""
+        return "control" if self.role == "control" and self.extension else "search"
+
+    @classmethod
+    def of(cls, candidate: Candidate, fold: int) -> Trial:
+        """The trial of a search ``candidate`` on ``fold``."""
+        role = "control" if candidate.control else "search"
+        parent = candidate.mask if candidate.extension else candidate.parent  # an extension continues itself
+        parent = str(parent) if parent else None
+        return cls(str(candidate.mask), fold, role, candidate.round, parent, extension=candidate.extension)
 
     def config(self) -> dict[str, Any]:
         """The flat config entries of this trial."""
@@ -64,7 +82,13 @@ TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))
 #: Metrics copied from a candidate's final report into the candidates table.
 REPORTED = ("val_accuracy", "val_auc", "best_epoch", "epochs_trained", "train_seconds", "step_seconds",
             "eval_seconds", "checkpoint_seconds", "setup_seconds", "started_at", "finished_at", "peak_rss_mb",
-            "val_loss_gain_se")  # fmt: skip
+            "val_loss_gain_se", "val_loss_start", "val_loss_all")  # fmt: skip
+#: Per-sample losses of the validation part's test half, at the best epoch and at epoch 0
+#: (:mod:`fusionsearch.search.acceptance`), copied from the final report.
+PER_SAMPLE = ("holdout_losses", "start_losses")
+#: A round's decision, on the row of the child it tested: its gain over its reference (``control``
+#: or ``parent``), the one-sided p-value and whether it was accepted.
+DECISION = ("reference", "gain", "p_value", "accepted")
 #: ``candidates.parquet``: one row per finished trial.
 SCHEMA = pa.schema(
     [
@@ -82,7 +106,13 @@ SCHEMA = pa.schema(
         ("node_ip", pa.string()),
         ("node_id", pa.string()),
         ("error", pa.string()),
+        ("extension", pa.int64()),
         *[(name, pa.float64()) for name in REPORTED],
+        *[(name, pa.list_(pa.float64())) for name in PER_SAMPLE],
+        ("reference", pa.string()),
+        ("gain", pa.float64()),
+        ("p_value", pa.float64()),
+        ("accepted", pa.bool_()),
     ]
 )
 assert set(TRIAL_FIELDS) <= set(SCHEMA.names)
@@ -95,38 +125,58 @@ class FoldSearch:
     Attributes:
         folds: the folds this search trains every candidate on.
         history: every closed round's outcomes, the strategy's only input.
-        losses: ``{mask: {fold: loss}}`` of the current round (``None``: failed).
-        errors: ``{mask: {fold: standard error}}`` of each loss's gain over the candidate's start
-            (``val_loss_gain_se``), where the trainable reported it.
+        results: ``{candidate: {fold: final report}}`` of the current round (``None``: failed).
         round: the current round's candidates, empty between rounds.
         finished: the strategy has proposed nothing more.
     """
 
     folds: tuple[int, ...]
     history: list[Outcome] = field(default_factory=list)
-    losses: dict[str, dict[int, float | None]] = field(default_factory=dict)
-    errors: dict[str, dict[int, float]] = field(default_factory=dict)
+    results: dict[Candidate, dict[int, Mapping[str, Any] | None]] = field(default_factory=dict)
     round: list[Candidate] = field(default_factory=list)
     finished: bool = False
 
+    def record(self, trial: Trial, result: Mapping[str, Any] | None) -> None:
+        """Keep the final report of one of the current round's trials (``None``: it failed)."""
+        candidate = next(c for c in self.round if Trial.of(c, trial.fold).key == trial.key)
+        self.results.setdefault(candidate, {})[trial.fold] = result
+
     def close_round(self) -> None:
-        """Turn the current round's per-fold losses into outcomes (mean over the group's folds)."""
+        """Turn the current round's reports into outcomes: the mean loss over the group's folds, the
+        per-sample losses of every fold one after the other."""
         for candidate in self.round:
-            losses = [x for x in self.losses.get(str(candidate.mask), {}).values() if x is not None]
-            ok = [x for x in losses if x == x]  # NaN is a failed candidate too
-            errors = list(self.errors.get(str(candidate.mask), {}).values())
-            # The standard error of a mean over folds: independent folds' errors add in quadrature.
-            se = (
-                math.sqrt(sum(e * e for e in errors)) / len(errors) if ok and len(errors) == len(ok) else None
-            )
-            self.history.append(Outcome(candidate, sum(ok) / len(ok) if ok else None, se))
-        self.round = []
+            reports = [self.results.get(candidate, {}).get(f) for f in self.folds]
+            self.history.append(outcome(candidate, reports))
+        self.results, self.round = {}, []
 
     def trials(self, candidates: Sequence[Candidate]) -> list[Trial]:
         """Start a round: the trials of ``candidates`` on every fold of the group."""
         self.round = list(candidates)
-        return [
-            Trial(str(c.mask), f, "search", c.round, str(c.parent) if c.parent else None)
-            for c in candidates
-            for f in self.folds
-        ]
+        return [Trial.of(c, f) for c in candidates for f in self.folds]
+
+
+def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -> Outcome:
+    """The outcome of ``candidate`` from its final report on each fold (failed if any fold failed)."""
+    losses = [_number(r.get("val_loss")) if r else None for r in reports]
+    if not reports or any(x is None or math.isnan(x) for x in losses):
+        return Outcome(candidate, None)
+    starts = [_number(r.get("val_loss_start")) for r in reports]
+    epochs = [_number(r.get("best_epoch")) for r in reports]
+    holdout = [r.get("holdout_losses") for r in reports]
+    start = [r.get("start_losses") for r in reports]
+    paired = all(h is not None for h in holdout) and all(s is not None for s in start)
+    return Outcome(
+        candidate,
+        sum(losses) / len(losses),
+        None if None in starts else sum(starts) / len(starts),
+        None if None in epochs else int(max(epochs)),  # 0 only if no fold trained past its start
+        tuple(x for h in holdout for x in h) if paired else None,
+        tuple(x for s in start for x in s) if paired else None,
+    )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

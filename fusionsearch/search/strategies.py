@@ -13,37 +13,57 @@ import math
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from fusionsearch.mask import NUM_POINTS, FusionMask
-from fusionsearch.settings import ConfigError
+from fusionsearch.search import acceptance
+from fusionsearch.search.acceptance import Evidence, Verdict
+from fusionsearch.settings import CONTROLS, ConfigError, SearchConfig, check_alpha, check_choice
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A mask to train in ``round``, warm-started from ``parent``'s weights (None: from scratch)."""
+    """A mask to train in ``round``, warm-started from ``parent``'s weights (None: from scratch).
+
+    ``control``: the round's continued parent (``mask == parent``), trained with exactly the
+    children's budget so that a child is compared with as much training as it had.
+    ``extension``: 0 for a round's first attempt; 1 for the continuation of a trial of a round
+    that learned nothing: warm-started from that trial's own final weights (``parent`` stays
+    the mask its lineage came from, which says whose control it is compared with).
+    """
 
     mask: FusionMask
     parent: FusionMask | None
     round: int
+    control: bool = False
+    extension: int = 0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished candidate: its validation loss, or ``None`` if it failed.
+    """A finished candidate: its validation loss, or ``None`` if it failed, and the evidence behind it.
 
-    ``se``: the standard error of its loss decrease from its start (its parent's weights, for a
-    warm-started child) over the validation samples, where known.
+    ``loss`` is the mean loss of the selection half of the validation subjects at the best epoch
+    (chosen by it); ``start_loss`` the same at epoch 0. ``holdout`` and ``start`` are the per-sample
+    losses of the other (test) half at the best epoch and at epoch 0, where the trainable reported
+    them (:mod:`fusionsearch.search.acceptance`).
     """
 
     candidate: Candidate
     loss: float | None
-    se: float | None = None
+    start_loss: float | None = None
+    best_epoch: int | None = None
+    holdout: tuple[float, ...] | None = None
+    start: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
         return self.loss is not None and not math.isnan(self.loss)
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(self.loss, self.start_loss, self.best_epoch, self.holdout, self.start)
 
 
 @runtime_checkable
@@ -76,14 +96,52 @@ def _rounds(history: Sequence[Outcome]) -> list[list[Outcome]]:
 
 
 def _ranked(outcomes: Sequence[Outcome]) -> list[Outcome]:
-    """Successful outcomes, best first; ties broken by mask for determinism."""
-    return sorted((o for o in outcomes if o.ok), key=lambda o: (o.loss, o.candidate.mask))
+    """Successful outcomes that are not controls, best first; ties broken by mask for determinism."""
+    return sorted(
+        (o for o in outcomes if o.ok and not o.candidate.control), key=lambda o: (o.loss, o.candidate.mask)
+    )
 
 
 def best_outcome(history: Sequence[Outcome]) -> Outcome | None:
-    """The lowest-loss successful candidate, or None."""
+    """The lowest-loss successful candidate (controls aside), or None."""
     ranked = _ranked(history)
     return ranked[0] if ranked else None
+
+
+def _final_attempt(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """A round's outcomes of its last attempt (its extension, if it was extended)."""
+    last = max((o.candidate.extension for o in outcomes), default=0)
+    return [o for o in outcomes if o.candidate.extension == last]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a round decided: the child it accepted (if any), with its test; whether anything learned.
+
+    Attributes:
+        round: the round.
+        tested: the child the acceptance test was applied to (the largest selection-half gain
+            over its reference), or ``None`` when no child finished.
+        reference: what it was compared with: its parent's control, or its parent.
+        verdict: the test's result.
+        learned: whether any trial of the round lowered its loss below its own start (``None``:
+            unknown, no per-sample losses).
+        extension: the attempt decided on (1: the round was extended).
+    """
+
+    round: int
+    tested: Outcome | None
+    reference: Outcome | None
+    verdict: Verdict | None
+    learned: bool | None
+    extension: int
+
+    @property
+    def accepted(self) -> Outcome | None:
+        return self.tested if self.verdict is not None and self.verdict.accepted else None
+
+
+_DEFAULTS = SearchConfig()
 
 
 @dataclass(frozen=True)
@@ -92,103 +150,159 @@ class BeamSearch:
 
     Round 0 trains the no-fusion baseline from scratch. Each later round expands the
     ``beam_width`` best masks of the previous round by one point each (a mask reachable from
-    several of them warm-starts from the best). A round *improves* when its best loss is below
-    the best loss seen before it by more than ``min_delta``; the search tolerates ``patience``
-    consecutive rounds that do not improve and stops at the next one, or when no mask can be
-    extended. The answer is the best mask seen, counting only improvements of more than ``min_delta``.
-
-    With ``noise_z > 0`` an improvement must also exceed ``noise_z`` standard errors of the
-    round best's own loss decrease over its validation samples (:attr:`Outcome.se`): a child's
-    loss is the minimum over its epochs, epoch 0 being its parent, so validation noise alone
-    makes some child "improve" by a little.
+    several of them warm-starts from the best) and, with ``control="parent"``, continues each
+    of those parents with the children's budget (the *control*). A round *improves* when a child
+    passes the acceptance test (:mod:`fusionsearch.search.acceptance`) against its parent's control
+    (``control="none"``: against its parent, the paper's rule) at false-accept rate ``alpha``, by
+    more than ``min_delta``. When no child passes and nothing in the round learned, the round is
+    extended once (``extend``): every trial of it continues for another budget, and the round is
+    decided again. The search tolerates ``patience`` consecutive rounds that do not improve and
+    stops at the next one, or when no mask can be extended. The answer is the last accepted child
+    (the baseline if none was).
     """
 
     num_points: int = NUM_POINTS
-    beam_width: int = 2
-    patience: int = 1
-    min_delta: float = 0.0
-    noise_z: float = 0.0
-
-    def _beats(self, outcome: Outcome, best_loss: float) -> bool:
-        """Whether ``outcome`` improves on ``best_loss`` by more than the margin."""
-        margin = max(self.min_delta, self.noise_z * (outcome.se or 0.0))
-        return outcome.loss < best_loss - margin
+    beam_width: int = _DEFAULTS.beam_width
+    patience: int = _DEFAULTS.beam_patience
+    min_delta: float = _DEFAULTS.min_delta
+    control: str = _DEFAULTS.control
+    alpha: float = _DEFAULTS.alpha
+    extend: bool = _DEFAULTS.extend
 
     def __post_init__(self) -> None:
-        if (
-            self.beam_width < 1
-            or self.patience < 0
-            or self.num_points < 1
-            or self.min_delta < 0
-            or self.noise_z < 0
-        ):
+        if self.beam_width < 1 or self.patience < 0 or self.num_points < 1 or self.min_delta < 0:
             raise ConfigError(
                 f"beam_width={self.beam_width} must be >= 1, patience={self.patience} >= 0, "
-                f"num_points={self.num_points} >= 1, min_delta={self.min_delta} >= 0, "
-                f"noise_z={self.noise_z} >= 0"
+                f"num_points={self.num_points} >= 1, min_delta={self.min_delta} >= 0"
             )
+        check_choice("control", self.control, CONTROLS)
+        check_alpha(self.alpha)
+
+    def decisions(self, history: Sequence[Outcome]) -> list[Decision]:
+        """Every round's decision, from round 1 (round 0 trains the baseline and decides nothing)."""
+        rounds = _rounds(history)
+        decisions = []
+        for r, outcomes in enumerate(rounds[1:], start=1):
+            previous = _final_attempt(rounds[r - 1])
+            final = _final_attempt(outcomes)
+            children = [o for o in final if o.ok and not o.candidate.control]
+            pairs = [(child, self._reference(child, final, previous)) for child in children]
+            trials = [o.evidence for o in final if o.ok]
+            learned = acceptance.learned(trials, alpha=self.alpha)
+            i = acceptance.pick([(c.evidence, ref.evidence if ref else None) for c, ref in pairs])
+            if i is None:
+                decisions.append(Decision(r, None, None, None, learned, final[0].candidate.extension))
+                continue
+            child, reference = pairs[i]
+            verdict = acceptance.judge(
+                child.evidence,
+                reference.evidence if reference else None,
+                alpha=self.alpha,
+                min_delta=self.min_delta,
+            )
+            decisions.append(Decision(r, child, reference, verdict, learned, child.candidate.extension))
+        return decisions
+
+    def _reference(self, child: Outcome, final: list[Outcome], previous: list[Outcome]) -> Outcome | None:
+        """The child's parent's control in this attempt, else the parent itself (``None``: not found)."""
+        parent = child.candidate.parent
+        if self.control == "parent":
+            control = next((o for o in final if o.candidate.control and o.candidate.mask == parent), None)
+            if control is not None and control.ok:
+                return control
+        return next((o for o in _ranked(previous) if o.candidate.mask == parent), None)
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
         rounds = _rounds(history)
         if not rounds:
             return [Candidate(FusionMask.empty(self.num_points), None, 0)]
-        best_loss, stale = math.inf, 0
-        for outcomes in rounds:
-            ranked = _ranked(outcomes)
-            if ranked and self._beats(ranked[0], best_loss):
-                stale = 0
-            else:
-                stale += 1
-            if ranked:
-                best_loss = min(best_loss, ranked[0].loss)
-        last = rounds[-1]
-        if stale > self.patience or not _ranked(last):
+        decisions = self.decisions(history)
+        stale = 0
+        for decision in decisions:
+            stale = 0 if decision.accepted else stale + 1
+        last = _final_attempt(rounds[-1])
+        if decisions and (extension := self._extension(decisions[-1], last)):
+            return extension
+        parents = _ranked(last)[: self.beam_width]
+        if stale > self.patience or not parents:
             return []
+        r = len(rounds)
         children: dict[FusionMask, Candidate] = {}
-        for parent in _ranked(last)[: self.beam_width]:  # best first: first parent found wins
-            for mask in parent.candidate.mask.extensions():
-                children.setdefault(mask, Candidate(mask, parent.candidate.mask, len(rounds)))
-        return list(children.values())
+        controls = []
+        for parent in parents:  # best first: first parent found wins
+            mask = parent.candidate.mask
+            for child in mask.extensions():
+                children.setdefault(child, Candidate(child, mask, r))
+            if self.control == "parent" and mask.extensions():
+                controls.append(Candidate(mask, mask, r, control=True))
+        return [*children.values(), *controls]
+
+    def _extension(self, decision: Decision, last: list[Outcome]) -> list[Candidate]:
+        """The continuation of every finished trial of a round that learned nothing (once)."""
+        if not self.extend or decision.accepted or decision.learned is not False or decision.extension:
+            return []
+        return [replace(o.candidate, extension=o.candidate.extension + 1) for o in last if o.ok]
 
     def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
-        """The best mask seen, counting only improvements of more than ``min_delta``.
+        """The last accepted child (the baseline when no child was accepted), as trained best.
 
-        A round's best replaces the answer only when it beats it by more than ``min_delta``,
-        so a child that is better by less (validation noise) does not become the answer.
+        Its mask is the answer. Its weights are those of the trial of that mask with the lowest
+        validation loss among it and its continuations in later rounds (its controls), so that a
+        search that stops because no child beat the continued parent answers with the continued
+        parent's weights when they are better, not with the shorter-trained original.
         """
-        answer = None
-        for outcomes in _rounds(history):
-            ranked = _ranked(outcomes)
-            if ranked and (answer is None or self._beats(ranked[0], answer.loss)):
-                answer = ranked[0]
-        return answer
+        rounds = _rounds(history)
+        answer = best_outcome(rounds[0]) if rounds else None
+        for decision in self.decisions(history):
+            answer = decision.accepted or answer
+        if answer is None:
+            return None
+        continued = [
+            o
+            for o in history
+            if o.ok
+            and o.candidate.control
+            and o.candidate.mask == answer.candidate.mask
+            and o.candidate.round > answer.candidate.round
+        ]
+        return min([answer, *continued], key=lambda o: o.loss)
 
 
 @dataclass(frozen=True)
 class SFSA:
-    """The Sequential Forward Search Algorithm (Guarrasi et al., arXiv 2505.02467).
+    """The Sequential Forward Search Algorithm (Guarrasi et al., arXiv 2505.02467), with a control.
 
     Train the baseline A0; then, in each round, train every one-point extension of the current
-    best mask warm-started from it; keep the round's best if its loss improves on the current
-    best by more than ``min_delta`` (and, with ``noise_z > 0``, by more than ``noise_z`` standard
-    errors of its loss decrease: see :class:`BeamSearch`), else stop and return the current
-    best. Also stops when every point is active.
+    best mask warm-started from it, and beside them the current best continued for the same
+    budget (``control="parent"``; ``"none"`` compares with the current best itself, the
+    paper's rule). Keep the child that passes the acceptance test (see :class:`BeamSearch`), else
+    stop and return the current best. A round where nothing learned is extended once first
+    (``extend``). Also stops when every point is active.
     """
 
     num_points: int = NUM_POINTS
-    min_delta: float = 0.0
-    noise_z: float = 0.0
+    min_delta: float = _DEFAULTS.min_delta
+    control: str = _DEFAULTS.control
+    alpha: float = _DEFAULTS.alpha
+    extend: bool = _DEFAULTS.extend
+
+    def __post_init__(self) -> None:
+        self._beam  # noqa: B018 (checks the settings)
 
     def next_round(self, history: Sequence[Outcome]) -> list[Candidate]:
         return self._beam.next_round(history)
 
     def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
-        """The current best when the search stopped: improvements of ``min_delta`` or less do not count."""
+        """The current best when the search stopped."""
         return self._beam.chosen(history)
+
+    def decisions(self, history: Sequence[Outcome]) -> list[Decision]:
+        """Every round's decision (see :meth:`BeamSearch.decisions`)."""
+        return self._beam.decisions(history)
 
     @property
     def _beam(self) -> BeamSearch:
-        return BeamSearch(self.num_points, 1, 0, self.min_delta, self.noise_z)
+        return BeamSearch(self.num_points, 1, 0, self.min_delta, self.control, self.alpha, self.extend)
 
 
 @dataclass(frozen=True)

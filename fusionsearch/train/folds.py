@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fusionsearch.data.cache import CachedDataset, PreprocessCache, read_index
-from fusionsearch.data.splits import make_folds
+from fusionsearch.data.splits import make_folds, validation_halves
 from fusionsearch.errors import UserError
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.settings import DataConfig
@@ -19,12 +19,17 @@ from fusionsearch.settings import DataConfig
 
 @dataclass(frozen=True)
 class FoldData:
-    """The samples of one fold's parts, memory-mapped from the cache (``None``: not opened)."""
+    """The samples of one fold's parts, memory-mapped from the cache (``None``: not opened).
+
+    ``val_select``: which validation samples form the selection half (``None``: all of them;
+    :func:`~fusionsearch.data.splits.validation_halves`).
+    """
 
     modalities: tuple[str, ...]
     train: CachedDataset | None = None
     val: CachedDataset | None = None
     test: CachedDataset | None = None
+    val_select: np.ndarray | None = None
 
     def single(self, modality: str) -> FoldData:
         """The same samples with one modality's channel only (a unimodal baseline's input)."""
@@ -36,7 +41,7 @@ class FoldData:
             for name in ("train", "val", "test")
             if (part := getattr(self, name)) is not None
         }
-        return FoldData(modalities=(modality,), **parts)
+        return FoldData(modalities=(modality,), val_select=self.val_select, **parts)
 
 
 def load_fold(config: DataConfig, fold: int, parts: tuple[str, ...] = ("train", "val")) -> FoldData:
@@ -51,7 +56,12 @@ def load_fold(config: DataConfig, fold: int, parts: tuple[str, ...] = ("train", 
     cache = PreprocessCache(config.cache, config.preprocess)
     columns = ("key", "label", "sample_id")
     opened = {p: cache.open_keys(*([index[c][r] for r in getattr(rows, p)] for c in columns)) for p in parts}
-    return FoldData(modalities=tuple(json.loads(table.schema.metadata[b"modalities"])), **opened)
+    select = None
+    if "val" in parts:
+        labels, subjects = ([index[c][r] for r in rows.val] for c in ("label", "subject_id"))
+        select = validation_halves(labels, subjects, config.split_seed)
+    modalities = tuple(json.loads(table.schema.metadata[b"modalities"]))
+    return FoldData(modalities=modalities, val_select=select, **opened)
 
 
 class Batches:

@@ -71,8 +71,20 @@ def train_step(
 
 
 def candidate_seed(candidate: CandidateConfig) -> int:
-    """A seed per (run seed, mask), so candidates differ but reruns repeat."""
+    """The seed of a candidate's new weights: per (run seed, mask), so candidates differ but reruns repeat."""
     return candidate.settings.train.seed * 1_000_003 + int(candidate.mask, 2)
+
+
+def batch_seed(candidate: CandidateConfig, epoch: int, batch: int | None = None) -> int:
+    """The seed of an epoch's data order (``batch=None``) and of each batch's augmentation.
+
+    Common random numbers: it depends on the run seed, fold, round and extension, not on the
+    mask, so a round's children and its control see the same batches in the same order with the
+    same augmentation draws, and their paired difference measures the fusion point.
+    """
+    trial = candidate.trial
+    key = [candidate.settings.train.seed, trial.fold, trial.round, trial.extension, epoch]
+    return int(np.random.SeedSequence(key + ([] if batch is None else [batch])).generate_state(1)[0])
 
 
 @dataclass
@@ -83,7 +95,9 @@ class LoopState:
     ``checkpoint_seconds`` in writing and reporting checkpoints, ``setup_seconds`` in building the
     network, its optimizer and its batches (summed over the trial and its resumptions).
     ``initial_losses`` and ``best_losses`` are the per-sample validation losses of epoch 0 and
-    of the best epoch: :attr:`gain_se` is the standard error of their paired difference.
+    of the best epoch: :attr:`gain_se` is the standard error of their paired difference. The best
+    epoch is the one with the lowest ``val_loss``, the mean loss of the validation part's
+    selection half.
     """
 
     epoch: int = 0
@@ -146,6 +160,7 @@ class _Run:
     meta: dict[str, Any]
     augmentation: Augmentation | None
     class_weights: torch.Tensor | None
+    select: np.ndarray  # which validation samples form the selection half
     last_losses: list[float] = field(default_factory=list)  # per validation sample, the last evaluation
 
 
@@ -200,10 +215,14 @@ def fit(
             report(metrics, None)
     run.model.load_state_dict(run.best_weights)
     best = run.state.best
+    test_half = ~run.select
     final = {
-        **best,  # val_loss, val_accuracy, val_auc of the best epoch
+        **best,  # val_loss (selection half), val_loss_all, val_accuracy, val_auc of the best epoch
         "best_epoch": best["epoch"],
         "val_loss_gain_se": run.state.gain_se,
+        "val_loss_start": _mean(run.state.initial_losses, run.select),
+        "holdout_losses": np.asarray(run.state.best_losses)[test_half].tolist(),
+        "start_losses": np.asarray(run.state.initial_losses)[test_half].tolist(),
         "epoch": run.state.epoch,
         "epochs_trained": run.state.epoch,
         "started_at": started,
@@ -271,17 +290,30 @@ def _prepare(
         meta,
         augmentation(train, shape),
         None if weights is None else weights.to(policy.device),
+        _selection_half(data),
     )
+
+
+def _selection_half(data: FoldData) -> np.ndarray:
+    """The validation samples that choose the best epoch: the fold's selection half, or all of them
+    when the part has fewer than 4 samples (or the data came without halves)."""
+    n = len(data.val)
+    if data.val_select is None or n < 4:
+        return np.ones(n, dtype=bool)
+    return np.asarray(data.val_select, dtype=bool)
+
+
+def _mean(losses: list[float], select: np.ndarray) -> float:
+    return float(np.asarray(losses)[select].mean()) if len(losses) else math.nan
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One pass over the training part in this epoch's seeded order."""
     run.model.train()
-    order = np.random.default_rng([candidate_seed(run.candidate), epoch]).permutation(len(run.train))
+    order = np.random.default_rng(batch_seed(run.candidate, epoch)).permutation(len(run.train))
     policy = run.train.policy
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(run.candidate.settings.train, epoch)
-    seed = candidate_seed(run.candidate) * 1009 + epoch
     tick = time.perf_counter()
     losses = [
         train_step(
@@ -290,7 +322,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
             policy,
             # The augmented batch is contiguous: lay it out for the device (without augmentation
             # the batch is laid out already, and this returns it as is).
-            policy.batch(augment(run.augmentation, x, seed + k)),
+            policy.batch(augment(run.augmentation, x, batch_seed(run.candidate, epoch, k))),
             y,
             run.class_weights,
         )
@@ -313,6 +345,9 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     losses = sample_losses(logits, labels)  # once: for the metrics and the paired error
     metrics = logit_metrics(logits, labels, losses)
     run.last_losses = losses.tolist()
+    # The best epoch is chosen on the selection half; the test half judges the gain afterwards.
+    metrics["val_loss_all"] = metrics["val_loss"]
+    metrics["val_loss"] = _mean(run.last_losses, run.select)
     run.state.eval_seconds += time.perf_counter() - tick
     return metrics
 

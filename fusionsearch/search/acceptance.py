@@ -1,0 +1,139 @@
+"""The round's acceptance test: did a child beat its reference beyond what selection noise explains?
+
+A round of a greedy search picks the best of several children, each at its best of many
+epochs. Both choices are made on the *selection half* of the validation subjects (each
+trainable reports ``val_loss``, the mean loss of that half, and picks its best epoch by it);
+the gain is then measured on the other, *test half*, which took no part in either choice:
+
+1. the child with the largest selection-half gain over its reference (the continued parent,
+   role ``control``, or the parent itself with ``control="none"``) is the round's candidate;
+2. its per-sample losses on the test half, at the epoch chosen on the selection half, are
+   paired with the reference's and tested one-sided (Student's paired t, ``scipy``):
+   the child is accepted when ``p < alpha`` and the mean gain exceeds ``min_delta``.
+
+Because one hypothesis is tested on subjects that chose nothing, its false-accept rate is
+``alpha`` however many children and epochs there were; ``tests/test_acceptance.py`` shows it by
+simulating rounds with no true effect. A child whose best epoch is 0 (it never got past its
+parent's weights) is never accepted.
+
+A round has *learned* when the trial (child or control) with the largest selection-half gain
+over its own start (epoch 0: its parent's weights) also lowered its test-half loss below that
+start by the same test. A round that has not learned anything is on the plateau that precedes
+sudden learning, and "no child passed" says nothing about the fusion points yet.
+
+Trainables that report no per-sample losses (a user's own, the scripted test trainable) get a
+plain comparison of ``val_loss`` with the reference's, by more than ``min_delta``, and no
+"learned" verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+#: The false-accept rate of a round's decision, and of the "learned" verdict.
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a finished trial tells the test: its losses on both halves, at its best epoch and at its start.
+
+    Attributes:
+        loss: mean loss of the selection half at the best epoch (chosen by it).
+        start_loss: mean loss of the selection half at epoch 0 (the weights it started from).
+        best_epoch: the epoch chosen; 0 means it never improved on its start.
+        holdout: per-sample losses of the test half at the best epoch.
+        start: per-sample losses of the test half at epoch 0.
+    """
+
+    loss: float
+    start_loss: float | None = None
+    best_epoch: int | None = None
+    holdout: tuple[float, ...] | None = None
+    start: tuple[float, ...] | None = None
+
+    @property
+    def paired(self) -> bool:
+        """Whether per-sample losses of the test half are known."""
+        return self.holdout is not None and self.start is not None and len(self.holdout) > 1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The test of one candidate against one reference.
+
+    Attributes:
+        gain: mean loss decrease, reference minus candidate, on the test half (or of ``val_loss``
+            without per-sample losses).
+        p_value: one-sided p-value of the paired test (``None``: no per-sample losses).
+        accepted: ``gain > min_delta`` and ``p_value < alpha`` (or, unpaired, ``gain > min_delta``),
+            and the candidate trained past epoch 0.
+    """
+
+    gain: float
+    p_value: float | None
+    accepted: bool
+
+
+def paired_gain(reference: Sequence[float], candidate: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``reference - candidate`` and the one-sided p-value that it is above 0 (paired t)."""
+    differences = np.asarray(reference, dtype=float) - np.asarray(candidate, dtype=float)
+    gain = float(differences.mean())
+    if len(differences) < 2:
+        return gain, 1.0
+    if not np.ptp(differences) > 1e-9:  # no spread: the same shift for every sample (0: the same weights)
+        return gain, 0.0 if gain > 1e-9 else 1.0
+    p_value = float(stats.ttest_1samp(differences, 0.0, alternative="greater").pvalue)
+    return gain, p_value if math.isfinite(p_value) else 1.0
+
+
+def judge(
+    candidate: Evidence,
+    reference: Evidence | None,
+    *,
+    alpha: float = ALPHA,
+    min_delta: float = 0.0,
+) -> Verdict:
+    """``candidate`` against ``reference`` (``None``: against its own start, epoch 0)."""
+    if candidate.best_epoch == 0:
+        return Verdict(0.0, 1.0 if candidate.paired else None, False)
+    if reference is None:
+        if candidate.paired:
+            gain, p = paired_gain(candidate.start, candidate.holdout)
+            return Verdict(gain, p, gain > min_delta and p < alpha)
+        if candidate.start_loss is None:
+            return Verdict(math.nan, None, False)
+        gain = candidate.start_loss - candidate.loss
+        return Verdict(gain, None, gain > min_delta)
+    if candidate.paired and reference.paired and len(reference.holdout) == len(candidate.holdout):
+        gain, p = paired_gain(reference.holdout, candidate.holdout)
+        return Verdict(gain, p, gain > min_delta and p < alpha)
+    gain = reference.loss - candidate.loss
+    return Verdict(gain, None, gain > min_delta)
+
+
+def pick(pairs: Sequence[tuple[Evidence, Evidence | None]]) -> int | None:
+    """Index of the pair whose candidate gains most over its reference on the selection half.
+
+    A reference ``None`` stands for the candidate's own start. Ties go to the first pair.
+    """
+    best, best_gain = None, -math.inf
+    for i, (candidate, reference) in enumerate(pairs):
+        base = candidate.start_loss if reference is None else reference.loss
+        gain = -math.inf if base is None else base - candidate.loss
+        if gain > best_gain:
+            best, best_gain = i, gain
+    return best if best is not None else (0 if pairs else None)
+
+
+def learned(trials: Sequence[Evidence], *, alpha: float = ALPHA) -> bool | None:
+    """Whether any of a round's trials learned: see the module's docstring. ``None``: cannot tell."""
+    if not trials or not all(t.paired for t in trials):
+        return None
+    i = pick([(t, None) for t in trials])
+    return judge(trials[i], None, alpha=alpha).accepted

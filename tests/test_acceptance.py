@@ -1,0 +1,139 @@
+"""The acceptance test's calibration and power, by simulating rounds without training (no Ray, no torch).
+
+The model of a round (the methods review's): ``n`` validation subjects; the parent's per-sample
+losses; every trial of the round (``m`` children and the control) starts from them (epoch 0)
+and, for ``E`` epochs, its per-sample losses wander around them: independent across subjects,
+correlated ``rho`` from one epoch to the next (AR(1)), with spread ``sigma``. Under the null no
+trial is better than another; a *gain* lowers one child's losses by ``gain`` from epoch 1 on.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fusionsearch.data.splits import validation_halves
+from fusionsearch.mask import FusionMask
+from fusionsearch.search import acceptance
+from fusionsearch.search.acceptance import Evidence
+from fusionsearch.search.records import FoldSearch
+from fusionsearch.search.strategies import SFSA, Outcome
+
+N, SIGMA = 80, 0.1
+
+
+def simulated_rounds(rng, select, rounds, m, epochs, rho, gain=0.0):
+    """Each round's children (the first gains ``gain``) and control, as a trainable reports them."""
+    parent = rng.gamma(2.0, 0.15, (rounds, 1, 1, N))
+    z = np.zeros((rounds, m + 1, epochs + 1, N))
+    noise = rng.standard_normal((rounds, m + 1, epochs, N))
+    for e in range(1, epochs + 1):
+        z[:, :, e] = rho * z[:, :, e - 1] + np.sqrt(1 - rho**2) * noise[:, :, e - 1]
+    shift = np.zeros((1, m + 1, epochs + 1, 1))
+    shift[0, 0, 1:] = gain
+    curves = parent + SIGMA * z - shift
+    best = np.argmin(curves[..., select].mean(-1), axis=2)  # each trial's best epoch, on the selection half
+    for r in range(rounds):
+        start = parent[r, 0, 0]
+        trials = [
+            Evidence(float(c[select].mean()), float(start[select].mean()), int(best[r, t]),
+                     tuple(c[~select]), tuple(start[~select]))
+            for t, c in enumerate(curves[r, np.arange(m + 1), best[r]])
+        ]  # fmt: skip
+        yield trials[:m], trials[m]
+
+
+def accept_rate(m, epochs, rho, gain=0.0, rounds=1000, seed=0, control=True):
+    """How often a round accepts a child (with a gain: the child that has it)."""
+    rng = np.random.default_rng(seed)
+    select = validation_halves(rng.integers(0, 2, N), [f"s{i}" for i in range(N)], seed)
+    accepted = 0
+    for children, control_evidence in simulated_rounds(rng, select, rounds, m, epochs, rho, gain):
+        reference = control_evidence if control else None
+        i = acceptance.pick([(c, reference) for c in children])
+        accepted += acceptance.judge(children[i], reference).accepted and (gain == 0 or i == 0)
+    return accepted, rounds
+
+
+def at_most_alpha(accepted, rounds):
+    """The false-accept rate is consistent with at most alpha: not above it at the 1 % level.
+
+    The test is exact (one hypothesis on subjects that chose nothing), so the simulated rate
+    scatters around alpha by its Monte-Carlo error (0.007 at 1,000 rounds).
+    """
+    return stats.binomtest(accepted, rounds, acceptance.ALPHA, alternative="greater").pvalue > 0.01
+
+
+@pytest.mark.parametrize("m", [4, 8])
+@pytest.mark.parametrize(("epochs", "rho"), [(8, 0.0), (8, 0.9), (30, 0.5), (30, 0.9)])
+def test_no_true_effect_is_accepted_at_most_alpha_of_the_time(m, epochs, rho):
+    accepted, rounds = accept_rate(m, epochs, rho, seed=m * 100 + epochs)
+    assert at_most_alpha(accepted, rounds), accepted / rounds
+    assert accepted / rounds < 0.075  # the old margin (z = 2) accepted 30-94 % of such rounds
+
+
+def test_against_the_parent_the_paper_rule_is_calibrated_too():
+    assert at_most_alpha(*accept_rate(4, 30, 0.5, control=False, seed=7))
+
+
+@pytest.mark.parametrize("m", [4, 8])
+def test_a_gain_of_0_7_of_the_per_sample_spread_is_found_at_least_80_percent_of_the_time(m):
+    """Power: one child's losses 0.07 (0.7 sigma) below its siblings' and the control's; 40 test subjects."""
+    accepted, rounds = accept_rate(m, 12, 0.5, gain=0.7 * SIGMA, rounds=400, seed=m)
+    assert accepted / rounds >= 0.8
+
+
+def test_a_child_whose_best_epoch_is_zero_is_never_an_improvement():
+    start = tuple(np.linspace(0.5, 1.0, 20))
+    stayed = Evidence(0.40, 0.41, 0, tuple(x - 1e-7 for x in start), start)  # a hair below, by float noise
+    assert not acceptance.judge(stayed, None).accepted
+    assert not acceptance.judge(stayed, Evidence(0.45, 0.41, 3, start, start)).accepted
+    moved = Evidence(0.30, 0.41, 4, tuple(x - 0.1 for x in start), start)
+    assert acceptance.judge(moved, None).accepted
+
+
+START = tuple(np.linspace(0.6, 0.8, 20))
+
+
+def plateau(candidate, start=START):
+    """A trial that never got below its start (best epoch 0)."""
+    return Outcome(candidate, float(np.mean(start)), float(np.mean(start)), 0, start, start)
+
+
+def learning(candidate, gain, start=START):
+    """A trial whose losses fell by ``gain`` (give or take a little) from its start."""
+    wobble = 0.01 * np.sin(np.arange(len(start)))
+    holdout = tuple(np.asarray(start) - gain + wobble)
+    return Outcome(candidate, float(np.mean(start)) - gain, float(np.mean(start)), 5, holdout, start)
+
+
+def test_a_round_that_learned_nothing_is_extended_once_then_decided():
+    strategy = SFSA()
+    baseline = strategy.next_round([])
+    history = [learning(baseline[0], 0.0)]
+    round1 = strategy.next_round(history)
+    assert [c.control for c in round1] == [False] * 4 + [True]
+    history += [plateau(c) for c in round1]  # nothing learned: the plateau before sudden learning
+    assert strategy.decisions(history)[-1].learned is False
+    extension = strategy.next_round(history)
+    assert sorted((str(c.mask), c.control, c.extension) for c in extension) == sorted(
+        (str(c.mask), c.control, 1) for c in round1
+    )
+    assert all(c.parent == FusionMask("0000") and c.round == 1 for c in extension)
+    trials = FoldSearch((0,)).trials(extension)
+    assert all(t.parent_mask == t.mask for t in trials)  # each continues from its own weights
+    assert {t.parent_role for t in trials} == {"search", "control"}
+    history += [learning(c, 0.2 if str(c.mask) == "0100" else 0.05) for c in extension]
+    decision = strategy.decisions(history)[-1]
+    assert decision.extension == 1 and decision.learned is True
+    assert decision.accepted.candidate == extension[1] and decision.reference.candidate.control
+    assert decision.verdict.gain == pytest.approx(0.15)
+    following = strategy.next_round(history)
+    assert {str(c.parent) for c in following} == {"0100"} and not any(c.extension for c in following)
+    assert strategy.chosen(history).candidate == extension[1]  # the continued child: its weights go on
+    # A round that learned something but where no child beat the control is not extended: stop.
+    beaten = [*history[:1], *[learning(c, 0.3 if c.control else 0.1) for c in round1]]
+    assert strategy.next_round(beaten) == [] and str(strategy.chosen(beaten).candidate.mask) == "0000"
+    # A plateau after the extension is not extended again: the search answers the parent.
+    stuck = [*history[: 1 + len(round1)], *[plateau(c) for c in extension]]
+    assert strategy.next_round(stuck) == [] and str(strategy.chosen(stuck).candidate.mask) == "0000"
+    assert SFSA(extend=False).next_round(history[: 1 + len(round1)]) == []
