@@ -31,7 +31,12 @@ from fusionsearch.errors import SearchInterrupted, StorageError, UserError
 from fusionsearch.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.progress import FoldProgress
-from fusionsearch.report.evaluation import landscape_checkpoints, method_checkpoints, predict_fold
+from fusionsearch.report.evaluation import (
+    ensemble_folds,
+    landscape_checkpoints,
+    method_checkpoints,
+    predict_fold,
+)
 from fusionsearch.search import experiment
 from fusionsearch.search.experiment import (
     DEFAULT_TRAINABLE,
@@ -367,6 +372,8 @@ def evaluate_search(
     ]
     log.info("evaluating on the test parts of %d fold(s)", len(folds))
     predictions, landscape = (pa.concat_tables(part) for part in zip(*ray.get(jobs), strict=True))
+    if data.layout == "reserved":  # every fold tested the reserved part: one prediction per subject
+        predictions, landscape = ensemble_folds(predictions), ensemble_folds(landscape)
     storage.write_table(storage.join(experiment_dir, LANDSCAPE_FILE), landscape)
     storage.write_table(storage.join(experiment_dir, PREDICTIONS_FILE), predictions)
     return predictions

@@ -232,7 +232,7 @@ def run(
         split_seed=train.seed,
         workers=workers,
     )
-    settings = RunSettings(data=data, model=model, train=train)
+    settings = RunSettings(data=replace(data, layout=search.layout), model=model, train=train)
     name = name or f"{search.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"
     log.info("search %s: %s, %s fusion, trials of %s", name, search.searcher, model.fusion, per_trial)
     result = run_search(

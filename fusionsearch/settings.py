@@ -231,8 +231,10 @@ class DataConfig:
         index: location of the samples' index in the cache (:meth:`PreprocessCache.write_index`).
         cache: folder or URI of the preprocessing cache (built before any trial starts).
         preprocess: the preprocessing settings (part of the cache key).
-        folds: number of cross-validation folds.
+        folds: number of cross-validation parts (and folds).
         split_seed: seed of the fold assignment.
+        layout: ``rotating`` (fold i tests on part i) or ``reserved`` (part 0 is every fold's test
+            part, k - 1 folds: the pooled search's; :func:`fusionsearch.data.splits.make_folds`).
     """
 
     index: str
@@ -240,6 +242,15 @@ class DataConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     folds: int = 5
     split_seed: int = 0
+    layout: str = "rotating"
+
+    def __post_init__(self) -> None:
+        check_choice("layout", self.layout, ("rotating", "reserved"))
+
+    @property
+    def num_folds(self) -> int:
+        """Folds of the layout: ``folds``, or ``folds - 1`` with the test part reserved."""
+        return self.folds - (self.layout == "reserved")
 
 
 @dataclass(frozen=True)
@@ -274,7 +285,9 @@ class SearchConfig:
             most, 11 for m = 4).
         folds: number of cross-validation folds (at least 3: train, validation, test).
         fold: search this fold only (``None``: every fold).
-        pooled: one search over all folds, scored on the mean validation loss.
+        pooled: one search over all folds, scored on the mean validation loss. Part 0 is then
+            reserved as every fold's test part (``folds - 1`` folds), so that no subject a
+            selection saw is ever tested.
         unimodal: train a single-stream baseline per modality beside the search.
         ensemble: also train the fusion masks the search skipped (brute-force ensemble).
         force: allow exhaustive search and the ensemble over more than
@@ -329,8 +342,15 @@ class SearchConfig:
             )
 
     @property
+    def layout(self) -> str:
+        """The fold layout the search needs: the test part reserved when pooled."""
+        return "reserved" if self.pooled and self.fold is None else "rotating"
+
+    @property
     def search_folds(self) -> tuple[int, ...]:
-        return tuple(range(self.folds)) if self.fold is None else (self.fold,)
+        if self.fold is not None:
+            return (self.fold,)
+        return tuple(range(self.folds - 1 if self.layout == "reserved" else self.folds))
 
 
 @dataclass(frozen=True)

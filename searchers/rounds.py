@@ -278,6 +278,10 @@ class RoundSearcher(Searcher):
             if m != baseline and str(m) not in trained
         ]
 
+    def selection_groups(self) -> list[tuple[int, ...]]:
+        """The folds behind each of the search's selections: one fold each, or all when pooled."""
+        return [group.folds for group in self._groups]
+
     def _group(self, fold: int) -> FoldSearch:
         return next(g for g in self._groups if fold in g.folds)
 

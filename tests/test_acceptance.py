@@ -1,57 +1,30 @@
 """The acceptance test's calibration and power, by simulating rounds without training (no Ray, no torch).
 
-The model of a round (the methods review's): ``n`` validation subjects; the parent's per-sample
-losses; every trial of the round (``m`` children and the control) starts from them (epoch 0)
-and, for ``E`` epochs, its per-sample losses wander around them: independent across subjects,
-correlated ``rho`` from one epoch to the next (AR(1)), with spread ``sigma``. Under the null no
-trial is better than another; a *gain* lowers one child's losses by ``gain`` from epoch 1 on.
+The simulated rounds are ``benchmarks/acceptance_calibration.py``'s (its docstring states the
+model): every trial's per-sample validation losses wander around the parent's, each keeps its
+best epoch on the selection half, and the round is decided as the searchers decide it.
 """
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from fusionsearch.data.splits import validation_halves
 from fusionsearch.mask import FusionMask
 from fusionsearch.search import acceptance
 from fusionsearch.search.acceptance import Evidence
 from fusionsearch.search.records import FoldSearch
 from fusionsearch.search.strategies import SFSA, Outcome
 
-N, SIGMA = 80, 0.1
-
-
-def simulated_rounds(rng, select, rounds, m, epochs, rho, gain=0.0):
-    """Each round's children (the first gains ``gain``) and control, as a trainable reports them."""
-    parent = rng.gamma(2.0, 0.15, (rounds, 1, 1, N))
-    z = np.zeros((rounds, m + 1, epochs + 1, N))
-    noise = rng.standard_normal((rounds, m + 1, epochs, N))
-    for e in range(1, epochs + 1):
-        z[:, :, e] = rho * z[:, :, e - 1] + np.sqrt(1 - rho**2) * noise[:, :, e - 1]
-    shift = np.zeros((1, m + 1, epochs + 1, 1))
-    shift[0, 0, 1:] = gain
-    curves = parent + SIGMA * z - shift
-    best = np.argmin(curves[..., select].mean(-1), axis=2)  # each trial's best epoch, on the selection half
-    for r in range(rounds):
-        start = parent[r, 0, 0]
-        trials = [
-            Evidence(float(c[select].mean()), float(start[select].mean()), int(best[r, t]),
-                     tuple(c[~select]), tuple(start[~select]))
-            for t, c in enumerate(curves[r, np.arange(m + 1), best[r]])
-        ]  # fmt: skip
-        yield trials[:m], trials[m]
-
-
-def accept_rate(m, epochs, rho, gain=0.0, rounds=1000, seed=0, control=True):
-    """How often a round accepts a child (with a gain: the child that has it)."""
-    rng = np.random.default_rng(seed)
-    select = validation_halves(rng.integers(0, 2, N), [f"s{i}" for i in range(N)], seed)
-    accepted = 0
-    for children, control_evidence in simulated_rounds(rng, select, rounds, m, epochs, rho, gain):
-        reference = control_evidence if control else None
-        i = acceptance.pick([(c, reference) for c in children])
-        accepted += acceptance.judge(children[i], reference).accepted and (gain == 0 or i == 0)
-    return accepted, rounds
+_spec = importlib.util.spec_from_file_location(
+    "acceptance_calibration",
+    Path(__file__).resolve().parent.parent / "benchmarks" / "acceptance_calibration.py",
+)
+calibration = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(calibration)
+accept_rate, SIGMA = calibration.accept_rate, calibration.SIGMA
 
 
 def at_most_alpha(accepted, rounds):

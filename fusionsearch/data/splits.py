@@ -20,8 +20,20 @@ class Fold:
     test: np.ndarray
 
 
-def make_folds(labels: Sequence[int], subjects: Sequence[str], k: int = 5, seed: int = 0) -> list[Fold]:
+#: How folds use the k parts: ``rotating`` (fold i tests on part i, validates on part i+1) or
+#: ``reserved`` (part 0 is every fold's test part; fold i validates on part i+1; k - 1 folds).
+LAYOUTS = ("rotating", "reserved")
+
+
+def make_folds(
+    labels: Sequence[int], subjects: Sequence[str], k: int = 5, seed: int = 0, layout: str = "rotating"
+) -> list[Fold]:
     """``k`` folds: fold ``i`` tests on part ``i``, validates on part ``i+1``, trains on the rest.
+
+    With ``layout="reserved"`` (a pooled search, which selects on every fold's validation part at
+    once), part 0 is held out of every fold: ``k - 1`` folds, fold ``i`` validating on part
+    ``i + 1``, training on the other parts but 0, and all testing on part 0, which no selection
+    ever saw.
 
     The parts come from scikit-learn's ``StratifiedGroupKFold`` (shuffled with ``seed``), so
     each part has about the class balance of the whole and all samples of a subject (e.g. its
@@ -40,6 +52,16 @@ def make_folds(labels: Sequence[int], subjects: Sequence[str], k: int = 5, seed:
         )
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     parts = [test for _, test in splitter.split(np.zeros(len(labels)), labels, subjects)]
+    if layout == "reserved":
+        inner = [
+            Fold(
+                train=np.sort(np.concatenate([p for j, p in enumerate(parts) if j not in (0, i)])),
+                val=np.sort(parts[i]),
+                test=np.sort(parts[0]),
+            )
+            for i in range(1, k)
+        ]
+        return inner
     folds = []
     for i in range(k):
         val = parts[(i + 1) % k]

@@ -92,6 +92,20 @@ def ensemble_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(members), axis=0)
 
 
+def ensemble_folds(predictions: pa.Table, fold: int = 0) -> pa.Table:
+    """Several folds' predictions of the same test subjects (a reserved test part) as one fold: each
+    method's (and mask's) mean class probabilities over the folds' models, per sample."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in predictions.to_pylist():
+        groups.setdefault((row["method"], row["mask"], row["sample_id"]), []).append(row)
+    rows = [
+        {**members[0], "fold": fold,
+         "probabilities": ensemble_probabilities([np.asarray(m["probabilities"]) for m in members]).tolist()}
+        for members in groups.values()
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+
+
 def predict(
     model: torch.nn.Module, data: CachedDataset, policy: DevicePolicy, batch_size: int = 16
 ) -> np.ndarray:

@@ -19,9 +19,9 @@ class CandidateConfig:
     parent: str | None = None
 
     def __post_init__(self) -> None:
-        folds = self.settings.data.folds
+        folds = self.settings.data.num_folds
         if not 0 <= self.trial.fold < folds:
-            raise ConfigError(f"fold={self.trial.fold} must be in 0..{folds - 1} (folds={folds})")
+            raise ConfigError(f"fold={self.trial.fold} must be in 0..{folds - 1} ({folds} folds)")
 
     @property
     def mask(self) -> str:

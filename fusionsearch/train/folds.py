@@ -52,7 +52,9 @@ def load_fold(config: DataConfig, fold: int, parts: tuple[str, ...] = ("train", 
     """
     table = read_index(config.index)
     index = table.to_pydict()
-    rows = make_folds(index["label"], index["subject_id"], config.folds, config.split_seed)[fold]
+    rows = make_folds(index["label"], index["subject_id"], config.folds, config.split_seed, config.layout)[
+        fold
+    ]
     cache = PreprocessCache(config.cache, config.preprocess)
     columns = ("key", "label", "sample_id")
     opened = {p: cache.open_keys(*([index[c][r] for r in getattr(rows, p)] for c in columns)) for p in parts}
