@@ -221,6 +221,7 @@ class RoundSearcher(Searcher):
             self._log_decision(group, extended=bool(candidates) and candidates[0].extension > 0)
             if not candidates:
                 group.finished = True
+                self._queue.extend(self._longer_late_fusion(group))
                 if self.ensemble:
                     self._queue.extend(self._ensemble_trials(group))
                 continue
@@ -267,6 +268,43 @@ class RoundSearcher(Searcher):
         return any(
             t.role in SEARCH_ROLES and t.fold in group.folds for t in [*self._queue, *self._pending.values()]
         )
+
+    def _longer_late_fusion(self, group: FoldSearch) -> list[Trial]:
+        """Late fusion continued from round 0 until it has trained as many epochs as the chosen mask's
+        whole lineage (role ``longer``), on each fold where the trials reported their epochs."""
+        chosen = chosen_outcome(self.strategy, group.history)
+        if chosen is None:
+            return []
+        empty = str(FusionMask.empty(self.num_points))
+        trials = []
+        for fold in group.folds:
+            lineage = self._lineage(fold, _candidate_key(chosen.candidate))
+            epochs = [r.get("epochs_trained") for r in lineage]
+            if not lineage or None in epochs or lineage[-1]["mask"] != empty or lineage[-1]["round"] != 0:
+                continue  # a trainable that does not report its epochs, or a lineage not from 0000
+            extra = int(sum(epochs) - epochs[-1])
+            if extra > 0:
+                trials.append(Trial(empty, fold, "longer", 0, empty, epochs=extra))
+        return trials
+
+    def _lineage(self, fold: int, key: tuple[str, str, int, int]) -> list[dict[str, Any]]:
+        """The finished trial ``key`` = (role, mask, round, extension) of ``fold`` and its ancestors,
+        newest first, down to the trial trained from scratch."""
+        rows = [r for r in self._records if r["fold"] == fold and r["status"] == "ok"]
+        by_key = {(r["role"], r["mask"], r["round"], r.get("extension") or 0): r for r in rows}
+        lineage, row = [], by_key.get(key)
+        while row is not None and len(lineage) <= len(rows):
+            lineage.append(row)
+            role, mask, round_, extension = row["role"], row["mask"], row["round"], row.get("extension") or 0
+            if extension:
+                row = by_key.get((role, mask, round_, extension - 1))
+            elif row["parent_mask"] is None:
+                row = None
+            else:
+                earlier = [q for q in rows if q["role"] == "search" and q["mask"] == row["parent_mask"]
+                           and q["round"] < round_]  # fmt: skip
+                row = max(earlier, key=lambda q: (q["round"], q.get("extension") or 0), default=None)
+        return lineage
 
     def _ensemble_trials(self, group: FoldSearch) -> list[Trial]:
         baseline = FusionMask.empty(self.num_points)

@@ -135,3 +135,12 @@ def test_a_pooled_candidates_evidence_joins_its_folds():
     assert outcome.loss == pytest.approx(0.5) and outcome.start_loss == pytest.approx(0.7)
     assert outcome.holdout == (0.0, 1.0, 1.0, 1.0) and outcome.start == (2.0,) * 4  # fold 0's, then fold 1's
     assert outcome.best_epoch == 1  # 0 only if no fold trained past its start
+
+
+def test_a_trial_with_its_own_epochs_trains_exactly_that_many():
+    from fusionsearch.train.candidate import CandidateConfig
+
+    fixed = CandidateConfig(Trial("0000", role="longer", parent_mask="0000", epochs=7), SETTINGS)
+    assert (fixed.settings.train.epochs, fixed.settings.train.patience) == (7, 7)
+    assert CandidateConfig.from_config(fixed.config()).settings.train.epochs == 7  # through Ray's dict
+    assert CandidateConfig(Trial("0000"), SETTINGS).settings.train == SETTINGS.train

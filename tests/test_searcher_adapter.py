@@ -39,7 +39,7 @@ def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     searcher.set_experiment_dir(str(tmp_path))
     first = searcher.suggest("t0")
     assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
-                     "role": "search", "modality": None, "extension": 0}  # fmt: skip
+                     "role": "search", "modality": None, "extension": 0, "epochs": None}  # fmt: skip
     assert searcher.suggest("t1") is None  # round 0 in flight
     complete(searcher, "t0", "0000", 1.0)
     round1 = [searcher.suggest(f"r1-{i}") for i in range(5)]
@@ -186,3 +186,27 @@ def test_a_checkpoint_named_by_tune_but_not_under_the_trial_id_fails_loudly(tmp_
     assert searcher.table().to_pylist()[0]["checkpoint"] is None  # not at <experiment>/t0/checkpoint_000003
     with pytest.raises(UserError, match="not named by trial id"):
         searcher.suggest("t1")
+
+
+def test_late_fusion_is_trained_as_long_as_the_chosen_lineage(tmp_path):
+    """The chosen 0100 trained 12 + 7 epochs from scratch: late fusion continues 7 more from round 0."""
+    searcher = SFSASearcher(experiment_dir=str(tmp_path))
+
+    def finish_with_epochs(suggestions, losses, epochs):
+        for trial_id, spec in suggestions.items():
+            Path(tmp_path, trial_id, "checkpoint_000001").mkdir(parents=True, exist_ok=True)
+            result = {"val_loss": losses.get(spec["mask"], 1.0), "checkpoint_dir_name": "checkpoint_000001",
+                      "epochs_trained": epochs.get((spec["role"], spec["mask"]), 5)}  # fmt: skip
+            searcher.on_trial_complete(trial_id, result)
+
+    finish_with_epochs(drain(searcher, "a"), {"0000": 0.9}, {("search", "0000"): 12})
+    finish_with_epochs(drain(searcher, "b"), {"0100": 0.5, "0000": 0.8}, {("search", "0100"): 7})
+    round2 = drain(searcher, "c")
+    assert {s["mask"] for s in round2.values()} == {"1100", "0110", "0101", "0100"}
+    finish_with_epochs(round2, {"0100": 0.45}, {})  # the control (0100 continued) wins: no child passes
+    longer = drain(searcher, "d")
+    assert [(s["role"], s["mask"], s["parent_mask"], s["epochs"]) for s in longer.values()] == [
+        ("longer", "0000", "0000", 7 + 5)  # 0100 (7 epochs), then its control (5): 12 beyond round 0
+    ]
+    assert next(iter(longer.values()))["parent"] == f"{tmp_path}/a0/checkpoint_000001"  # from round 0
+    assert searcher.chosen_outcomes()[0].candidate.control  # the continued parent's weights

@@ -7,6 +7,9 @@ probabilities in ``<experiment>/predictions.parquet``. Methods:
 
 - ``unimodal MOD``: a single-stream network on one modality;
 - ``late fusion``: mask 0000, the per-stream logits averaged (the search's round 0);
+- ``late fusion, equal epochs``: the same continued from round 0 until it has trained as many
+  epochs as the chosen mask's whole lineage did (role ``longer``), so that the chosen mask's
+  advantage over it is not one of training time;
 - ``chosen``: the mask the search chose on that fold (by validation loss);
 - ``ensemble``: the brute-force ensemble, the mean of the class probabilities of all
   ``2**m - 1`` fusion configurations trained on that fold (only when all of them were).
@@ -31,6 +34,7 @@ from fusionsearch.data.cache import CachedDataset
 from fusionsearch.mask import NUM_POINTS, FusionMask
 from fusionsearch.model.checkpoint import load_model, read_meta
 from fusionsearch.model.device import DevicePolicy
+from fusionsearch.report.statistics import LONGER_LATE_FUSION
 from fusionsearch.settings import DataConfig
 from fusionsearch.train.folds import Batches, load_fold
 from fusionsearch.train.inference import predict_logits
@@ -61,6 +65,9 @@ def method_checkpoints(
     for r in rows:
         if r["role"] == "search" and r["mask"] == empty:
             methods["late fusion"] = (empty, [r["checkpoint"]])
+    for r in rows:
+        if r["role"] == "longer":
+            methods[LONGER_LATE_FUSION] = (empty, [r["checkpoint"]])
     for r in rows:
         if r["chosen"]:
             methods["chosen"] = (r["mask"], [r["checkpoint"]])

@@ -44,6 +44,10 @@ class Comparison:
     auc_p: float
 
 
+#: Late fusion trained for as many epochs as the chosen mask's whole lineage (role ``longer``).
+LONGER_LATE_FUSION = "late fusion, equal epochs"
+
+
 def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(1) == labels))
 
@@ -188,8 +192,9 @@ def pooled(predictions: list[dict]) -> dict[str, tuple[list, np.ndarray, np.ndar
 
 
 def uncertainty(predictions: list[dict], mean_accuracy: dict[str, float], seed: int = 0) -> Uncertainty:
-    """Intervals for every method; the chosen mask against late fusion, the best unimodal network
-    (highest mean accuracy over folds) and the brute-force ensemble, where they were evaluated."""
+    """Intervals for every method; the chosen mask against late fusion (also at equal epochs), the best
+    unimodal network (highest mean accuracy over folds) and the brute-force ensemble, where they were
+    evaluated."""
     methods = pooled(predictions)
     intervals = []
     for method, (_, labels, probabilities) in methods.items():
@@ -213,7 +218,7 @@ def uncertainty(predictions: list[dict], mean_accuracy: dict[str, float], seed: 
             (m for m in methods if m.startswith("unimodal")), key=lambda m: -mean_accuracy.get(m, 0)
         )
         width = next(i["accuracy_high"] - i["accuracy_low"] for i in intervals if i["method"] == "chosen")
-        for other in ["late fusion", *unimodal[:1], "ensemble"]:
+        for other in ["late fusion", LONGER_LATE_FUSION, *unimodal[:1], "ensemble"]:
             if other not in methods:
                 continue
             keys, labels, chosen = methods["chosen"]

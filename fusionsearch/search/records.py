@@ -20,8 +20,8 @@ from fusionsearch.search.strategies import Candidate, Outcome
 from fusionsearch.settings import ConfigError, check_choice
 
 #: What a trial trains: a search candidate, a round's control (its parent continued), a unimodal
-#: baseline, or an ensemble member.
-ROLES = ("search", "control", "unimodal", "ensemble")
+#: baseline, an ensemble member, or late fusion continued to the chosen lineage's epochs.
+ROLES = ("search", "control", "unimodal", "ensemble", "longer")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Trial:
         modality: for unimodal baselines, the one modality to train on.
         extension: 1 for the continuation of a trial of a round that learned nothing (its parent is
             that trial: the same role, mask and round, one extension less).
+        epochs: train exactly this many epochs (no early stop) instead of the run's ``epochs`` and
+            ``patience`` (role ``longer``: late fusion continued to the chosen lineage's epochs).
     """
 
     mask: str
@@ -44,6 +46,7 @@ class Trial:
     parent_mask: str | None = None
     modality: str | None = None
     extension: int = 0
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("role", self.role, ROLES)
@@ -107,6 +110,7 @@ SCHEMA = pa.schema(
         ("node_id", pa.string()),
         ("error", pa.string()),
         ("extension", pa.int64()),
+        ("epochs", pa.int64()),
         *[(name, pa.float64()) for name in REPORTED],
         *[(name, pa.list_(pa.float64())) for name in PER_SAMPLE],
         ("reference", pa.string()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fusionsearch.search.records import TRIAL_FIELDS, Trial
@@ -22,6 +22,9 @@ class CandidateConfig:
         folds = self.settings.data.num_folds
         if not 0 <= self.trial.fold < folds:
             raise ConfigError(f"fold={self.trial.fold} must be in 0..{folds - 1} ({folds} folds)")
+        if self.trial.epochs is not None:  # a fixed budget: exactly that many epochs
+            train = replace(self.settings.train, epochs=self.trial.epochs, patience=self.trial.epochs)
+            object.__setattr__(self, "settings", replace(self.settings, train=train))
 
     @property
     def mask(self) -> str:
