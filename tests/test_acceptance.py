@@ -6,6 +6,7 @@ best epoch on the selection half, and the round is decided as the searchers deci
 """
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,9 @@ def test_a_round_that_learned_nothing_is_extended_once_then_decided():
     stuck = [*history[: 1 + len(round1)], *[plateau(c) for c in extension]]
     assert strategy.next_round(stuck) == [] and str(strategy.chosen(stuck).candidate.mask) == "0000"
     assert SFSA(extend=False).next_round(history[: 1 + len(round1)]) == []
+    # Nothing improved, but the start was already far better than chance: converged, not a plateau.
+    converged = [replace(plateau(c), chance=tuple(x + 0.5 for x in START)) for c in round1]
+    settled = [*history[:1], *converged]
+    assert strategy.decisions(settled)[-1].learned is True and strategy.next_round(settled) == []
+    at_chance = [replace(plateau(c), chance=START) for c in round1]  # the start is no better than chance
+    assert strategy.decisions([*history[:1], *at_chance])[-1].learned is False

@@ -217,6 +217,10 @@ def test_a_childs_gain_standard_error_is_that_of_its_paired_per_sample_losses(ti
         assert final["holdout_losses"] == pytest.approx(losses(child.checkpoints[-1])[~select], abs=1e-5)
         assert final["start_losses"] == pytest.approx(losses(parent.checkpoints[-1])[~select], abs=1e-5)
         assert final["val_loss_start"] == pytest.approx(parent.reports[-1]["val_loss"], abs=1e-5)
+        # Chance: -log of the training part's class frequency (add-one) of each test-half sample's label.
+        counts = np.bincount(data.train.labels.numpy(), minlength=2) + 1.0
+        chance = -np.log(counts / counts.sum())[data.val.labels.numpy()[~select]]
+        assert final["chance_losses"] == pytest.approx(chance.tolist())
 
 
 def test_a_rounds_children_and_control_see_identical_batches(tiny, tmp_path, monkeypatch):

@@ -16,10 +16,14 @@ Because one hypothesis is tested on subjects that chose nothing, its false-accep
 simulating rounds with no true effect. A child whose best epoch is 0 (it never got past its
 parent's weights) is never accepted.
 
-A round has *learned* when the trial (child or control) with the largest selection-half gain
-over its own start (epoch 0: its parent's weights) also lowered its test-half loss below that
-start by the same test. A round that has not learned anything is on the plateau that precedes
-sudden learning, and "no child passed" says nothing about the fusion points yet.
+A round has *learned* something when the trial (child or control) with the largest
+selection-half gain over its own start (epoch 0: its parent's weights) also lowered its
+test-half loss below that start by the same test, or when that start is itself better than
+chance (its test-half losses below those of predicting the training part's class frequencies,
+by the same test). A round that has learned nothing is on the plateau that precedes sudden
+learning, and "no child passed" says nothing about the fusion points yet. A round whose start
+was already better than chance and where nothing improved has learned what it could: fusing
+did not help there.
 
 Trainables that report no per-sample losses (a user's own, the scripted test trainable) get a
 plain comparison of ``val_loss`` with the reference's, by more than ``min_delta``, and no
@@ -49,6 +53,8 @@ class Evidence:
         best_epoch: the epoch chosen; 0 means it never improved on its start.
         holdout: per-sample losses of the test half at the best epoch.
         start: per-sample losses of the test half at epoch 0.
+        chance: per-sample losses of the test half of a prediction of the training part's class
+            frequencies (``-log p(label)``).
     """
 
     loss: float
@@ -56,6 +62,7 @@ class Evidence:
     best_epoch: int | None = None
     holdout: tuple[float, ...] | None = None
     start: tuple[float, ...] | None = None
+    chance: tuple[float, ...] | None = None
 
     @property
     def paired(self) -> bool:
@@ -132,8 +139,13 @@ def pick(pairs: Sequence[tuple[Evidence, Evidence | None]]) -> int | None:
 
 
 def learned(trials: Sequence[Evidence], *, alpha: float = ALPHA) -> bool | None:
-    """Whether any of a round's trials learned: see the module's docstring. ``None``: cannot tell."""
+    """Whether a round has learned anything: see the module's docstring. ``None``: cannot tell."""
     if not trials or not all(t.paired for t in trials):
         return None
     i = pick([(t, None) for t in trials])
-    return judge(trials[i], None, alpha=alpha).accepted
+    if judge(trials[i], None, alpha=alpha).accepted:
+        return True
+    start = trials[i]
+    if start.chance is None or len(start.chance) != len(start.start):
+        return False
+    return paired_gain(start.chance, start.start)[1] < alpha

@@ -86,9 +86,9 @@ TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))
 REPORTED = ("val_accuracy", "val_auc", "best_epoch", "epochs_trained", "train_seconds", "step_seconds",
             "eval_seconds", "checkpoint_seconds", "setup_seconds", "started_at", "finished_at", "peak_rss_mb",
             "val_loss_gain_se", "val_loss_start", "val_loss_all")  # fmt: skip
-#: Per-sample losses of the validation part's test half, at the best epoch and at epoch 0
-#: (:mod:`fusionsearch.search.acceptance`), copied from the final report.
-PER_SAMPLE = ("holdout_losses", "start_losses")
+#: Per-sample losses of the validation part's test half, at the best epoch, at epoch 0 and of a
+#: prediction of the class frequencies (:mod:`fusionsearch.search.acceptance`), from the final report.
+PER_SAMPLE = ("holdout_losses", "start_losses", "chance_losses")
 #: A round's decision, on the row of the child it tested: its gain over its reference (``control``
 #: or ``parent``), the one-sided p-value and whether it was accepted.
 DECISION = ("reference", "gain", "p_value", "accepted")
@@ -168,6 +168,7 @@ def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -
     epochs = [_number(r.get("best_epoch")) for r in reports]
     holdout = [r.get("holdout_losses") for r in reports]
     start = [r.get("start_losses") for r in reports]
+    chance = [r.get("chance_losses") for r in reports]
     paired = all(h is not None for h in holdout) and all(s is not None for s in start)
     return Outcome(
         candidate,
@@ -176,6 +177,7 @@ def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -
         None if None in epochs else int(max(epochs)),  # 0 only if no fold trained past its start
         tuple(x for h in holdout for x in h) if paired else None,
         tuple(x for s in start for x in s) if paired else None,
+        tuple(x for c in chance for x in c) if paired and None not in chance else None,
     )
 
 

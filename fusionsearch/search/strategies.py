@@ -56,6 +56,7 @@ class Outcome:
     best_epoch: int | None = None
     holdout: tuple[float, ...] | None = None
     start: tuple[float, ...] | None = None
+    chance: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,7 +64,7 @@ class Outcome:
 
     @property
     def evidence(self) -> Evidence:
-        return Evidence(self.loss, self.start_loss, self.best_epoch, self.holdout, self.start)
+        return Evidence(self.loss, self.start_loss, self.best_epoch, self.holdout, self.start, self.chance)
 
 
 @runtime_checkable
@@ -124,8 +125,8 @@ class Decision:
             over its reference), or ``None`` when no child finished.
         reference: what it was compared with: its parent's control, or its parent.
         verdict: the test's result.
-        learned: whether any trial of the round lowered its loss below its own start (``None``:
-            unknown, no per-sample losses).
+        learned: whether the round learned anything: a trial got below its own start, or the start
+            was better than chance (``False``: a plateau; ``None``: unknown, no per-sample losses).
         extension: the attempt decided on (1: the round was extended).
     """
 

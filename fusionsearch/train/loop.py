@@ -223,6 +223,7 @@ def fit(
         "val_loss_start": _mean(run.state.initial_losses, run.select),
         "holdout_losses": np.asarray(run.state.best_losses)[test_half].tolist(),
         "start_losses": np.asarray(run.state.initial_losses)[test_half].tolist(),
+        "chance_losses": _chance_losses(run)[test_half].tolist(),
         "epoch": run.state.epoch,
         "epochs_trained": run.state.epoch,
         "started_at": started,
@@ -301,6 +302,13 @@ def _selection_half(data: FoldData) -> np.ndarray:
     if data.val_select is None or n < 4:
         return np.ones(n, dtype=bool)
     return np.asarray(data.val_select, dtype=bool)
+
+
+def _chance_losses(run: _Run) -> np.ndarray:
+    """Each validation sample's loss under a prediction of the training part's class frequencies."""
+    classes = run.candidate.settings.model.num_classes
+    counts = np.bincount(run.train.data.labels.numpy(), minlength=classes) + 1.0  # add-one: no log(0)
+    return -np.log(counts / counts.sum())[run.val.data.labels.numpy()]
 
 
 def _mean(losses: list[float], select: np.ndarray) -> float:
