@@ -17,6 +17,7 @@ from fusionsearch.settings import (
     DEMO,
     EXHAUSTIVE_LIMIT,
     SEARCHERS,
+    ConfigError,
     ModelConfig,
     PreprocessConfig,
     ResourceConfig,
@@ -206,6 +207,12 @@ def _print_result(result) -> int:
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
     """The search settings of ``fusionsearch run``'s options."""
+    if args.noise_z is not None:
+        raise ConfigError(
+            f"--noise-z {args.noise_z:g}: this option was removed; a round's children are now compared "
+            "with their parent continued for the same budget (--control parent, the default) by a "
+            "calibrated test (--alpha 0.05); leave --noise-z out (README: How a round is decided)"
+        )
     return SearchConfig(
         searcher=args.searcher,
         min_delta=args.min_delta,
@@ -360,6 +367,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "on one half of the validation subjects, is tested on the other half "
         f"(default: {SEARCH.alpha:g})",
     )
+    search.add_argument("--noise-z", type=float, default=None, help=argparse.SUPPRESS)  # removed: says so
     search.add_argument(
         "--no-extend",
         dest="extend",

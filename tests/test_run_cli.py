@@ -120,6 +120,9 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
             "beam_width=0 must be >= 1",
         ),
         (["resume", "nope"], "no search to resume"),
+        (["run", "--data", "{manifest}", "--noise-z", "2"], "--noise-z 2: this option was removed"),
+        (["run", "--data", "{manifest}", "--alpha", "0"], "alpha=0.0 must be a false-accept rate"),
+        (["run", "--data", "{manifest}", "--control", "both"], "--control: invalid choice: 'both'"),
     ],
 )
 def test_cli_bad_input_is_one_paragraph_and_exit_2(manifest, tmp_path, capsys, argv, message):
