@@ -126,7 +126,13 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     result = run_search(ExhaustiveSearcher(folds=[0]), config={"settings": to_dict(settings)},
                         storage_path=tmp_path / "runs", name="ex", resources={"cpu": 1})  # fmt: skip
     table = result.table
-    assert table.num_rows == 16 and set(table["status"].to_pylist()) == {"ok"}
+    assert set(table["status"].to_pylist()) == {"ok"}
+    roles = table["role"].to_pylist()
+    chosen_row = next(r for r in table.to_pylist() if r["chosen"])
+    # Late fusion at equal epochs: continued for the chosen child's own epochs (none if 0000 won).
+    assert roles.count("search") == 16 and roles.count("longer") == (chosen_row["mask"] != "0000")
+    for longer in (r for r in table.to_pylist() if r["role"] == "longer"):
+        assert longer["epochs"] == chosen_row["epochs_trained"] == longer["epochs_trained"]
     with pytest.raises(DataError, match="no entry"):  # the test part is needed only now
         evaluate_search(result.experiment_dir, table, data)
     for entry, content in hidden.items():
@@ -139,12 +145,14 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     by_method = {}
     for r in predictions:
         by_method.setdefault(r["method"], []).append(r)
-    assert set(by_method) == {"late fusion", "chosen", "ensemble"}
+    assert set(by_method) == {"late fusion", "chosen", "ensemble"} | (
+        {"late fusion, equal epochs"} if "longer" in roles else set()
+    )
     assert sorted(r["sample_id"] for r in by_method["ensemble"]) == sorted(
         index["sample_id"][r] for r in test_rows
     )
-    chosen = next(r for r in table.to_pylist() if r["chosen"])
-    assert chosen["val_loss"] == min(table["val_loss"].to_pylist())  # exhaustive: the best validation loss
+    searched = [r["val_loss"] for r in table.to_pylist() if r["role"] == "search"]
+    assert chosen_row["val_loss"] == min(searched)  # exhaustive: the best validation loss
     # The ensemble's probabilities are the mean of the 15 fusion configurations' (not 0000's).
     from fusionsearch.model.checkpoint import load_model
     from fusionsearch.model.device import DevicePolicy
@@ -152,13 +160,13 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
 
     test = load_fold(data, 0, parts=("test",)).test
     members = [predict(load_model(r["checkpoint"]), test, DevicePolicy.select())
-               for r in table.to_pylist() if r["mask"] != "0000"]  # fmt: skip
+               for r in table.to_pylist() if r["mask"] != "0000" and r["role"] == "search"]  # fmt: skip
     ensemble = np.array([r["probabilities"] for r in by_method["ensemble"]])
     assert len(members) == 15
     np.testing.assert_allclose(ensemble, np.mean(members, axis=0), atol=1e-6)
     np.testing.assert_array_equal([r["label"] for r in by_method["ensemble"]], test.labels.numpy())
     # ... and each landscape entry is that mask's own prediction.
-    for r in table.to_pylist():
+    for r in (r for r in table.to_pylist() if r["role"] == "search"):
         mine = np.array([e["probabilities"] for e in landscape if e["mask"] == r["mask"]])
         expected = predict(load_model(r["checkpoint"]), test, DevicePolicy.select())
         np.testing.assert_allclose(mine, expected, atol=1e-6)
