@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from conftest import TINY_RUN, free_port, scripted_driver, wait_for
+from conftest import TINY_RUN, free_port, parent_row, scripted_driver, trial_key, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result
 from fusionsearch.mask import FusionMask
-from fusionsearch.search.strategies import SFSA, Outcome, best_outcome
+from fusionsearch.search.strategies import SFSA, Outcome
 from processes import by_name, kill_tree
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
@@ -48,7 +48,6 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
     assert run.returncode == 0, run.stderr[-3000:]
     experiment = tmp_path / "runs" / "cluster"
     rows = load_result(str(experiment)).table.to_pylist()
-    by_mask = {r["mask"]: r for r in rows}
     assert all(r["status"] == "ok" for r in rows) and len(rows) > 1
     workers = set(json.loads(subprocess.run([sys.executable, "-c", NODES.format(address=address)], env=env,
                                             capture_output=True, text=True, check=True).stdout))  # fmt: skip
@@ -56,7 +55,7 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
     for child in (r for r in rows if r["parent_mask"]):  # warm-started from the parent's checkpoint
         first = json.loads((experiment / child["trial_id"] / "result.json").read_text().splitlines()[0])
         assert first["epoch"] == 0
-        assert abs(first["val_loss"] - by_mask[child["parent_mask"]]["val_loss"]) < 1e-5
+        assert abs(first["val_loss"] - parent_row(child, rows)["val_loss"]) < 1e-5
     # These candidates train in a fraction of a second, less than a new actor takes to start, so
     # Tune runs them one after another in the warm actor (faster). To see a round spread over
     # both nodes, scripted candidates of round 1 wait for each other (2 at once: 1 CPU per node).
@@ -65,9 +64,8 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
                                            gather=str(tmp_path / "gather")))  # fmt: skip
     subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=600, capture_output=True)
     rows = load_result(str(tmp_path / "runs" / "spread")).table.to_pylist()
-    by_mask = {r["mask"]: r for r in rows}
     assert {r["node_id"] for r in rows} == workers
-    crossed = [r for r in rows if r["parent_mask"] and r["node_id"] != by_mask[r["parent_mask"]]["node_id"]]
+    crossed = [r for r in rows if r["parent_mask"] and r["node_id"] != parent_row(r, rows)["node_id"]]
     assert crossed, "no child trained on another node than its parent"
     for child in crossed:  # it read its parent's checkpoint from the shared storage
         with tune.Checkpoint(child["checkpoint"]).as_directory() as directory:
@@ -115,13 +113,17 @@ def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     assert driver.returncode == 0, stderr[-3000:]
     assert victim not in by_name("raylet")
     rows = load_result(str(experiment)).table.to_pylist()
-    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({r["mask"] for r in rows})
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
     # Same answer as an undisturbed run (the pure strategy on the same losses).
     history = []
     while candidates := SFSA().next_round(history):
         history += [Outcome(c, LAND[str(c.mask)]) for c in candidates]
-    assert {r["mask"] for r in rows} == {str(o.candidate.mask) for o in history}
-    assert [r["mask"] for r in rows if r["chosen"]] == [str(best_outcome(history).candidate.mask)] == ["0110"]
+    assert {(r["role"], r["mask"]) for r in rows} == {
+        ("control" if o.candidate.control else "search", str(o.candidate.mask)) for o in history
+    }
+    assert (
+        [r["mask"] for r in rows if r["chosen"]] == [str(SFSA().chosen(history).candidate.mask)] == ["0110"]
+    )
 
 
 def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tmp_path):
@@ -135,7 +137,7 @@ def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tm
              and load_result(str(experiment)).table.num_rows >= 5, what="round 1 to finish")  # fmt: skip
     kill_tree(driver.pid)  # the driver only: the cluster's nodes live on
     driver.wait()
-    before = {r["mask"]: r for r in load_result(str(experiment)).table.to_pylist()}
+    before = {trial_key(r): r for r in load_result(str(experiment)).table.to_pylist()}
     assert len(before) >= 5, "round 1 did not finish before the deadline"
     resume = subprocess.run([sys.executable, str(script), "resume"], env=env, capture_output=True, text=True,
                             timeout=600)  # fmt: skip
@@ -144,11 +146,11 @@ def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tm
     # Once in about a dozen CI runs no row was chosen after the resume: show what it printed.
     rows = [(r["mask"], r["round"], r["status"], r["trial_id"], r["chosen"]) for r in after]
     assert [r["mask"] for r in after if r["chosen"]] == ["0110"], (rows, resume.stderr[-4000:])
-    assert len(after) == len({r["mask"] for r in after})  # each candidate trained once
+    assert len(after) == len({trial_key(r) for r in after})  # each candidate trained once
     for row in after:
-        if row["mask"] in before:  # finished before the crash: the same trial, not retrained
-            assert (row["trial_id"], row["started_at"]) == (before[row["mask"]]["trial_id"],
-                                                            before[row["mask"]]["started_at"])  # fmt: skip
+        if trial_key(row) in before:  # finished before the crash: the same trial, not retrained
+            assert (row["trial_id"], row["started_at"]) == (before[trial_key(row)]["trial_id"],
+                                                            before[trial_key(row)]["started_at"])  # fmt: skip
 
 
 def test_ray_job_submit_runs_a_search_on_the_cluster(cluster, tmp_path):

@@ -10,17 +10,17 @@ import pytest
 import ray
 from ray import tune
 
-from conftest import BaselineThenOne, cached_data, scripted_driver, tiny_search, wait_for
+from conftest import BaselineThenOne, cached_data, scripted_driver, tiny_search, trial_key, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
-from fusionsearch.search.strategies import SFSA, Outcome
+from fusionsearch.search.records import outcome
+from fusionsearch.search.strategies import SFSA
 from fusionsearch.settings import (
     DataConfig,
     ModelConfig,
     PreprocessConfig,
     RunSettings,
-    SearchConfig,
     TrainConfig,
     to_dict,
 )
@@ -145,7 +145,7 @@ def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifes
         )
     finally:
         ray.shutdown()
-    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     parent, child = rows["0000"], rows["0100"]
     assert parent["status"] == "ok" and child["status"] == "failed"
     assert "CheckpointError" in child["error"] and "model.pt cannot be read" in child["error"]
@@ -154,13 +154,17 @@ def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifes
 
 
 def _sfsa_answer(rows):
-    """What SFSA chooses from these losses, replayed without Ray (the uninterrupted answer)."""
-    by_mask = {r["mask"]: r for r in rows}
-    history, strategy = [], SFSA(noise_z=SearchConfig().noise_z)  # the command line's rule
+    """What SFSA chooses from these trials' reports, replayed without Ray (the uninterrupted answer):
+    the keys of the trials it trains and the key of its answer."""
+    by_key = {trial_key(r): r for r in rows}
+    history, strategy = [], SFSA()  # the command line's rules are its defaults
+
+    def key(c):
+        return "control" if c.control else "search", str(c.mask), c.round, c.extension
+
     while candidates := strategy.next_round(history):
-        history += [Outcome(c, by_mask[str(c.mask)]["val_loss"], by_mask[str(c.mask)]["val_loss_gain_se"])
-                    for c in candidates]  # fmt: skip
-    return {str(o.candidate.mask) for o in history}, str(strategy.chosen(history).candidate.mask)
+        history += [outcome(c, [by_key[key(c)]]) for c in candidates]
+    return {key(o.candidate) for o in history}, key(strategy.chosen(history).candidate)
 
 
 @pytest.mark.slow
@@ -181,22 +185,22 @@ def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manife
     assert not [line for line in err.splitlines() if "Traceback" in line and "pid=" not in line]
     assert "held-out" not in out
     assert not (experiment / "report").exists() and not (experiment / "predictions.parquet").exists()
-    before = {r["mask"]: r for r in load_result(str(experiment)).table.to_pylist() if r["status"] == "ok"}
+    before = {trial_key(r): r for r in load_result(str(experiment)).table.to_pylist() if r["status"] == "ok"}
     assert before, "no candidate had finished"
 
     done = subprocess.run(
         [*CLI, "resume", "x", "--storage", str(storage)], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = load_result(str(experiment)).table.to_pylist()
-    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({r["mask"] for r in rows})
+    rows = [r for r in load_result(str(experiment)).table.to_pylist() if r["role"] != "longer"]
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
     trained, chosen = _sfsa_answer(rows)
-    assert {r["mask"] for r in rows} == trained and [r["mask"] for r in rows if r["chosen"]] == [chosen]
+    assert {trial_key(r) for r in rows} == trained and [trial_key(r) for r in rows if r["chosen"]] == [chosen]
     for row in rows:  # finished before the signal: the same trial, not retrained
-        if row["mask"] in before:
+        if trial_key(row) in before:
             assert (row["trial_id"], row["started_at"]) == (
-                before[row["mask"]]["trial_id"],
-                before[row["mask"]]["started_at"],
+                before[trial_key(row)]["trial_id"],
+                before[trial_key(row)]["started_at"],
             )
     assert (experiment / "report" / "report.html").is_file()
 
@@ -220,7 +224,8 @@ def test_two_searches_started_at_once_under_one_name_one_runs(tmp_path):
     assert codes[0] == 0 and codes[1] != 0, errors
     loser = errors[[r.returncode for r in runs].index(codes[1])]
     assert "an experiment named 'same' already exists" in loser
-    assert load_result(str(tmp_path / "runs" / "same")).table.num_rows == 5  # the winner's search, whole
+    rows = load_result(str(tmp_path / "runs" / "same")).table.num_rows
+    assert rows == 5 + 1  # the winner's search, whole: 4 children and the control
 
 
 @pytest.fixture
@@ -252,17 +257,17 @@ def test_a_full_storage_stops_the_search_and_resume_finishes_it(manifest, tmp_pa
     assert f"continue with 'fusionsearch resume full --storage {storage}'" in run.stderr
     assert "Traceback" not in run.stderr.split("fusionsearch run: error:")[-1]
     before = {
-        r["mask"]: r for r in load_result(str(storage / "full")).table.to_pylist() if r["status"] == "ok"
+        trial_key(r): r for r in load_result(str(storage / "full")).table.to_pylist() if r["status"] == "ok"
     }
 
     subprocess.run(["mount", "-o", "remount,size=400m", str(storage)], check=True)  # space is back
     done = subprocess.run([*CLI, "resume", "full", "--storage", str(storage)], capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = load_result(str(storage / "full")).table.to_pylist()
-    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({r["mask"] for r in rows})
+    rows = [r for r in load_result(str(storage / "full")).table.to_pylist() if r["role"] != "longer"]
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
     trained, chosen = _sfsa_answer(rows)
-    assert {r["mask"] for r in rows} == trained and [r["mask"] for r in rows if r["chosen"]] == [chosen]
+    assert {trial_key(r) for r in rows} == trained and [trial_key(r) for r in rows if r["chosen"]] == [chosen]
     for row in rows:  # finished before the storage filled up: not retrained
-        if row["mask"] in before:
-            assert row["trial_id"] == before[row["mask"]]["trial_id"]
+        if trial_key(row) in before:
+            assert row["trial_id"] == before[trial_key(row)]["trial_id"]

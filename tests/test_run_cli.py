@@ -32,7 +32,7 @@ def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_pa
     )
     result = run_search(RoundSearcher(BaselineThenOne()), config={"settings": to_dict(settings)},
                         storage_path=tmp_path, name="e2e", resources={"cpu": 1})  # fmt: skip
-    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     assert rows["0100"]["parent_mask"] == "0000" and rows["0100"]["status"] == "ok"
     progress = Path(result.experiment_dir, rows["0100"]["trial_id"], "result.json").read_text().splitlines()
     first = json.loads(progress[0])
@@ -145,7 +145,9 @@ def test_cli_search_over_block_fusion_points(manifest, tmp_path, capsys):
     out = capsys.readouterr().out
     rows = load_result(f"{storage}/blocks").table.to_pylist()
     assert {len(r["mask"]) for r in rows} == {8} and "00000000" in {r["mask"] for r in rows}
-    assert sum(r["round"] == 1 for r in rows) == 8  # round 1: every one of the eight block points
+    round1 = [r for r in rows if r["round"] == 1 and not r["extension"]]
+    assert sum(r["role"] == "search" for r in round1) == 8  # round 1: every one of the eight block points
+    assert [r["mask"] for r in round1 if r["role"] == "control"] == ["00000000"]  # and the control
     assert (
         "exhaustive search: candidates" in out
         and (tmp_path / "runs" / "blocks" / "report" / "report.html").is_file()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ray import tune
 
-from conftest import plain_tune_search, scripted_driver
+from conftest import plain_tune_search, scripted_driver, trial_key
 from fusionsearch.cli import main
 from fusionsearch.driver import load_result, resume_search, run_search
 from fusionsearch.errors import UserError
@@ -181,16 +181,16 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
     # SIGKILL the driver and the local Ray it started (workers may sit in sessions of their own).
     kill_tree(process.pid)
     process.wait()
-    before = {r["mask"]: r for r in load_result(str(tmp_path / "crash")).table.to_pylist()}
+    before = {trial_key(r): r for r in load_result(str(tmp_path / "crash")).table.to_pylist()}
     assert len(before) >= 5, "the search did not finish round 1 before the deadline"
     result = resume_search(str(tmp_path / "crash"), trainable=scripted_trainable)
     after = result.table.to_pylist()
     assert str(result.best_mask) == "0110"
-    assert len(after) == len({r["mask"] for r in after}) == 10  # each candidate trained once
+    assert len(after) == len({trial_key(r) for r in after}) == 10 + 3  # each trained once; 3 controls
     for row in after:
-        if row["mask"] in before:  # finished before the crash: same trial, not retrained
-            assert row["trial_id"] == before[row["mask"]]["trial_id"]
-            assert row["started_at"] == before[row["mask"]]["started_at"]
+        if trial_key(row) in before:  # finished before the crash: same trial, not retrained
+            assert row["trial_id"] == before[trial_key(row)]["trial_id"]
+            assert row["started_at"] == before[trial_key(row)]["started_at"]
 
 
 @pytest.mark.slow
@@ -223,7 +223,7 @@ def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_p
     with caplog.at_level("WARNING", logger="fusionsearch.driver"):
         result = resume_search(str(experiment), trainable=scripted_trainable)
     assert str(result.best_mask) == "0110"
-    rows = {r["mask"]: r for r in result.table.to_pylist()}
+    rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     assert rows["1000"]["status"] == "ok" and rows["1000"]["parent_mask"] == "0000"
     with tune.Checkpoint(rows["1000"]["checkpoint"]).as_directory() as directory:
         state = json.loads((Path(directory) / "state.json").read_text())
