@@ -6,7 +6,6 @@ best epoch on the selection half, and the round is decided as the searchers deci
 """
 
 import importlib.util
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +67,18 @@ def test_a_child_whose_best_epoch_is_zero_is_never_an_improvement():
 START = tuple(np.linspace(0.6, 0.8, 20))
 
 
-def plateau(candidate, start=START):
-    """A trial that never got below its start (best epoch 0)."""
-    return Outcome(candidate, float(np.mean(start)), float(np.mean(start)), 0, start, start)
+def plateau(candidate, start=START, chance=None):
+    """A trial that never got below its start (best epoch 0); ``chance``: the class-frequency losses."""
+    loss = float(np.mean(start))
+    return Outcome(candidate, loss, Evidence(loss, loss, 0, start, start, chance))
 
 
 def learning(candidate, gain, start=START):
     """A trial whose losses fell by ``gain`` (give or take a little) from its start."""
     wobble = 0.01 * np.sin(np.arange(len(start)))
     holdout = tuple(np.asarray(start) - gain + wobble)
-    return Outcome(candidate, float(np.mean(start)) - gain, float(np.mean(start)), 5, holdout, start)
+    loss = float(np.mean(start)) - gain
+    return Outcome(candidate, loss, Evidence(loss, float(np.mean(start)), 5, holdout, start))
 
 
 def test_a_round_that_learned_nothing_is_extended_once_then_decided():
@@ -112,8 +113,8 @@ def test_a_round_that_learned_nothing_is_extended_once_then_decided():
     assert strategy.next_round(stuck) == [] and str(strategy.chosen(stuck).candidate.mask) == "0000"
     assert SFSA(extend=False).next_round(history[: 1 + len(round1)]) == []
     # Nothing improved, but the start was already far better than chance: converged, not a plateau.
-    converged = [replace(plateau(c), chance=tuple(x + 0.5 for x in START)) for c in round1]
+    converged = [plateau(c, chance=tuple(x + 0.5 for x in START)) for c in round1]
     settled = [*history[:1], *converged]
     assert strategy.decisions(settled)[-1].learned is True and strategy.next_round(settled) == []
-    at_chance = [replace(plateau(c), chance=START) for c in round1]  # the start is no better than chance
+    at_chance = [plateau(c, chance=START) for c in round1]  # the start is no better than chance
     assert strategy.decisions([*history[:1], *at_chance])[-1].learned is False

@@ -131,7 +131,7 @@ def test_a_pooled_candidates_evidence_joins_its_folds():
                   "holdout_losses": [trial.fold, 1.0], "start_losses": [2.0, 2.0]}  # fmt: skip
         group.record(trial, report)
     group.close_round()
-    outcome = group.history[0]
+    outcome = group.history[0].evidence
     assert outcome.loss == pytest.approx(0.5) and outcome.start_loss == pytest.approx(0.7)
     assert outcome.holdout == (0.0, 1.0, 1.0, 1.0) and outcome.start == (2.0,) * 4  # fold 0's, then fold 1's
     assert outcome.best_epoch == 1  # 0 only if no fold trained past its start

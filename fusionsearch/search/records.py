@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fusionsearch.search.acceptance import Evidence
 from fusionsearch.search.strategies import Candidate, Outcome
 from fusionsearch.settings import ConfigError, check_choice
 
@@ -170,15 +171,16 @@ def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -
     start = [r.get("start_losses") for r in reports]
     chance = [r.get("chance_losses") for r in reports]
     paired = all(h is not None for h in holdout) and all(s is not None for s in start)
-    return Outcome(
-        candidate,
-        sum(losses) / len(losses),
+    loss = sum(losses) / len(losses)
+    evidence = Evidence(
+        loss,
         None if None in starts else sum(starts) / len(starts),
         None if None in epochs else int(max(epochs)),  # 0 only if no fold trained past its start
         tuple(x for h in holdout for x in h) if paired else None,
         tuple(x for s in start for x in s) if paired else None,
         tuple(x for c in chance for x in c) if paired and None not in chance else None,
     )
+    return Outcome(candidate, loss, evidence)
 
 
 def _number(value: Any) -> float | None:

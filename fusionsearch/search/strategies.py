@@ -45,18 +45,13 @@ class Outcome:
     """A finished candidate: its validation loss, or ``None`` if it failed, and the evidence behind it.
 
     ``loss`` is the mean loss of the selection half of the validation subjects at the best epoch
-    (chosen by it); ``start_loss`` the same at epoch 0. ``holdout`` and ``start`` are the per-sample
-    losses of the other (test) half at the best epoch and at epoch 0, where the trainable reported
-    them (:mod:`fusionsearch.search.acceptance`).
+    (chosen by it). ``details``: the per-sample losses and the rest of what the acceptance test
+    reads (:class:`~fusionsearch.search.acceptance.Evidence`), where the trainable reported them.
     """
 
     candidate: Candidate
     loss: float | None
-    start_loss: float | None = None
-    best_epoch: int | None = None
-    holdout: tuple[float, ...] | None = None
-    start: tuple[float, ...] | None = None
-    chance: tuple[float, ...] | None = None
+    details: Evidence | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,7 +59,7 @@ class Outcome:
 
     @property
     def evidence(self) -> Evidence:
-        return Evidence(self.loss, self.start_loss, self.best_epoch, self.holdout, self.start, self.chance)
+        return self.details if self.details is not None else Evidence(self.loss)
 
 
 @runtime_checkable
