@@ -15,7 +15,18 @@ from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.search import experiment
-from fusionsearch.search.records import DECISION, PER_SAMPLE, REPORTED, SCHEMA, FoldSearch, Trial
+from fusionsearch.search.records import (
+    DECISION,
+    PER_SAMPLE,
+    REPORTED,
+    SCHEMA,
+    FoldSearch,
+    Trial,
+    as_float,
+    candidate_key,
+    parent_row,
+    row_key,
+)
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
 
 log = logging.getLogger(__name__)
@@ -172,7 +183,7 @@ class RoundSearcher(Searcher):
                 "node_ip": result.get("node_ip"),
                 "node_id": result.get("node_id"),
                 "error": result.get("error"),
-                **{name: _float(result.get(name)) for name in REPORTED},
+                **{name: as_float(result.get(name)) for name in REPORTED},
                 **{name: _floats(result.get(name)) for name in PER_SAMPLE},
             }
         )
@@ -278,7 +289,7 @@ class RoundSearcher(Searcher):
         empty = str(FusionMask.empty(self.num_points))
         trials = []
         for fold in group.folds:
-            lineage = self._lineage(fold, _candidate_key(chosen.candidate))
+            lineage = self._lineage(fold, candidate_key(chosen.candidate))
             epochs = [r.get("epochs_trained") for r in lineage]
             if not lineage or None in epochs or lineage[-1]["mask"] != empty or lineage[-1]["round"] != 0:
                 continue  # a trainable that does not report its epochs, or a lineage not from 0000
@@ -291,19 +302,10 @@ class RoundSearcher(Searcher):
         """The finished trial ``key`` = (role, mask, round, extension) of ``fold`` and its ancestors,
         newest first, down to the trial trained from scratch."""
         rows = [r for r in self._records if r["fold"] == fold and r["status"] == "ok"]
-        by_key = {(r["role"], r["mask"], r["round"], r.get("extension") or 0): r for r in rows}
-        lineage, row = [], by_key.get(key)
+        lineage, row = [], next((r for r in rows if row_key(r) == key), None)
         while row is not None and len(lineage) <= len(rows):
             lineage.append(row)
-            role, mask, round_, extension = row["role"], row["mask"], row["round"], row.get("extension") or 0
-            if extension:
-                row = by_key.get((role, mask, round_, extension - 1))
-            elif row["parent_mask"] is None:
-                row = None
-            else:
-                earlier = [q for q in rows if q["role"] == "search" and q["mask"] == row["parent_mask"]
-                           and q["round"] < round_]  # fmt: skip
-                row = max(earlier, key=lambda q: (q["round"], q.get("extension") or 0), default=None)
+            row = parent_row(row, rows)
         return lineage
 
     def _ensemble_trials(self, group: FoldSearch) -> list[Trial]:
@@ -376,7 +378,7 @@ class RoundSearcher(Searcher):
     def table(self) -> pa.Table:
         """One row per finished trial, in completion order, with each round's decision on the row of
         the child it tested."""
-        chosen = {f: _candidate_key(o.candidate) for f, o in self.chosen_outcomes().items() if o}
+        chosen = {f: candidate_key(o.candidate) for f, o in self.chosen_outcomes().items() if o}
         verdicts = {}
         for group in self._groups:
             for d in self.decisions(group):
@@ -384,10 +386,10 @@ class RoundSearcher(Searcher):
                     reference = "control" if d.reference and d.reference.candidate.control else "parent"
                     verdict = {"reference": reference, "gain": d.verdict.gain, "p_value": d.verdict.p_value,
                                "accepted": d.verdict.accepted}  # fmt: skip
-                    verdicts |= {(f, *_candidate_key(d.tested.candidate)): verdict for f in group.folds}
+                    verdicts |= {(f, *candidate_key(d.tested.candidate)): verdict for f in group.folds}
         rows = []
         for r in self._records:
-            key = (r["role"], r["mask"], r["round"], r.get("extension") or 0)
+            key = row_key(r)
             rows.append(
                 r
                 | {"chosen": chosen.get(r["fold"]) == key}
@@ -404,12 +406,6 @@ class RoundSearcher(Searcher):
             log.warning("could not write the candidates table: %s", error)
 
 
-def _candidate_key(candidate: Candidate) -> tuple[str, str, int, int]:
-    """(role, mask, round, extension): how a candidate's rows are found in the table."""
-    role = "control" if candidate.control else "search"
-    return role, str(candidate.mask), candidate.round, candidate.extension
-
-
 def _describe(candidate: Candidate) -> str:
     if candidate.extension:
         return f"{candidate.mask} ({'control ' if candidate.control else ''}continued)"
@@ -420,13 +416,6 @@ def _describe(candidate: Candidate) -> str:
 
 def _floats(value: Any) -> list[float] | None:
     return None if value is None else [float(x) for x in value]
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 #: pyarrow filesystem type -> URI scheme of a checkpoint's location.

@@ -207,16 +207,6 @@ def moto_server():
         server.wait()
 
 
-def trial_key(row: dict) -> tuple:
-    """What identifies a row of the candidates table: a control shares its parent's mask."""
-    return row["role"], row["mask"], row["round"], row.get("extension") or 0
-
-
-def parent_row(child: dict, rows: list[dict]) -> dict:
-    """The row of the trial ``child`` warm-started from: its first attempt for a continued trial,
-    else the latest search trial of its parent's mask in an earlier round."""
-    if child.get("extension"):
-        return next(r for r in rows if trial_key(r) == (*trial_key(child)[:3], child["extension"] - 1))
-    earlier = [r for r in rows if r["role"] == "search" and r["mask"] == child["parent_mask"]
-               and r["round"] < child["round"]]  # fmt: skip
-    return max(earlier, key=lambda r: (r["round"], r.get("extension") or 0))
+# How rows of the candidates table are identified and linked (a control shares its parent's mask).
+from fusionsearch.search.records import parent_row  # noqa: E402, F401
+from fusionsearch.search.records import row_key as trial_key  # noqa: E402, F401

@@ -53,7 +53,7 @@ def make_folds(
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     parts = [test for _, test in splitter.split(np.zeros(len(labels)), labels, subjects)]
     if layout == "reserved":
-        inner = [
+        return [
             Fold(
                 train=np.sort(np.concatenate([p for j, p in enumerate(parts) if j not in (0, i)])),
                 val=np.sort(parts[i]),
@@ -61,7 +61,6 @@ def make_folds(
             )
             for i in range(1, k)
         ]
-        return inner
     folds = []
     for i in range(k):
         val = parts[(i + 1) % k]

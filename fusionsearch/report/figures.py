@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fusionsearch.search.records import parent_row, row_key
+
 if TYPE_CHECKING:
     from fusionsearch.report.pages import Evaluation
 
@@ -54,26 +56,15 @@ def roc_figure(evaluation: Evaluation) -> bytes:
     return _png(figure)
 
 
-def _node(r: dict[str, Any]) -> tuple[str, str, int]:
-    """A tree node: (role, mask, extension); a control and a continued trial are nodes of their own."""
-    return r["role"], r["mask"], r.get("extension") or 0
+def _parent_node(r: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, int, int] | None:
+    """The node a trial warm-started from (:func:`~fusionsearch.search.records.parent_row`)."""
+    parent = parent_row(r, rows)
+    return None if parent is None else row_key(parent)
 
 
-def _parent_node(r: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str, int] | None:
-    """The node a trial warm-started from: the latest trial of its parent's mask before it."""
-    if r["parent_mask"] is None:
-        return None
-    if r.get("extension"):  # continues its own first attempt
-        return r["role"], r["mask"], r["extension"] - 1
-    earlier = [
-        q for q in rows if q["role"] == "search" and q["mask"] == r["parent_mask"] and q["round"] < r["round"]
-    ]
-    return _node(max(earlier, key=lambda q: (q["round"], q.get("extension") or 0))) if earlier else None
-
-
-def _chosen_path(rows: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
-    by_node = {_node(r): r for r in rows}
-    path, node = set(), next((_node(r) for r in rows if r["chosen"]), None)
+def _chosen_path(rows: list[dict[str, Any]]) -> set[tuple[str, str, int, int]]:
+    by_node = {row_key(r): r for r in rows}
+    path, node = set(), next((row_key(r) for r in rows if r["chosen"]), None)
     while node in by_node:
         path.add(node)
         node = _parent_node(by_node[node], rows)
@@ -100,12 +91,12 @@ def tree_figure(evaluation: Evaluation) -> bytes:
                 key=lambda r: (r.get("extension") or 0, r["role"] == "control", r["mask"]),
             )
             for i, r in enumerate(members):
-                place[_node(r)] = (round_ + 0.35 * (r.get("extension") or 0), -(i - (len(members) - 1) / 2))
+                place[row_key(r)] = (round_ + 0.35 * (r.get("extension") or 0), -(i - (len(members) - 1) / 2))
         for r in rows:
             parent = _parent_node(r, rows)
             if parent in place:
-                (x0, y0), (x1, y1) = place[parent], place[_node(r)]
-                on_path = _node(r) in path and parent in path
+                (x0, y0), (x1, y1) = place[parent], place[row_key(r)]
+                on_path = row_key(r) in path and parent in path
                 ax.plot(
                     [x0, x1],
                     [y0, y1],
@@ -115,9 +106,9 @@ def tree_figure(evaluation: Evaluation) -> bytes:
                     zorder=1,
                 )
         for r in rows:
-            x, y = place[_node(r)]
+            x, y = place[row_key(r)]
             loss = "failed" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
-            on_path = _node(r) in path
+            on_path = row_key(r) in path
             style = {"color": "crimson", "fontweight": "bold"} if on_path else {}
             if r["role"] == "control":
                 style = {"color": "0.4", "fontstyle": "italic"}

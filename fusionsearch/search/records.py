@@ -67,10 +67,9 @@ class Trial:
     @classmethod
     def of(cls, candidate: Candidate, fold: int) -> Trial:
         """The trial of a search ``candidate`` on ``fold``."""
-        role = "control" if candidate.control else "search"
+        role, mask, round_, extension = candidate_key(candidate)
         parent = candidate.mask if candidate.extension else candidate.parent  # an extension continues itself
-        parent = str(parent) if parent else None
-        return cls(str(candidate.mask), fold, role, candidate.round, parent, extension=candidate.extension)
+        return cls(mask, fold, role, round_, str(parent) if parent else None, extension=extension)
 
     def config(self) -> dict[str, Any]:
         """The flat config entries of this trial."""
@@ -80,6 +79,35 @@ class Trial:
     def from_config(cls, config: Mapping[str, Any]) -> Trial:
         """The trial of a Ray config (extra keys such as ``parent`` and ``settings`` are ignored)."""
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
+
+
+def candidate_key(candidate: Candidate) -> tuple[str, str, int, int]:
+    """(role, mask, round, extension) of a search candidate: how its rows are found in the table."""
+    return (
+        "control" if candidate.control else "search",
+        str(candidate.mask),
+        candidate.round,
+        candidate.extension,
+    )
+
+
+def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int]:
+    """(role, mask, round, extension) of a row of the table (within one fold): a control shares its
+    parent's mask, a continued trial its first attempt's."""
+    return row["role"], row["mask"], row["round"], row.get("extension") or 0
+
+
+def parent_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The row (of the same fold's ``rows``) that ``row`` warm-started from: a continued trial's first
+    attempt, else the latest search trial of its parent's mask in an earlier round."""
+    if row.get("extension"):
+        key = (*row_key(row)[:3], row["extension"] - 1)
+        return next((r for r in rows if row_key(r) == key), None)
+    if row["parent_mask"] is None:
+        return None
+    earlier = [r for r in rows if r["role"] == "search" and r["mask"] == row["parent_mask"]
+               and r["round"] < row["round"]]  # fmt: skip
+    return max(earlier, key=lambda r: (r["round"], r.get("extension") or 0), default=None)
 
 
 TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))
@@ -162,11 +190,11 @@ class FoldSearch:
 
 def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -> Outcome:
     """The outcome of ``candidate`` from its final report on each fold (failed if any fold failed)."""
-    losses = [_number(r.get("val_loss")) if r else None for r in reports]
+    losses = [as_float(r.get("val_loss")) if r else None for r in reports]
     if not reports or any(x is None or math.isnan(x) for x in losses):
         return Outcome(candidate, None)
-    starts = [_number(r.get("val_loss_start")) for r in reports]
-    epochs = [_number(r.get("best_epoch")) for r in reports]
+    starts = [as_float(r.get("val_loss_start")) for r in reports]
+    epochs = [as_float(r.get("best_epoch")) for r in reports]
     holdout = [r.get("holdout_losses") for r in reports]
     start = [r.get("start_losses") for r in reports]
     chance = [r.get("chance_losses") for r in reports]
@@ -183,7 +211,8 @@ def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -
     return Outcome(candidate, loss, evidence)
 
 
-def _number(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """``float(value)``, or ``None`` for what is not a number."""
     try:
         return float(value)
     except (TypeError, ValueError):
