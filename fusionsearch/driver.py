@@ -47,6 +47,7 @@ from fusionsearch.search.experiment import (
     load_result,
     read_run,
 )
+from fusionsearch.search.records import replicate
 from fusionsearch.settings import DataConfig, RunSettings, from_dict, to_dict
 from fusionsearch.warm_actors import keep_warm
 
@@ -355,7 +356,7 @@ def evaluate_search(
 ) -> pa.Table:
     """Predict every fold's test part with every method (one Ray task per fold); store and return it,
     and store every trained mask's predictions as the landscape."""
-    folds = sorted(set(candidates["fold"].to_pylist()))
+    searches = sorted({replicate(r) for r in candidates.to_pylist()})
     num_points = len(candidates["mask"][0].as_py())
     resources = resources or {}
     task = ray.remote(predict_fold).options(
@@ -365,12 +366,14 @@ def evaluate_search(
         task.remote(
             data,
             fold,
-            method_checkpoints(candidates, fold, num_points),
-            landscape_checkpoints(candidates, fold),
+            method_checkpoints(candidates, fold, num_points, repeat),
+            landscape_checkpoints(candidates, fold) if repeat == 0 else {},
+            repeat,
         )
-        for fold in folds
+        for fold, repeat in searches
     ]
-    log.info("evaluating on the test parts of %d fold(s)", len(folds))
+    folds = {fold for fold, _ in searches}
+    log.info("evaluating on the test parts of %d fold(s), %d search(es)", len(folds), len(searches))
     predictions, landscape = (pa.concat_tables(part) for part in zip(*ray.get(jobs), strict=True))
     if data.layout == "reserved":  # every fold tested the reserved part: one prediction per subject
         predictions, landscape = ensemble_folds(predictions), ensemble_folds(landscape)

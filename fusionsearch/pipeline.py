@@ -98,6 +98,7 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
         "pooled": search.pooled,
         "unimodal": modalities if search.unimodal and len(modalities) > 1 else (),
         "ensemble": search.ensemble,
+        "repeats": search.repeats,
         "num_points": num_points,
     }
     rules = {"min_delta": search.min_delta, "control": search.control, "alpha": search.alpha,

@@ -290,6 +290,10 @@ class SearchConfig:
             selection saw is ever tested.
         unimodal: train a single-stream baseline per modality beside the search.
         ensemble: also train the fusion masks the search skipped (brute-force ensemble).
+        repeats: run each fold's search this many times with different training seeds (new
+            weights, batch order and augmentation; the same split), in parallel. The report gives
+            how often the chosen masks include each fusion point and the spread of held-out
+            accuracy over replicates; its paired comparisons use the first replicate.
         force: allow exhaustive search and the ensemble over more than
             :data:`EXHAUSTIVE_LIMIT` points (``2**m - 1`` candidates per fold).
     """
@@ -308,6 +312,7 @@ class SearchConfig:
     pooled: bool = False
     unimodal: bool = True
     ensemble: bool = False
+    repeats: int = 1
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -330,6 +335,7 @@ class SearchConfig:
             )
         check_choice("control", self.control, CONTROLS)
         check_alpha(self.alpha)
+        _positive_ints(self, "repeats")
 
     def check_points(self, num_points: int) -> None:
         """Refuse exhaustive search or the ensemble over more than :data:`EXHAUSTIVE_LIMIT` points."""

@@ -25,6 +25,7 @@ from fusionsearch.search.records import (
     as_float,
     candidate_key,
     parent_row,
+    replicate,
     row_key,
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
@@ -45,7 +46,11 @@ class RoundSearcher(Searcher):
     ``unimodal`` per fold (from the start: they need nothing from the search) and, with
     ``ensemble=True``, once a fold's search has finished, every fusion mask it did not train
     (warm-started from that fold's no-fusion baseline, as exhaustive search trains them), so
-    that all ``2**m - 1`` fusion configurations exist for the brute-force ensemble.
+    that all ``2**m - 1`` fusion configurations exist for the brute-force ensemble. With
+    ``repeats=R`` every fold's search (or the pooled one) runs R times, in parallel, each replicate
+    with its own training seeds (new weights, batch order, augmentation) on the same split: how
+    often the chosen masks agree says how much the answer owes to the seed. The unimodal baselines
+    train once per fold (replicate 0).
 
     Each suggestion is a :class:`~fusionsearch.search.records.Trial`'s flat config (``mask``,
     ``fold``, ``role``, ``round``, ``parent_mask``, ``modality``) plus ``parent``: the location
@@ -66,6 +71,7 @@ class RoundSearcher(Searcher):
         pooled: one search scored on the mean over folds, instead of one search per fold.
         unimodal: modality names to train single-stream baselines of.
         ensemble: train the fusion masks the search left out, for the brute-force ensemble.
+        repeats: replicates of each search, with different training seeds.
         experiment_dir: the experiment's folder (``<storage_path>/<name>``); or call
             :meth:`set_experiment_dir` before the search starts.
     """
@@ -83,16 +89,19 @@ class RoundSearcher(Searcher):
         pooled: bool = False,
         unimodal: Sequence[str] = (),
         ensemble: bool = False,
+        repeats: int = 1,
         experiment_dir: str | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r}; choose one of ['min', 'max']")
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r} must be a positive integer")
         super().__init__(metric=metric, mode=mode)
         self.strategy = strategy
         self.ensemble = ensemble
         self._experiment_dir = experiment_dir
         groups = [tuple(folds)] if pooled else [(f,) for f in folds]
-        self._groups = [FoldSearch(g) for g in groups]
+        self._groups = [FoldSearch(g, r) for r in range(repeats) for g in groups]
         empty = str(FusionMask.empty(strategy.num_points))
         self._queue: list[Trial] = [Trial(empty, f, "unimodal", modality=m) for f in folds for m in unimodal]
         self._pending: dict[tuple, Trial] = {}
@@ -188,7 +197,7 @@ class RoundSearcher(Searcher):
             }
         )
         if trial.role in SEARCH_ROLES:
-            group = self._group(trial.fold)
+            group = self._group(trial)
             report = None
             if ok:
                 report = {name: result.get(name) for name in ("best_epoch", "val_loss_start", *PER_SAMPLE)}
@@ -197,8 +206,9 @@ class RoundSearcher(Searcher):
             if not self._in_flight(group):
                 group.close_round()
         log.info(
-            "fold %d round %d: %s%s %s%s",
+            "fold %d%s round %d: %s%s %s%s",
             trial.fold,
+            f" replicate {trial.repeat}" if trial.repeat else "",
             trial.round,
             trial.mask,
             f" ({' '.join(filter(None, [trial.role, trial.modality]))})" if trial.role != "search" else "",
@@ -238,7 +248,7 @@ class RoundSearcher(Searcher):
                 continue
             log.info(
                 "folds %s round %d: %d candidate(s): %s",
-                ",".join(map(str, group.folds)),
+                _name(group),
                 candidates[0].round,
                 len(candidates),
                 ", ".join(_describe(c) for c in candidates),
@@ -250,7 +260,7 @@ class RoundSearcher(Searcher):
         decisions = self.decisions(group)
         if not decisions or decisions[-1].round != max(o.candidate.round for o in group.history):
             return
-        d, folds = decisions[-1], ",".join(map(str, group.folds))
+        d, folds = decisions[-1], _name(group)
         if d.tested is None:
             log.info("folds %s round %d: no child finished", folds, d.round)
             return
@@ -276,9 +286,7 @@ class RoundSearcher(Searcher):
 
     def _in_flight(self, group: FoldSearch) -> bool:
         """Whether a search or control trial of ``group``'s current round is queued or running."""
-        return any(
-            t.role in SEARCH_ROLES and t.fold in group.folds for t in [*self._queue, *self._pending.values()]
-        )
+        return any(t.role in SEARCH_ROLES and group.owns(t) for t in [*self._queue, *self._pending.values()])
 
     def _longer_late_fusion(self, group: FoldSearch) -> list[Trial]:
         """Late fusion continued from round 0 until it has trained as many epochs as the chosen mask's
@@ -289,19 +297,19 @@ class RoundSearcher(Searcher):
         empty = str(FusionMask.empty(self.num_points))
         trials = []
         for fold in group.folds:
-            lineage = self._lineage(fold, candidate_key(chosen.candidate))
+            lineage = self._lineage((fold, group.repeat), candidate_key(chosen.candidate))
             epochs = [r.get("epochs_trained") for r in lineage]
             if not lineage or None in epochs or lineage[-1]["mask"] != empty or lineage[-1]["round"] != 0:
                 continue  # a trainable that does not report its epochs, or a lineage not from 0000
             extra = int(sum(epochs) - epochs[-1])
             if extra > 0:
-                trials.append(Trial(empty, fold, "longer", 0, empty, epochs=extra))
+                trials.append(Trial(empty, fold, "longer", 0, empty, epochs=extra, repeat=group.repeat))
         return trials
 
-    def _lineage(self, fold: int, key: tuple[str, str, int, int]) -> list[dict[str, Any]]:
-        """The finished trial ``key`` = (role, mask, round, extension) of ``fold`` and its ancestors,
-        newest first, down to the trial trained from scratch."""
-        rows = [r for r in self._records if r["fold"] == fold and r["status"] == "ok"]
+    def _lineage(self, search: tuple[int, int], key: tuple[str, str, int, int]) -> list[dict[str, Any]]:
+        """The finished trial ``key`` = (role, mask, round, extension) of ``search`` = (fold, repeat) and
+        its ancestors, newest first, down to the trial trained from scratch."""
+        rows = [r for r in self._records if replicate(r) == search and r["status"] == "ok"]
         lineage, row = [], next((r for r in rows if row_key(r) == key), None)
         while row is not None and len(lineage) <= len(rows):
             lineage.append(row)
@@ -312,18 +320,19 @@ class RoundSearcher(Searcher):
         baseline = FusionMask.empty(self.num_points)
         trained = {str(o.candidate.mask) for o in group.history}
         return [
-            Trial(str(m), f, "ensemble", 1, str(baseline))
+            Trial(str(m), f, "ensemble", 1, str(baseline), repeat=group.repeat)
             for f in group.folds
             for m in FusionMask.all_masks(self.num_points)
             if m != baseline and str(m) not in trained
         ]
 
     def selection_groups(self) -> list[tuple[int, ...]]:
-        """The folds behind each of the search's selections: one fold each, or all when pooled."""
+        """The folds behind each of the search's selections: one fold each, or all when pooled (once per
+        replicate)."""
         return [group.folds for group in self._groups]
 
-    def _group(self, fold: int) -> FoldSearch:
-        return next(g for g in self._groups if fold in g.folds)
+    def _group(self, trial: Trial) -> FoldSearch:
+        return next(g for g in self._groups if g.owns(trial))
 
     def _parent_location(self, trial: Trial) -> str | None:
         """Where ``trial``'s parent left its final checkpoint; ``None`` (from scratch) if the parent failed.
@@ -333,9 +342,9 @@ class RoundSearcher(Searcher):
                 not told where the experiment lives, or Tune names trial folders otherwise, or the
                 trainable reported no checkpoint), so a warm start is never silently dropped.
         """
-        wanted = (trial.parent_role, trial.fold, trial.parent_mask)
+        wanted = (trial.parent_role, trial.fold, trial.repeat, trial.parent_mask)
         record = next(
-            (r for r in reversed(self._records) if (r["role"], r["fold"], r["mask"]) == wanted), None
+            (r for r in reversed(self._records) if (r["role"], *replicate(r), r["mask"]) == wanted), None
         )
         if record is None or record["status"] != "ok":
             log.warning("parent %s of %s failed: it trains from scratch", trial.parent_mask, trial)
@@ -358,17 +367,19 @@ class RoundSearcher(Searcher):
         return location
 
     # --- results ------------------------------------------------------------------------
-    def chosen_outcomes(self) -> dict[int, Outcome | None]:
-        """The chosen outcome of every fold (the same for all folds of a pooled search)."""
+    def chosen_outcomes(self) -> dict[tuple[int, int], Outcome | None]:
+        """The chosen outcome of every (fold, replicate) (the same for all folds of a pooled search)."""
         chosen = {}
         for group in self._groups:
             best = chosen_outcome(self.strategy, group.history)
-            chosen |= {f: best for f in group.folds}
+            chosen |= {(f, group.repeat): best for f in group.folds}
         return chosen
 
-    def chosen_masks(self) -> dict[int, str | None]:
-        """The chosen mask of every fold (the same for all folds of a pooled search)."""
-        return {f: str(o.candidate.mask) if o else None for f, o in self.chosen_outcomes().items()}
+    def chosen_masks(self, repeat: int = 0) -> dict[int, str | None]:
+        """The chosen mask of every fold in replicate ``repeat`` (the same for all folds of a pooled
+        search)."""
+        chosen = self.chosen_outcomes()
+        return {f: str(o.candidate.mask) if o else None for (f, r), o in chosen.items() if r == repeat}
 
     @property
     def best_mask(self) -> str | None:
@@ -386,14 +397,15 @@ class RoundSearcher(Searcher):
                     reference = "control" if d.reference and d.reference.candidate.control else "parent"
                     verdict = {"reference": reference, "gain": d.verdict.gain, "p_value": d.verdict.p_value,
                                "accepted": d.verdict.accepted}  # fmt: skip
-                    verdicts |= {(f, *candidate_key(d.tested.candidate)): verdict for f in group.folds}
+                    tested = candidate_key(d.tested.candidate)
+                    verdicts |= {(f, group.repeat, *tested): verdict for f in group.folds}
         rows = []
         for r in self._records:
             key = row_key(r)
             rows.append(
                 r
-                | {"chosen": chosen.get(r["fold"]) == key}
-                | verdicts.get((r["fold"], *key), dict.fromkeys(DECISION))
+                | {"chosen": chosen.get(replicate(r)) == key}
+                | verdicts.get((*replicate(r), *key), dict.fromkeys(DECISION))
             )
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
@@ -404,6 +416,11 @@ class RoundSearcher(Searcher):
             experiment.write_candidates(self._experiment_dir, self.table())
         except OSError as error:  # full or unreachable storage: the next round (or a resume) writes it again
             log.warning("could not write the candidates table: %s", error)
+
+
+def _name(group: FoldSearch) -> str:
+    """``0`` or ``0,1,2``, with `` replicate R`` beyond the first: a search in the log."""
+    return ",".join(map(str, group.folds)) + (f" replicate {group.repeat}" if group.repeat else "")
 
 
 def _describe(candidate: Candidate) -> str:

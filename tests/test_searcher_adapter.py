@@ -39,7 +39,8 @@ def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     searcher.set_experiment_dir(str(tmp_path))
     first = searcher.suggest("t0")
     assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
-                     "role": "search", "modality": None, "extension": 0, "epochs": None}  # fmt: skip
+                     "role": "search", "modality": None, "extension": 0, "epochs": None,
+                     "repeat": 0}  # fmt: skip
     assert searcher.suggest("t1") is None  # round 0 in flight
     complete(searcher, "t0", "0000", 1.0)
     round1 = [searcher.suggest(f"r1-{i}") for i in range(5)]
@@ -131,6 +132,33 @@ def test_folds_search_independently_and_choose_their_own_mask(tmp_path):
     assert sorted(chosen) == [(0, "0100"), (1, "0010")]
 
 
+def test_replicates_search_in_parallel_each_from_its_own_lineage(tmp_path):
+    searcher = SFSASearcher(folds=(0, 1), repeats=2, unimodal=("T1w",), experiment_dir=str(tmp_path))
+    round0 = drain(searcher, "a")
+    searches = sorted((s["fold"], s["repeat"], s["role"]) for s in round0.values())
+    # The unimodal baselines train in replicate 0 only.
+    assert searches == [(0, 0, "search"), (0, 0, "unimodal"), (0, 1, "search"), (1, 0, "search"),
+                        (1, 0, "unimodal"), (1, 1, "search")]  # fmt: skip
+    finish(searcher, round0, {})
+    round1 = drain(searcher, "b")
+    assert len(round1) == 4 * 5  # every (fold, replicate): 4 children and a control
+    by_id = {(s["fold"], s["repeat"], "0000"): i for i, s in round0.items() if s["role"] == "search"}
+    for s in round1.values():  # each replicate warm-starts from its own baseline
+        assert s["parent"] == f"{tmp_path}/{by_id[s['fold'], s['repeat'], '0000']}/checkpoint_000001"
+    # Fold 0: replicate 0 finds 0100, replicate 1 finds 0010; fold 1: both find nothing.
+    for trial_id, s in round1.items():
+        wins = {(0, 0): "0100", (0, 1): "0010"}.get((s["fold"], s["repeat"]))
+        loss = 0.5 if s["mask"] == wins and s["role"] == "search" else 1.0
+        complete(searcher, trial_id, s["mask"], loss, fold=s["fold"], role=s["role"], repeat=s["repeat"])
+    for prefix in "cd":
+        finish(searcher, drain(searcher, prefix), {})
+    assert searcher.suggest("z") == Searcher.FINISHED
+    assert searcher.chosen_masks() == {0: "0100", 1: "0000"}
+    assert searcher.chosen_masks(repeat=1) == {0: "0010", 1: "0000"}
+    chosen = sorted((r["fold"], r["repeat"], r["mask"]) for r in searcher.table().to_pylist() if r["chosen"])
+    assert chosen == [(0, 0, "0100"), (0, 1, "0010"), (1, 0, "0000"), (1, 1, "0000")]
+
+
 def test_pooled_search_scores_the_mean_over_folds(tmp_path):
     searcher = SFSASearcher(folds=(0, 1, 2), pooled=True, experiment_dir=str(tmp_path))
     round0 = drain(searcher, "a")
@@ -209,4 +237,4 @@ def test_late_fusion_is_trained_as_long_as_the_chosen_lineage(tmp_path):
         ("longer", "0000", "0000", 7 + 5)  # 0100 (7 epochs), then its control (5): 12 beyond round 0
     ]
     assert next(iter(longer.values()))["parent"] == f"{tmp_path}/a0/checkpoint_000001"  # from round 0
-    assert searcher.chosen_outcomes()[0].candidate.control  # the continued parent's weights
+    assert searcher.chosen_outcomes()[0, 0].candidate.control  # the continued parent's weights

@@ -240,13 +240,18 @@ def test_a_rounds_children_and_control_see_identical_batches(tiny, tmp_path, mon
     monkeypatch.setattr(loop, "train_step", recording)
     trials = [Trial("0100", round=1, parent_mask="0000"),
               Trial("0000", role="control", round=1, parent_mask="0000"),
-              Trial("0010", round=2, parent_mask="0000")]  # fmt: skip
+              Trial("0010", round=2, parent_mask="0000"),
+              Trial("0100", round=1, parent_mask="0000", repeat=1)]  # fmt: skip
     for trial in trials:
         seen.append([])
-        fit(CandidateConfig(trial, recipe, parent="x"), Recorder(tmp_path / trial.role / trial.mask),
-            parent=parent.checkpoints[-1], data=data)  # fmt: skip
-    child, control, later = seen
+        out = Recorder(tmp_path / trial.role / f"{trial.mask}-{trial.repeat}")
+        fit(CandidateConfig(trial, recipe, parent="x"), out, parent=parent.checkpoints[-1], data=data)
+    child, control, later, replicate = seen
     assert len(child) == len(control) == 2  # 2 epochs of 1 batch (8 training samples, batch 8)
     for (x, y), (cx, cy) in zip(child, control, strict=True):
         assert torch.equal(x, cx) and torch.equal(y, cy)  # the same samples, the same augmentation draws
     assert not all(torch.equal(x, lx) for (x, _), (lx, _) in zip(child, later, strict=True))  # another round
+    # Another replicate of the same round: other augmentation draws (and new weights: another seed).
+    assert not all(torch.equal(x, rx) for (x, _), (rx, _) in zip(child, replicate, strict=True))
+    seeds = {loop.candidate_seed(CandidateConfig(Trial("0100", repeat=r), recipe)) for r in range(3)}
+    assert len(seeds) == 3

@@ -9,13 +9,16 @@ import numpy as np
 import pyarrow as pa
 
 from fusionsearch.search.experiment import RunRecord
+from fusionsearch.search.records import replicate
 
 
 @dataclass(frozen=True)
 class Cost:
-    """The cost of one search over its folds.
+    """The cost of one search over its folds (and replicates).
 
     Attributes:
+        repeats: replicates of each fold's search (``--repeats``); the per-fold and exhaustive
+            figures count each replicate as a search of its own.
         unit: ``GPU-hours`` when trials had GPUs, else ``CPU-hours``.
         search_candidates: trials of the search itself: candidates, controls and extensions.
         search_compute: compute of those trials, in ``unit``.
@@ -44,6 +47,7 @@ class Cost:
     peak_rss_mb: tuple[float, float] | None
     controls: int = 0
     extensions: int = 0
+    repeats: int = 1
     efficiency: float | None = None
     eval_share: float | None = None
     checkpoint_share: float | None = None
@@ -51,21 +55,23 @@ class Cost:
 
     @property
     def search_candidates_per_fold(self) -> float:
-        return self.search_candidates / self.folds if self.folds else math.nan
+        """Per fold and replicate."""
+        return self.search_candidates / (self.folds * self.repeats) if self.folds else math.nan
 
 
 def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     """The :class:`Cost` of the trials in ``candidates`` under ``run``'s per-trial resources."""
     rows = [r for r in candidates.to_pylist() if r["status"] == "ok" or r["train_seconds"]]
     search = [r for r in rows if r["role"] in ("search", "control")]
-    folds = len({r["fold"] for r in candidates.to_pylist()})
+    searches = {replicate(r) for r in candidates.to_pylist()}
+    folds, repeats = len({f for f, _ in searches}), len({r for _, r in searches})
     resources = run.resources or {}
     gpus = resources.get("gpu") or 0
     unit, per_trial = ("GPU-hours", gpus) if gpus else ("CPU-hours", resources.get("cpu", 1))
     seconds = [r["train_seconds"] or 0.0 for r in search]
     starts = [r["started_at"] for r in rows if r["started_at"]]
     ends = [r["finished_at"] for r in rows if r["finished_at"]]
-    exhaustive_candidates = 2**num_points * folds
+    exhaustive_candidates = 2**num_points * folds * max(repeats, 1)
     measured = run.searcher == "exhaustive"
     mean_seconds = float(np.mean(seconds)) if seconds else math.nan
     peaks = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
@@ -93,6 +99,7 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
         peak_rss_mb=(float(np.median(peaks)), float(max(peaks))) if peaks else None,
         controls=sum(r["role"] == "control" for r in search),
         extensions=sum(bool(r.get("extension")) for r in search),
+        repeats=max(repeats, 1),
         efficiency=share("step_seconds"),
         eval_share=share("eval_seconds"),
         checkpoint_share=share("checkpoint_seconds"),
@@ -105,10 +112,13 @@ def cost_rows(cost: Cost) -> list[list[str]]:
     unit = cost.unit
     how = "measured" if cost.exhaustive_measured else "estimated: mean candidate x count"
     peak = f"{cost.peak_rss_mb[0]:.0f}, {cost.peak_rss_mb[1]:.0f}" if cost.peak_rss_mb else "-"
+    folds, per = (
+        (str(cost.folds), "fold") if cost.repeats == 1 else (f"{cost.folds} x {cost.repeats}", "search")
+    )
     return [
-        ["folds", str(cost.folds)],
+        ["folds" if cost.repeats == 1 else "folds x replicates", folds],
         [
-            "search candidates trained (per fold)",
+            f"search candidates trained (per {per})",
             f"{cost.search_candidates} ({cost.search_candidates_per_fold:.1f})",
         ],
         [

@@ -18,6 +18,10 @@ It also predicts with every fusion configuration trained on the fold (method ``c
 one per mask: the *landscape*, ``<experiment>/landscape.parquet``). That is analysis after the
 fact, for the report's landscape figure; the search never sees it. Each checkpoint is
 predicted once, however many methods and masks share it.
+
+With replicates (``--repeats``), each replicate's late fusion, chosen mask, equal-epochs late
+fusion and ensemble are predicted too (column ``repeat``); the unimodal baselines and the
+landscape are replicate 0's.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fusionsearch.mask import NUM_POINTS, FusionMask
 from fusionsearch.model.checkpoint import load_model, read_meta
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.report.statistics import LONGER_LATE_FUSION
+from fusionsearch.search.records import replicate
 from fusionsearch.settings import DataConfig
 from fusionsearch.train.folds import Batches, load_fold
 from fusionsearch.train.inference import predict_logits
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS = pa.schema(
     [
         ("fold", pa.int64()),
+        ("repeat", pa.int64()),
         ("method", pa.string()),
         ("mask", pa.string()),
         ("sample_id", pa.string()),
@@ -54,10 +60,11 @@ PREDICTIONS = pa.schema(
 
 
 def method_checkpoints(
-    candidates: pa.Table, fold: int, num_points: int = NUM_POINTS
+    candidates: pa.Table, fold: int, num_points: int = NUM_POINTS, repeat: int = 0
 ) -> dict[str, tuple[str, list[str]]]:
-    """``{method: (mask, checkpoint locations)}`` of ``fold`` from the candidates table."""
-    rows = _finished(candidates, fold)
+    """``{method: (mask, checkpoint locations)}`` of ``fold``'s replicate ``repeat`` from the
+    candidates table."""
+    rows = _finished(candidates, fold, repeat)
     empty = str(FusionMask.empty(num_points))
     methods: dict[str, tuple[str, list[str]]] = {}
     for r in sorted((r for r in rows if r["role"] == "unimodal"), key=lambda r: r["modality"]):
@@ -71,26 +78,29 @@ def method_checkpoints(
     for r in rows:
         if r["chosen"]:
             methods["chosen"] = (r["mask"], [r["checkpoint"]])
-    fusion = {m: c for m, c in landscape_checkpoints(candidates, fold).items() if m != empty}
+    fusion = {m: c for m, c in landscape_checkpoints(candidates, fold, repeat).items() if m != empty}
     if len(fusion) == 2**num_points - 1:
         methods["ensemble"] = (f"{len(fusion)} masks", [fusion[m] for m in sorted(fusion)])
     return methods
 
 
-def landscape_checkpoints(candidates: pa.Table, fold: int) -> dict[str, str]:
-    """``{mask: checkpoint location}`` of every configuration trained on ``fold`` (late fusion
-    included), once each: the search's version when it trained one, else the ensemble member."""
+def landscape_checkpoints(candidates: pa.Table, fold: int, repeat: int = 0) -> dict[str, str]:
+    """``{mask: checkpoint location}`` of every configuration trained on ``fold`` (in replicate
+    ``repeat``; late fusion included), once each: the search's version when it trained one, else
+    the ensemble member."""
     masks: dict[str, str] = {}
-    for r in sorted(_finished(candidates, fold), key=lambda r: r["role"] != "search"):
+    for r in sorted(_finished(candidates, fold, repeat), key=lambda r: r["role"] != "search"):
         if r["role"] != "unimodal":
             masks.setdefault(r["mask"], r["checkpoint"])
     return dict(sorted(masks.items()))
 
 
-def _finished(candidates: pa.Table, fold: int) -> list[dict]:
-    """The rows of ``fold``'s trials that finished with a checkpoint."""
+def _finished(candidates: pa.Table, fold: int, repeat: int = 0) -> list[dict]:
+    """The rows of the trials of ``fold``'s replicate ``repeat`` that finished with a checkpoint."""
     return [
-        r for r in candidates.to_pylist() if r["fold"] == fold and r["status"] == "ok" and r["checkpoint"]
+        r
+        for r in candidates.to_pylist()
+        if replicate(r) == (fold, repeat) and r["status"] == "ok" and r["checkpoint"]
     ]
 
 
@@ -102,9 +112,9 @@ def ensemble_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
 def ensemble_folds(predictions: pa.Table, fold: int = 0) -> pa.Table:
     """Several folds' predictions of the same test subjects (a reserved test part) as one fold: each
     method's (and mask's) mean class probabilities over the folds' models, per sample."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[int, str, str, str], list[dict]] = {}
     for row in predictions.to_pylist():
-        groups.setdefault((row["method"], row["mask"], row["sample_id"]), []).append(row)
+        groups.setdefault((row["repeat"], row["method"], row["mask"], row["sample_id"]), []).append(row)
     rows = [
         {**members[0], "fold": fold,
          "probabilities": ensemble_probabilities([np.asarray(m["probabilities"]) for m in members]).tolist()}
@@ -125,9 +135,11 @@ def predict_fold(
     fold: int,
     methods: dict[str, tuple[str, list[str]]],
     landscape: dict[str, str] | None = None,
+    repeat: int = 0,
 ) -> tuple[pa.Table, pa.Table]:
     """Test-part probabilities on ``fold`` of every method, and of every mask of ``landscape``
-    (method ``candidate``): two :data:`PREDICTIONS` tables. A plain function; the driver runs it remotely."""
+    (method ``candidate``), of replicate ``repeat``: two :data:`PREDICTIONS` tables. A plain
+    function; the driver runs it remotely."""
     test = load_fold(data, fold, parts=("test",))
     policy = DevicePolicy.select()
     predicted: dict[str, np.ndarray] = {}
@@ -144,6 +156,7 @@ def predict_fold(
         n = len(test.test)
         for method, mask, probabilities in rows:
             columns["fold"] += [fold] * n
+            columns["repeat"] += [repeat] * n
             columns["method"] += [method] * n
             columns["mask"] += [mask] * n
             columns["sample_id"] += test.test.ids

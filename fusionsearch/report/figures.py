@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fusionsearch.search.records import parent_row, row_key
+from fusionsearch.search.records import parent_row, replicate, row_key
 
 if TYPE_CHECKING:
     from fusionsearch.report.pages import Evaluation
@@ -72,17 +72,17 @@ def _chosen_path(rows: list[dict[str, Any]]) -> set[tuple[str, str, int, int]]:
 
 
 def tree_figure(evaluation: Evaluation) -> bytes:
-    """Every fold's search tree: candidates and controls by round with their validation loss; the
-    chosen path in red."""
+    """Every fold's search tree (every replicate's): candidates and controls by round with their
+    validation loss; the chosen path in red."""
     search = [r for r in evaluation.candidates.to_pylist() if r["role"] in ("search", "control")]
-    folds = sorted({r["fold"] for r in search})
-    tallest = max(Counter((r["fold"], r["round"]) for r in search).values())
+    searches = sorted({replicate(r) for r in search})
+    tallest = max(Counter((*replicate(r), r["round"]) for r in search).values())
     rounds = 1 + max(r["round"] for r in search)
-    # One row per fold, so the figure keeps its width (and its text legible) however many folds.
-    figure = Figure(figsize=(2.0 * rounds + 0.6, (0.42 * tallest + 1.1) * len(folds)))
-    axes = figure.subplots(len(folds), 1, squeeze=False)
-    for ax, fold in zip(axes[:, 0], folds, strict=True):
-        rows = [r for r in search if r["fold"] == fold]
+    # One row per search, so the figure keeps its width (and its text legible) however many folds.
+    figure = Figure(figsize=(2.0 * rounds + 0.6, (0.42 * tallest + 1.1) * len(searches)))
+    axes = figure.subplots(len(searches), 1, squeeze=False)
+    for ax, (fold, repeat) in zip(axes[:, 0], searches, strict=True):
+        rows = [r for r in search if replicate(r) == (fold, repeat)]
         path = _chosen_path(rows)
         place = {}
         for round_ in sorted({r["round"] for r in rows}):
@@ -134,7 +134,7 @@ def tree_figure(evaluation: Evaluation) -> bytes:
             xticks=fold_rounds,
             yticks=[],
             xlabel="round",
-            title=f"fold {fold}",
+            title=f"fold {fold}" + (f", replicate {repeat}" if len({r for _, r in searches}) > 1 else ""),
         )
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
@@ -154,11 +154,12 @@ def rounds_figure(evaluation: Evaluation) -> bytes:
     ]
     figure = Figure(figsize=(5.5, 4))
     axes = figure.subplots()
-    for fold in sorted({r["fold"] for r in search}):
-        rows = [r for r in search if r["fold"] == fold]
+    for fold, repeat in sorted({replicate(r) for r in search}):
+        rows = [r for r in search if replicate(r) == (fold, repeat)]
         rounds = sorted({r["round"] for r in rows})
         best = np.minimum.accumulate([min(r["val_loss"] for r in rows if r["round"] == k) for k in rounds])
-        line = axes.plot(rounds, best, marker="o", lw=2, label=f"fold {fold} best so far")
+        name = f"fold {fold}" + (f" r{repeat}" if repeat else "")
+        line = axes.plot(rounds, best, marker="o", lw=2, label=f"{name} best so far")
         axes.scatter(
             [r["round"] + 0.08 for r in rows],
             [r["val_loss"] for r in rows],
@@ -185,7 +186,11 @@ def landscape_figure(evaluation: Evaluation) -> bytes:
     chosen mask ringed; late fusion's mean as a dashed line."""
     rows = evaluation.landscape.to_pylist()
     masks = landscape_order({r["mask"] for r in rows})
-    chosen = {(r["fold"], r["mask"]) for r in evaluation.candidates.to_pylist() if r["chosen"]}
+    chosen = {
+        (r["fold"], r["mask"])
+        for r in evaluation.candidates.to_pylist()
+        if r["chosen"] and not r.get("repeat")
+    }
     folds = sorted({r["fold"] for r in rows})
     figure = Figure(figsize=(max(5.5, 0.38 * len(masks) + 1.5), 4))
     axes = figure.subplots()

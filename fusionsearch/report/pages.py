@@ -33,6 +33,7 @@ from fusionsearch.report.figures import (
     tree_figure,
 )
 from fusionsearch.report.metrics import METRICS, fold_metrics, mean_and_std
+from fusionsearch.report.replicates import Replicates, replicates
 from fusionsearch.report.statistics import Uncertainty, uncertainty
 from fusionsearch.search.experiment import (
     LANDSCAPE_FILE,
@@ -62,6 +63,7 @@ class Evaluation:
     settings: dict[str, Any]  # the run's settings and metadata, as the report shows them
     uncertainty: Uncertainty
     landscape: pa.Table  # every trained mask's test metrics per fold (empty: evaluated before it existed)
+    replicates: Replicates | None = None  # --repeats R > 1: answers and accuracy over the replicates
 
 
 def load_evaluation(experiment_dir: str) -> Evaluation:
@@ -74,7 +76,11 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
             f"{experiment_dir} has no held-out predictions ({PREDICTIONS_FILE}): the search has not "
             "finished; finish it with 'fusionsearch resume NAME', which evaluates it"
         )
-    predictions = storage.read_table(path)
+    every = storage.read_table(path)
+    if "repeat" not in every.column_names:  # evaluated before replicates existed
+        every = every.append_column("repeat", pa.array([0] * every.num_rows, pa.int64()))
+    # The paper's tables and paired tests: the first replicate (each test subject once per method).
+    predictions = every.filter(pa.compute.equal(every["repeat"], 0))
     per_fold = fold_metrics(predictions)
     landscape_path = storage.join(experiment_dir, LANDSCAPE_FILE)
     landscape = fold_metrics(
@@ -96,6 +102,9 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
             predictions.to_pylist(), mean_accuracy, seed=run.settings.train.seed if run.settings else 0
         ),
         landscape=landscape.drop_columns(["method"]),
+        replicates=replicates(
+            candidates, every, pooled=bool((run.metadata.get("search") or {}).get("pooled"))
+        ),
         settings={
             **run.metadata,
             "searcher": run.searcher,
@@ -113,9 +122,19 @@ def _ordered(results: pa.Table) -> pa.Table:
 
 
 def chosen_frequency(candidates: pa.Table) -> Counter:
-    """How often each mask was chosen across folds."""
+    """How often each mask was chosen across folds (and replicates)."""
     rows = candidates.to_pylist()
     return Counter(r["mask"] for r in rows if r["chosen"])
+
+
+def chosen_text(frequency: Counter, folds: int, repeats: int = 1) -> str:
+    """``0100 on 3 of 5 fold(s), ...`` (``of 10 searches (5 folds x 2 replicates)`` with replicates)."""
+    of = (
+        f"{folds} fold(s)"
+        if repeats == 1
+        else f"{folds * repeats} searches ({folds} fold(s) x {repeats} replicates)"
+    )
+    return ", ".join(f"{mask} on {n} of {of}" for mask, n in frequency.most_common())
 
 
 # --- tables and pages -----------------------------------------------------------------
@@ -224,6 +243,28 @@ def landscape_rows(evaluation: Evaluation) -> list[list[str]]:
     return table
 
 
+REPLICATE_POINTS_HEADER = ["fusion point (1: earliest)", "answers including it", "frequency [95 % CI]"]
+REPLICATE_ACCURACY_HEADER = ["method", "held-out accuracy per replicate", "mean ± std", "range"]
+
+
+def replicate_rows(evaluation: Evaluation) -> tuple[list[list[str]], list[list[str]]]:
+    """Each fusion point's inclusion in the chosen masks; each method's accuracy per replicate."""
+    r = evaluation.replicates
+    if r is None:
+        return [], []
+    points = [
+        [str(p.point), f"{p.count} of {p.n}",
+         f"{p.frequency:.2f} [{p.low:.2f}, {p.high:.2f}]"]
+        for p in r.inclusion
+    ]  # fmt: skip
+    accuracy = [
+        [method_title(a.method, evaluation.searcher), " / ".join(f"{x:.3f}" for x in a.accuracies),
+         f"{a.mean:.3f} ± {a.std:.3f}", f"{min(a.accuracies):.3f}-{max(a.accuracies):.3f}"]
+        for a in r.accuracy
+    ]  # fmt: skip
+    return points, accuracy
+
+
 DECISIONS_HEADER = ["fold", "round", "tested child", "against", "gain on the test half", "p (one-sided)",
                     "accepted"]  # fmt: skip
 
@@ -233,10 +274,13 @@ def decision_rows(candidates: pa.Table) -> list[list[str]]:
     its loss decrease on the validation part's test half and the p-value, in fold and round order."""
     rows = [r for r in candidates.to_pylist() if r.get("accepted") is not None]
     table = []
-    for r in sorted(rows, key=lambda r: (r["fold"], r["round"], r.get("extension") or 0)):
+    for r in sorted(
+        rows, key=lambda r: (r["fold"], r.get("repeat") or 0, r["round"], r.get("extension") or 0)
+    ):
         round_ = f"{r['round']}{' (extended)' if r.get('extension') else ''}"
         p = "-" if r["p_value"] is None else f"{r['p_value']:.3g}"
-        table.append([str(r["fold"]), round_, r["mask"], r["reference"], f"{r['gain']:+.4f}", p,
+        fold = str(r["fold"]) + (f" (replicate {r['repeat']})" if r.get("repeat") else "")
+        table.append([fold, round_, r["mask"], r["reference"], f"{r['gain']:+.4f}", p,
                       "yes" if r["accepted"] else "no"])  # fmt: skip
     return table
 
@@ -319,8 +363,30 @@ def write_report(experiment_dir: str) -> Evaluation:
 
 def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str, Any, str | None]]:
     folds = evaluation.cost.folds
-    chosen = ", ".join(f"{mask} on {n} of {folds} fold(s)" for mask, n in frequency.most_common())
-    landscape = []
+    chosen = chosen_text(frequency, folds, evaluation.cost.repeats)
+    landscape, replicated = [], []
+    if evaluation.replicates is not None:
+        points, accuracy = replicate_rows(evaluation)
+        r = evaluation.replicates
+        replicated = [
+            (
+                "Replicates: how much the answer owes to the seed",
+                f"Each search ran {r.repeats} times with other training seeds (new weights, batch order and "
+                f"augmentation) on the same split: {len(r.answers)} answers. How many of them include each "
+                "fusion point, with an exact (Clopper-Pearson) 95 % binomial interval. A point in every "
+                "answer is the search's finding; a point in some is the seed's. The tables above use the "
+                "first replicate.",
+                (REPLICATE_POINTS_HEADER, points),
+                None,
+            ),
+            (
+                "Replicates: held-out accuracy",
+                "Each replicate's held-out accuracy, its test subjects pooled over folds, and the spread "
+                "over replicates (the unimodal baselines trained once).",
+                (REPLICATE_ACCURACY_HEADER, accuracy),
+                None,
+            ),
+        ]
     if evaluation.landscape.num_rows:
         landscape.append(
             (
@@ -358,6 +424,7 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
             (COMPARISONS_HEADER, comparison_rows(evaluation)),
             None,
         ),
+        *replicated,
         *landscape,
         *(
             [
@@ -399,9 +466,9 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
 
 
 def write_comparison(experiment_dirs: list[str], out: str) -> str:
-    """Several searches side by side (results, chosen masks, cost); returns ``out``."""
+    """Several searches side by side (results, chosen masks, cost, replicates); returns ``out``."""
     evaluations = [load_evaluation(d) for d in experiment_dirs]
-    rows, cost = [], []
+    rows, cost, replicated = [], [], []
     for e in evaluations:
         rows += [[e.name, *r] for r in results_rows(e)]
         c = e.cost
@@ -415,27 +482,31 @@ def write_comparison(experiment_dirs: list[str], out: str) -> str:
                 ", ".join(f"{m} x{n}" for m, n in chosen_frequency(e.candidates).most_common()),
             ]
         )
+        if e.replicates is not None:
+            points, accuracy = replicate_rows(e)
+            chosen = next((a[2] for a in accuracy if a[0] == method_title("chosen", e.searcher)), "-")
+            inclusion = ", ".join(f"{p[0]}: {p[2]}" for p in points)
+            replicated.append(
+                [e.name, str(e.replicates.repeats), str(len(e.replicates.answers)), inclusion, chosen]
+            )
     header = ["search", *RESULTS_HEADER]
-    cost_header = ["search", "searcher", "candidates", "search compute", "wall hours", "chosen masks"]
-    storage.write_bytes(
-        storage.join(out, "comparison.md"),
-        "\n\n".join(
-            [
-                "# fusionsearch comparison",
-                _markdown_table(header, rows),
-                "## Cost",
-                _markdown_table(cost_header, cost),
-            ]
-        ).encode(),
-    )
-    storage.write_bytes(
-        storage.join(out, "comparison.html"),
-        (
-            f"<!doctype html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>"
-            f"<h1>fusionsearch comparison</h1>{_html_table(header, rows)}<h2>Cost</h2>"
-            f"{_html_table(cost_header, cost)}</body></html>"
-        ).encode(),
-    )
+    sections = [
+        ("Results", header, rows),
+        ("Cost", ["search", "searcher", "candidates", "search compute", "wall hours", "chosen masks"], cost),
+    ]
+    if replicated:
+        sections.append(("Replicates", ["search", "replicates", "answers",
+                                         "fusion point: frequency in the answers [95 % CI]",
+                                         "chosen mask's held-out accuracy, mean ± std over replicates"],
+                         replicated))  # fmt: skip
+    markdown = ["# fusionsearch comparison"]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>"
+    page += "<h1>fusionsearch comparison</h1>"
+    for title, head, body in sections:
+        markdown += [f"## {title}", _markdown_table(head, body)]
+        page += f"<h2>{html.escape(title)}</h2>{_html_table(head, body)}"
+    storage.write_bytes(storage.join(out, "comparison.md"), "\n\n".join(markdown).encode())
+    storage.write_bytes(storage.join(out, "comparison.html"), (page + "</body></html>").encode())
     _write_csv(
         storage.join(out, "comparison.csv"), pa.table({h: [r[i] for r in rows] for i, h in enumerate(header)})
     )

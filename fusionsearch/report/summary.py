@@ -12,6 +12,7 @@ from fusionsearch.report.pages import (
     RESULTS_HEADER,
     Evaluation,
     chosen_frequency,
+    chosen_text,
     comparison_rows,
     results_rows,
 )
@@ -40,14 +41,18 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def candidates_text(table: pa.Table) -> str:
     """The candidates table, one line per trial, the chosen ones marked with ``*``."""
+    replicated = "repeat" in table.column_names and len(set(table["repeat"].to_pylist())) > 1
+    columns = (COLUMNS[0], ("repeat", "rep", "{}"), *COLUMNS[1:]) if replicated else COLUMNS
     order = [("fold", "ascending"), ("round", "ascending"), ("role", "descending"), ("mask", "ascending")]
+    if replicated:
+        order.insert(1, ("repeat", "ascending"))
     rows = []
     for row in table.sort_by(order).to_pylist():
         row["role"] = " ".join(filter(None, [row["role"], row["modality"]])) + (
             "+" if row.get("extension") else ""
         )
-        rows.append([_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] + ["*" if row["chosen"] else ""])
-    return text_table([title for _, title, _ in COLUMNS] + ["chosen"], rows)
+        rows.append([_cell(row.get(key), fmt) for key, _, fmt in columns] + ["*" if row["chosen"] else ""])
+    return text_table([title for _, title, _ in columns] + ["chosen"], rows)
 
 
 def training_warnings(table: pa.Table) -> list[str]:
@@ -78,9 +83,9 @@ def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> 
     lines = [candidates_text(table), ""]
     frequency = chosen_frequency(table)
     folds = len(set(table["fold"].to_pylist()))
+    repeats = len(set(table["repeat"].to_pylist())) if "repeat" in table.column_names else 1
     if frequency:
-        chosen = ", ".join(f"{m} on {n} of {folds} fold(s)" for m, n in frequency.most_common())
-        lines.append(f"chosen mask: {chosen}")
+        lines.append(f"chosen mask: {chosen_text(frequency, folds, repeats)}")
     else:
         lines.append("no candidate finished successfully: see the errors above and in the table")
     failed = table["status"].to_pylist().count("failed")

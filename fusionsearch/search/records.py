@@ -1,7 +1,7 @@
 """The trial record and the per-fold search state, shared by the searcher, the trainable and the table.
 
 A :class:`Trial` says what one Ray Tune trial trains. It travels as the flat keys of the
-trial's config (``mask``, ``fold``, ``role``, ``round``, ``parent_mask``, ``modality``, beside
+trial's config (``mask``, ``fold``, ``role``, ``round``, ``parent_mask``, ``modality``, ``repeat``, beside
 ``parent`` and ``settings``), and one row of ``candidates.parquet`` is a trial plus its
 :class:`Outcome` fields (:data:`SCHEMA`).
 """
@@ -38,6 +38,8 @@ class Trial:
             that trial: the same role, mask and round, one extension less).
         epochs: train exactly this many epochs (no early stop) instead of the run's ``epochs`` and
             ``patience`` (role ``longer``: late fusion continued to the chosen lineage's epochs).
+        repeat: the replicate: the same fold's search run again with other training seeds
+            (``--repeats``); 0 is the first (the one the held-out comparisons use).
     """
 
     mask: str
@@ -48,6 +50,7 @@ class Trial:
     modality: str | None = None
     extension: int = 0
     epochs: int | None = None
+    repeat: int = 0
 
     def __post_init__(self) -> None:
         check_choice("role", self.role, ROLES)
@@ -55,9 +58,9 @@ class Trial:
             raise ConfigError(f"role={self.role!r} with modality={self.modality!r}: only unimodal names one")
 
     @property
-    def key(self) -> tuple[str, int, str, str | None, int]:
+    def key(self) -> tuple[str, int, str, str | None, int, int]:
         """What identifies a trial across restarts (Tune gives restarted trials new ids)."""
-        return self.role, self.fold, self.mask, self.modality, self.extension
+        return self.role, self.fold, self.mask, self.modality, self.extension, self.repeat
 
     @property
     def parent_role(self) -> str:
@@ -65,11 +68,13 @@ class Trial:
         return "control" if self.role == "control" and self.extension else "search"
 
     @classmethod
-    def of(cls, candidate: Candidate, fold: int) -> Trial:
-        """The trial of a search ``candidate`` on ``fold``."""
+    def of(cls, candidate: Candidate, fold: int, repeat: int = 0) -> Trial:
+        """The trial of a search ``candidate`` on ``fold`` in replicate ``repeat``."""
         role, mask, round_, extension = candidate_key(candidate)
         parent = candidate.mask if candidate.extension else candidate.parent  # an extension continues itself
-        return cls(mask, fold, role, round_, str(parent) if parent else None, extension=extension)
+        return cls(
+            mask, fold, role, round_, str(parent) if parent else None, extension=extension, repeat=repeat
+        )
 
     def config(self) -> dict[str, Any]:
         """The flat config entries of this trial."""
@@ -92,14 +97,19 @@ def candidate_key(candidate: Candidate) -> tuple[str, str, int, int]:
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str, int, int]:
-    """(role, mask, round, extension) of a row of the table (within one fold): a control shares its
-    parent's mask, a continued trial its first attempt's."""
+    """(role, mask, round, extension) of a row of the table (within one replicate of one fold): a
+    control shares its parent's mask, a continued trial its first attempt's."""
     return row["role"], row["mask"], row["round"], row.get("extension") or 0
 
 
+def replicate(row: Mapping[str, Any]) -> tuple[int, int]:
+    """(fold, repeat) of a row: the one search it belongs to (tables written before replicates: repeat 0)."""
+    return row["fold"], row.get("repeat") or 0
+
+
 def parent_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The row (of the same fold's ``rows``) that ``row`` warm-started from: a continued trial's first
-    attempt, else the latest search trial of its parent's mask in an earlier round."""
+    """The row (of the same replicate's ``rows``) that ``row`` warm-started from: a continued trial's
+    first attempt, else the latest search trial of its parent's mask in an earlier round."""
     if row.get("extension"):
         key = (*row_key(row)[:3], row["extension"] - 1)
         return next((r for r in rows if row_key(r) == key), None)
@@ -140,6 +150,7 @@ SCHEMA = pa.schema(
         ("error", pa.string()),
         ("extension", pa.int64()),
         ("epochs", pa.int64()),
+        ("repeat", pa.int64()),
         *[(name, pa.float64()) for name in REPORTED],
         *[(name, pa.list_(pa.float64())) for name in PER_SAMPLE],
         ("reference", pa.string()),
@@ -153,10 +164,11 @@ assert set(TRIAL_FIELDS) <= set(SCHEMA.names)
 
 @dataclass
 class FoldSearch:
-    """The search state of one group of folds (one fold, or all of them when pooled).
+    """The search state of one group of folds (one fold, or all of them when pooled) in one replicate.
 
     Attributes:
         folds: the folds this search trains every candidate on.
+        repeat: the replicate (its trials' training seeds differ from the other replicates').
         history: every closed round's outcomes, the strategy's only input.
         results: ``{candidate: {fold: final report}}`` of the current round (``None``: failed).
         round: the current round's candidates, empty between rounds.
@@ -164,6 +176,7 @@ class FoldSearch:
     """
 
     folds: tuple[int, ...]
+    repeat: int = 0
     history: list[Outcome] = field(default_factory=list)
     results: dict[Candidate, dict[int, Mapping[str, Any] | None]] = field(default_factory=dict)
     round: list[Candidate] = field(default_factory=list)
@@ -171,7 +184,7 @@ class FoldSearch:
 
     def record(self, trial: Trial, result: Mapping[str, Any] | None) -> None:
         """Keep the final report of one of the current round's trials (``None``: it failed)."""
-        candidate = next(c for c in self.round if Trial.of(c, trial.fold).key == trial.key)
+        candidate = next(c for c in self.round if Trial.of(c, trial.fold, self.repeat).key == trial.key)
         self.results.setdefault(candidate, {})[trial.fold] = result
 
     def close_round(self) -> None:
@@ -185,7 +198,11 @@ class FoldSearch:
     def trials(self, candidates: Sequence[Candidate]) -> list[Trial]:
         """Start a round: the trials of ``candidates`` on every fold of the group."""
         self.round = list(candidates)
-        return [Trial.of(c, f) for c in candidates for f in self.folds]
+        return [Trial.of(c, f, self.repeat) for c in candidates for f in self.folds]
+
+    def owns(self, trial: Trial) -> bool:
+        """Whether ``trial`` is one of this search's (its fold and replicate)."""
+        return trial.fold in self.folds and trial.repeat == self.repeat
 
 
 def outcome(candidate: Candidate, reports: Sequence[Mapping[str, Any] | None]) -> Outcome:

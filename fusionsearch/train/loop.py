@@ -71,20 +71,28 @@ def train_step(
 
 
 def candidate_seed(candidate: CandidateConfig) -> int:
-    """The seed of a candidate's new weights: per (run seed, mask), so candidates differ but reruns repeat."""
-    return candidate.settings.train.seed * 1_000_003 + int(candidate.mask, 2)
+    """The seed of a candidate's new weights: per (run seed, mask, replicate), so candidates and
+    replicates differ but reruns repeat."""
+    seed = candidate.settings.train.seed * 1_000_003 + int(candidate.mask, 2)
+    return seed if not candidate.trial.repeat else _seed([seed], candidate.trial.repeat)
 
 
 def batch_seed(candidate: CandidateConfig, epoch: int, batch: int | None = None) -> int:
     """The seed of an epoch's data order (``batch=None``) and of each batch's augmentation.
 
-    Common random numbers: it depends on the run seed, fold, round and extension, not on the
-    mask, so a round's children and its control see the same batches in the same order with the
-    same augmentation draws, and their paired difference measures the fusion point.
+    Common random numbers: it depends on the run seed, fold, round, extension and replicate, not
+    on the mask, so a round's children and its control see the same batches in the same order with
+    the same augmentation draws, and their paired difference measures the fusion point.
     """
     trial = candidate.trial
     key = [candidate.settings.train.seed, trial.fold, trial.round, trial.extension, epoch]
-    return int(np.random.SeedSequence(key + ([] if batch is None else [batch])).generate_state(1)[0])
+    return _seed(key + ([] if batch is None else [batch]), trial.repeat)
+
+
+def _seed(entropy: list[int], repeat: int) -> int:
+    """A 32-bit seed from ``entropy``; replicates beyond the first draw from their own spawned stream."""
+    spawn = (repeat,) if repeat else ()
+    return int(np.random.SeedSequence(entropy, spawn_key=spawn).generate_state(1)[0])
 
 
 @dataclass
