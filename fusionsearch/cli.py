@@ -375,7 +375,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_false",
         default=SEARCH.extend,
         help="sfsa, beam: stop at a round where no child passed even if nothing in it learned "
-        "(default: such a round is continued once for another budget, then decided)",
+        "(default: such a round is trained again once with twice the budget, then decided)",
     )
     search.add_argument(
         "--from-scratch",

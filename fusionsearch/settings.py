@@ -276,8 +276,9 @@ class SearchConfig:
         alpha: sfsa, beam: false-accept rate of a round's acceptance test (the best child's gain
             over its reference, chosen on one half of the validation subjects and tested on the
             other: :mod:`fusionsearch.search.acceptance`).
-        extend: sfsa, beam: when no child passes and nothing in the round learned, continue
-            every trial of the round once for another budget before deciding.
+        extend: sfsa, beam: when no child passes and nothing in the round learned, train every
+            trial of the round again, once, with twice the budget (its first budget replaying the
+            first attempt's batches) before deciding.
         beam_width: beam: masks kept per round.
         beam_patience: beam: non-improving rounds tolerated.
         from_scratch: exhaustive, random, optuna: train every mask from scratch instead of from 0000.

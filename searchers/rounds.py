@@ -276,7 +276,9 @@ class RoundSearcher(Searcher):
             against,
             p,
             "accepted" if d.accepted else "not accepted",
-            "; nothing in the round learned yet: every trial of it continues once" if extended else "",
+            "; nothing in the round learned yet: every trial of it trains again, with twice the budget"
+            if extended
+            else "",
         )
 
     def decisions(self, group: FoldSearch) -> list:
@@ -342,7 +344,7 @@ class RoundSearcher(Searcher):
                 not told where the experiment lives, or Tune names trial folders otherwise, or the
                 trainable reported no checkpoint), so a warm start is never silently dropped.
         """
-        wanted = (trial.parent_role, trial.fold, trial.repeat, trial.parent_mask)
+        wanted = ("search", trial.fold, trial.repeat, trial.parent_mask)
         record = next(
             (r for r in reversed(self._records) if (r["role"], *replicate(r), r["mask"]) == wanted), None
         )
@@ -425,7 +427,7 @@ def _name(group: FoldSearch) -> str:
 
 def _describe(candidate: Candidate) -> str:
     if candidate.extension:
-        return f"{candidate.mask} ({'control ' if candidate.control else ''}continued)"
+        return f"{candidate.mask} ({'control ' if candidate.control else ''}again, twice the budget)"
     if candidate.control:
         return f"{candidate.mask} (control: continued)"
     return f"{candidate.mask} (from {candidate.parent or 'scratch'})"

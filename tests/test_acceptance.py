@@ -95,8 +95,7 @@ def test_a_round_that_learned_nothing_is_extended_once_then_decided():
     )
     assert all(c.parent == FusionMask("0000") and c.round == 1 for c in extension)
     trials = FoldSearch((0,)).trials(extension)
-    assert all(t.parent_mask == t.mask for t in trials)  # each continues from its own weights
-    assert {t.parent_role for t in trials} == {"search", "control"}
+    assert all(t.parent_mask == "0000" and t.extension == 1 for t in trials)  # again, from the same parent
     history += [learning(c, 0.2 if str(c.mask) == "0100" else 0.05) for c in extension]
     decision = strategy.decisions(history)[-1]
     assert decision.extension == 1 and decision.learned is True

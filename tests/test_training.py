@@ -46,6 +46,23 @@ class Recorder:
             self.checkpoints.append(target)
 
 
+def test_a_round_tried_again_replays_its_first_attempt_then_trains_another_budget(tiny, tmp_path):
+    """An extension: the same trial from the same parent, twice the epochs, the first budget's batches."""
+    data = load_fold(tiny.data, 0)
+    parent = Recorder(tmp_path / "parent")
+    fit(CandidateConfig(Trial("0000"), tiny), parent, data=data)
+    attempts = []
+    for extension in (0, 1):
+        trial = Trial("0100", round=1, parent_mask="0000", extension=extension)
+        attempts.append(Recorder(tmp_path / f"attempt{extension}"))
+        fit(CandidateConfig(trial, tiny, parent="x"), attempts[-1], parent=parent.checkpoints[-1], data=data)
+    first, second = ([r for r in a.reports if not r.get("final")] for a in attempts)
+    assert [r["epoch"] for r in first] == [0, 1, 2, 3] and [r["epoch"] for r in second] == list(range(7))
+    for a, b in zip(first, second, strict=False):  # the first attempt's epochs again, to the float
+        assert a["val_loss"] == b["val_loss"] and a.get("train_loss") == b.get("train_loss")
+    assert attempts[1].reports[-1]["epochs_trained"] == 6
+
+
 def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
     data = load_fold(tiny.data, 0)
     parent = Recorder(tmp_path / "parent")

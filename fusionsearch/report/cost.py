@@ -23,7 +23,8 @@ class Cost:
         search_candidates: trials of the search itself: candidates, controls and extensions.
         search_compute: compute of those trials, in ``unit``.
         controls: of the search's trials, the rounds' controls (parents continued).
-        extensions: of the search's trials, the continuations of rounds that learned nothing.
+        extensions: of the search's trials, the second attempts (twice the budget) of rounds that
+            learned nothing.
         total_compute: the same with the baselines (unimodal networks, ensemble members).
         wall_hours: first trial start to last trial end.
         exhaustive_compute: what exhaustive search needs (measured for an exhaustive search,
@@ -122,7 +123,7 @@ def cost_rows(cost: Cost) -> list[list[str]]:
             f"{cost.search_candidates} ({cost.search_candidates_per_fold:.1f})",
         ],
         [
-            "of which controls (parents continued), continued trials of extended rounds",
+            "of which controls (parents continued), second attempts of extended rounds (twice the budget)",
             f"{cost.controls}, {cost.extensions}",
         ],
         ["baseline trials (unimodal, ensemble members)", str(cost.baseline_trials)],

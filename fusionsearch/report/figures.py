@@ -139,7 +139,8 @@ def tree_figure(evaluation: Evaluation) -> bytes:
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
     figure.suptitle(
-        "search tree: mask and validation loss (ctrl: the round's control; +: continued; chosen path in red)",
+        "search tree: mask and validation loss (ctrl: the round's control; +: round tried again; "
+        "chosen path in red)",
         fontsize=10,
         y=1.0,
     )

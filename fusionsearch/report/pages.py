@@ -445,8 +445,8 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
         (
             "Search tree",
             "Every candidate with its parent, round and validation loss; each round's control (its parent "
-            "continued) in grey italics, continued trials of an extended round marked +; the path to the "
-            "chosen mask in red.",
+            "continued) in grey italics, trials of a round tried again (twice the budget) marked +; the "
+            "path to the chosen mask in red.",
             None,
             "search_tree",
         ),

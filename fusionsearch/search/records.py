@@ -34,8 +34,9 @@ class Trial:
             the children's budget), ``unimodal`` (a single-stream baseline of ``modality``) or
             ``ensemble`` (a fusion configuration for the brute-force ensemble).
         modality: for unimodal baselines, the one modality to train on.
-        extension: 1 for the continuation of a trial of a round that learned nothing (its parent is
-            that trial: the same role, mask and round, one extension less).
+        extension: 1 for the second attempt of a round that learned nothing: the same trial from
+            the same parent, with twice the budget (epochs and patience), its first budget on the
+            first attempt's batches, so it continues that attempt.
         epochs: train exactly this many epochs (no early stop) instead of the run's ``epochs`` and
             ``patience`` (role ``longer``: late fusion continued to the chosen lineage's epochs).
         repeat: the replicate: the same fold's search run again with other training seeds
@@ -62,16 +63,11 @@ class Trial:
         """What identifies a trial across restarts (Tune gives restarted trials new ids)."""
         return self.role, self.fold, self.mask, self.modality, self.extension, self.repeat
 
-    @property
-    def parent_role(self) -> str:
-        """The role of the trial it warm-starts from: a control's extension continues the control."""
-        return "control" if self.role == "control" and self.extension else "search"
-
     @classmethod
     def of(cls, candidate: Candidate, fold: int, repeat: int = 0) -> Trial:
         """The trial of a search ``candidate`` on ``fold`` in replicate ``repeat``."""
         role, mask, round_, extension = candidate_key(candidate)
-        parent = candidate.mask if candidate.extension else candidate.parent  # an extension continues itself
+        parent = candidate.parent
         return cls(
             mask, fold, role, round_, str(parent) if parent else None, extension=extension, repeat=repeat
         )
@@ -108,11 +104,8 @@ def replicate(row: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def parent_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The row (of the same replicate's ``rows``) that ``row`` warm-started from: a continued trial's
-    first attempt, else the latest search trial of its parent's mask in an earlier round."""
-    if row.get("extension"):
-        key = (*row_key(row)[:3], row["extension"] - 1)
-        return next((r for r in rows if row_key(r) == key), None)
+    """The row (of the same replicate's ``rows``) that ``row`` warm-started from: the latest search
+    trial of its parent's mask in an earlier round."""
     if row["parent_mask"] is None:
         return None
     earlier = [r for r in rows if r["role"] == "search" and r["mask"] == row["parent_mask"]

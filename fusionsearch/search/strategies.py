@@ -28,9 +28,10 @@ class Candidate:
 
     ``control``: the round's continued parent (``mask == parent``), trained with exactly the
     children's budget so that a child is compared with as much training as it had.
-    ``extension``: 0 for a round's first attempt; 1 for the continuation of a trial of a round
-    that learned nothing: warm-started from that trial's own final weights (``parent`` stays
-    the mask its lineage came from, which says whose control it is compared with).
+    ``extension``: 0 for a round's first attempt; 1 when the round learned nothing and is tried
+    again: the same candidate from the same parent with twice the budget, whose first budget
+    replays the first attempt's batches (the first attempt continued, without storing its
+    training state).
     """
 
     mask: FusionMask
@@ -151,8 +152,9 @@ class BeamSearch:
     passes the acceptance test (:mod:`fusionsearch.search.acceptance`) against its parent's control
     (``control="none"``: against its parent, the paper's rule) at false-accept rate ``alpha``, by
     more than ``min_delta``. When no child passes and nothing in the round learned, the round is
-    extended once (``extend``): every trial of it continues for another budget, and the round is
-    decided again. The search tolerates ``patience`` consecutive rounds that do not improve and
+    extended once (``extend``): every trial of it is trained again from the same parent with twice
+    the budget (the first attempt continued for another budget), and the round is decided again.
+    The search tolerates ``patience`` consecutive rounds that do not improve and
     stops at the next one, or when no mask can be extended. The answer is the last accepted child
     (the baseline if none was).
     """
@@ -234,7 +236,7 @@ class BeamSearch:
         return [*children.values(), *controls]
 
     def _extension(self, decision: Decision, last: list[Outcome]) -> list[Candidate]:
-        """The continuation of every finished trial of a round that learned nothing (once)."""
+        """Every finished trial of a round that learned nothing, again with twice the budget (once)."""
         if not self.extend or decision.accepted or decision.learned is not False or decision.extension:
             return []
         return [replace(o.candidate, extension=o.candidate.extension + 1) for o in last if o.ok]

@@ -22,8 +22,13 @@ class CandidateConfig:
         folds = self.settings.data.num_folds
         if not 0 <= self.trial.fold < folds:
             raise ConfigError(f"fold={self.trial.fold} must be in 0..{folds - 1} ({folds} folds)")
+        train = self.settings.train
         if self.trial.epochs is not None:  # a fixed budget: exactly that many epochs
-            train = replace(self.settings.train, epochs=self.trial.epochs, patience=self.trial.epochs)
+            train = replace(train, epochs=self.trial.epochs, patience=self.trial.epochs)
+        elif self.trial.extension:  # a round tried again: the first attempt's budget, once more per extension
+            times = 1 + self.trial.extension
+            train = replace(train, epochs=train.epochs * times, patience=train.patience * times)
+        if train != self.settings.train:
             object.__setattr__(self, "settings", replace(self.settings, train=train))
 
     @property

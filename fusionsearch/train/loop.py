@@ -80,12 +80,14 @@ def candidate_seed(candidate: CandidateConfig) -> int:
 def batch_seed(candidate: CandidateConfig, epoch: int, batch: int | None = None) -> int:
     """The seed of an epoch's data order (``batch=None``) and of each batch's augmentation.
 
-    Common random numbers: it depends on the run seed, fold, round, extension and replicate, not
-    on the mask, so a round's children and its control see the same batches in the same order with
-    the same augmentation draws, and their paired difference measures the fusion point.
+    Common random numbers: it depends on the run seed, fold, round and replicate, not on the mask,
+    so a round's children and its control see the same batches in the same order with the same
+    augmentation draws, and their paired difference measures the fusion point. Nor on the
+    extension: a round tried again with twice the budget replays its first attempt's epochs,
+    then continues.
     """
     trial = candidate.trial
-    key = [candidate.settings.train.seed, trial.fold, trial.round, trial.extension, epoch]
+    key = [candidate.settings.train.seed, trial.fold, trial.round, 0, epoch]  # 0: where the extension was
     return _seed(key + ([] if batch is None else [batch]), trial.repeat)
 
 
