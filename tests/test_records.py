@@ -107,9 +107,10 @@ def test_of_searches_started_at_once_under_one_name_exactly_one_creates_the_expe
 def test_a_network_trained_from_scratch_that_never_beat_its_start_is_warned_about():
     from fusionsearch.report.summary import training_warnings
 
-    def row(mask, parent, best_epoch, role="search", status="ok", modality=None):
-        return {"fold": 0, "role": role, "modality": modality, "mask": mask, "parent_mask": parent,
-                "status": status, "best_epoch": best_epoch, "epochs_trained": 4.0}  # fmt: skip
+    def row(mask, parent, best_epoch, role="search", status="ok", modality=None, fold=0):
+        return {"fold": fold, "role": role, "modality": modality, "mask": mask, "parent_mask": parent,
+                "status": status, "best_epoch": best_epoch, "epochs_trained": 4.0,
+                "val_loss": 0.5}  # fmt: skip
 
     learned = [row("0000", None, 3), row("1000", "0000", 0), row("0000", None, 2, "unimodal", modality="T1")]
     assert training_warnings(pa.Table.from_pylist(learned, schema=SCHEMA)) == []  # a child may keep epoch 0
@@ -121,6 +122,14 @@ def test_a_network_trained_from_scratch_that_never_beat_its_start_is_warned_abou
     warnings = training_warnings(pa.Table.from_pylist(stuck, schema=SCHEMA))
     assert len(warnings) == 2 and "search 0000 never beat its untrained start in 4 epoch(s)" in warnings[0]
     assert "unimodal FLAIR 0000" in warnings[1] and "--lr" in warnings[1]
+    assert all(w.startswith("warning: ") for w in warnings)
+    # The planted XOR demo: late fusion cannot learn, a fused child of the same fold did. A note, no advice.
+    xor = [row("0000", None, 0), row("0010", "0000", 5), row("0000", None, 0, fold=1)]
+    note, other_fold = training_warnings(pa.Table.from_pylist(xor, schema=SCHEMA))
+    assert (
+        note.startswith("note: fold 0: search 0000 never beat") and "e.g. 0010" in note and "--lr" not in note
+    )
+    assert other_fold.startswith("warning: fold 1")  # nothing of fold 1 learned
 
 
 def test_a_pooled_candidates_evidence_joins_its_folds():

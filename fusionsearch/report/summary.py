@@ -17,6 +17,7 @@ from fusionsearch.report.pages import (
     results_rows,
 )
 from fusionsearch.search.experiment import SearchResult
+from fusionsearch.search.records import replicate
 
 COLUMNS = (("fold", "fold", "{}"), ("round", "round", "{}"), ("role", "role", "{}"), ("mask", "mask", "{}"),
            ("parent_mask", "parent", "{}"), ("val_loss", "val_loss", "{:.4f}"),
@@ -56,25 +57,36 @@ def candidates_text(table: pa.Table) -> str:
 
 
 def training_warnings(table: pa.Table) -> list[str]:
-    """Trials trained from scratch whose best epoch is epoch 0, their untrained start.
+    """Trials trained from scratch whose best epoch is epoch 0, their untrained start, as
+    ``warning: ...`` or ``note: ...`` lines.
 
-    Such a network never learned: every later candidate warm-starts from it, so the search
-    compares untrained networks (seen with a learning rate too high for a full-width network).
+    Such a network never learned. If nothing else of its fold learned either, that is a warning:
+    the search compared untrained networks (seen with a learning rate too high for a full-width
+    network). If a fused network of the fold did learn, it is a finding, not a training problem:
+    this network (late fusion, or one modality alone) cannot learn what fusing earlier can, as on
+    the planted XOR demo, where neither modality alone nor their averaged logits carry the label.
     """
-    warnings = []
-    for row in table.to_pylist():
-        if (
-            row["status"] == "ok"
-            and row["parent_mask"] is None
-            and row["best_epoch"] == 0
-            and (row["epochs_trained"] or 0) >= 1
-        ):
-            who = " ".join(filter(None, [row["role"], row["modality"], row["mask"]]))
-            warnings.append(
-                f"fold {row['fold']}: {who} never beat its untrained start in {row['epochs_trained']:.0f} "
-                "epoch(s), so it did not learn; lower --lr, train longer, or check the labels"
+    rows = [r for r in table.to_pylist() if r["status"] == "ok"]
+    messages = []
+    for row in rows:
+        if row["parent_mask"] is not None or row["best_epoch"] != 0 or (row["epochs_trained"] or 0) < 1:
+            continue
+        who = " ".join(filter(None, [row["role"], row["modality"], row["mask"]]))
+        epochs = f"{row['epochs_trained']:.0f} epoch(s)"
+        stuck = f"fold {row['fold']}: {who} never beat its untrained start in {epochs}"
+        learners = [r for r in rows if replicate(r) == replicate(row) and (r["best_epoch"] or 0) > 0
+                    and "1" in r["mask"]]  # fmt: skip
+        if learners:
+            example = min(learners, key=lambda r: r["val_loss"])["mask"]
+            messages.append(
+                f"note: {stuck}, while fused networks did (e.g. {example}): expected when the label needs "
+                "the modalities combined before the logits (the planted XOR demo); not a training problem"
             )
-    return warnings
+        else:
+            messages.append(
+                f"warning: {stuck}, so it did not learn; lower --lr, train longer, or check the labels"
+            )
+    return messages
 
 
 def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> str:
@@ -91,7 +103,7 @@ def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> 
     failed = table["status"].to_pylist().count("failed")
     if failed:
         lines.append(f"{failed} trial(s) failed")
-    lines += [f"warning: {w}" for w in training_warnings(table)]
+    lines += training_warnings(table)
     if evaluation is not None:
         lines += ["", "held-out test folds (mean ± std over folds):"]
         lines.append(text_table(RESULTS_HEADER, results_rows(evaluation)))
