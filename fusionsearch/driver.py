@@ -68,9 +68,15 @@ __all__ = [
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Use the running Ray session, connect to ``address``, or start a local Ray."""
+    """Use the running Ray session, connect to ``address``, or start a local Ray.
+
+    Without ``address`` a new local Ray starts, even when a ``ray start`` cluster runs on this
+    machine (Ray would otherwise join it, and refuse ``num_cpus``/``num_gpus``), unless
+    ``RAY_ADDRESS`` is set (a Ray job's driver): then that cluster is used.
+    """
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address:
             if address != "auto":
@@ -78,7 +84,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(
-                num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
             )
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UserError(

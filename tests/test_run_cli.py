@@ -158,19 +158,34 @@ def test_cli_search_over_block_fusion_points(manifest, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manifest, tmp_path, capsys):
+    """Also replicates: the random search runs twice (--repeats 2) through table, report and compare."""
     storage = str(tmp_path / "runs")
-    for searcher, budget in (("random", "3"), ("optuna", "4")):
+    for searcher, budget, repeats in (("random", "3", 2), ("optuna", "4", 1)):
         cache = str(tmp_path / "cache")
         argv = ["run", "--data", str(manifest), "--storage", storage, "--name", searcher,
-                "--searcher", searcher, "--budget", budget, "--cache", cache, *TINY]  # fmt: skip
+                "--searcher", searcher, "--budget", budget, "--cache", cache, "--repeats", str(repeats),
+                *TINY]  # fmt: skip
         assert main(argv) == 0, capsys.readouterr().err
         rows = load_result(f"{storage}/{searcher}").table.to_pylist()
-        assert len(rows) == len({r["mask"] for r in rows}) == int(budget) and rows[0]["mask"] == "0000"
-        assert all(r["parent_mask"] == "0000" for r in rows[1:]) and sum(r["chosen"] for r in rows) == 1
-    capsys.readouterr()
+        for repeat in range(repeats):
+            mine = [r for r in rows if r["repeat"] == repeat]
+            assert len(mine) == len({r["mask"] for r in mine}) == int(budget) and mine[0]["mask"] == "0000"
+            assert all(r["parent_mask"] == "0000" for r in mine[1:]) and sum(r["chosen"] for r in mine) == 1
+        assert len(rows) == int(budget) * repeats
+    out = capsys.readouterr().out
+    assert "of 2 searches (1 fold(s) x 2 replicates)" in out and "folds x replicates" in out
+    # Replicates train with their own seeds: the same masks, other weights.
+    random = load_result(f"{storage}/random").table.to_pylist()
+    losses = {r["repeat"]: r["val_loss_all"] for r in random if r["mask"] == "0000"}
+    assert losses[0] != losses[1]
+    report = (tmp_path / "runs" / "random" / "report" / "report.md").read_text()
+    assert "## Replicates: how much the answer owes to the seed" in report and "| 1 | " in report
+    assert "random: chosen mask | " in report.split("## Replicates: held-out accuracy")[1]
     assert main(["compare", "random", "optuna", "--storage", storage, "--out", str(tmp_path / "cmp")]) == 0
     comparison = (tmp_path / "cmp" / "comparison.html").read_text()
     assert "random: chosen mask" in comparison and "optuna: chosen mask" in comparison
+    replicated = (tmp_path / "cmp" / "comparison.md").read_text().split("## Replicates")[1]
+    assert "| random | 2 | 2 | 1: " in replicated and "optuna" not in replicated
     # A budget where the searcher decides its own count is refused before anything starts.
     assert main(["run", "--data", str(manifest), "--storage", storage, "--budget", "5", *TINY]) == 2
     assert "budget=5: a budget applies to the random and optuna searchers" in capsys.readouterr().err
