@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from fusionsearch.driver import load_result
+from fusionsearch.tune.driver import load_result
 
 
 def epoch_reports(experiment: Path, trial_id: str) -> list[dict]:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import ray
 
-from fusionsearch.driver import run_search
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import Candidate
+from fusionsearch.tune.driver import run_search
 from searchers import RoundSearcher
 from trainables.scripted import scripted_trainable
 

@@ -18,16 +18,6 @@ from fusionsearch.data.cache import PreprocessCache, cache_manifest
 from fusionsearch.data.manifest import Manifest, read_manifest
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.data.validate import validate_manifest
-from fusionsearch.driver import (
-    check_resources,
-    check_resumable,
-    connect,
-    environment,
-    evaluate_search,
-    load_result,
-    resume_search,
-    run_search,
-)
 from fusionsearch.errors import UserError
 from fusionsearch.mask import NUM_POINTS, FusionMask
 from fusionsearch.model.fusion import FUSION_MODULES
@@ -46,6 +36,16 @@ from fusionsearch.settings import (
     TrainConfig,
     check_choice,
     to_dict,
+)
+from fusionsearch.tune.driver import (
+    check_resources,
+    check_resumable,
+    connect,
+    environment,
+    evaluate_search,
+    load_result,
+    resume_search,
+    run_search,
 )
 
 log = logging.getLogger(__name__)

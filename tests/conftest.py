@@ -98,7 +98,7 @@ def local_ray():
 
 SCRIPTED_DRIVER = """
 import sys, ray
-from fusionsearch.driver import resume_search, run_search
+from fusionsearch.tune.driver import resume_search, run_search
 from searchers import SFSASearcher
 from trainables.scripted import scripted_trainable
 ray.init({init})

@@ -11,9 +11,9 @@ from ray import tune
 
 from conftest import TINY_RUN, free_port, parent_row, scripted_driver, trial_key, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.driver import load_result
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, Outcome
+from fusionsearch.tune.driver import load_result
 from processes import by_name, kill_tree
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
@@ -81,7 +81,7 @@ print(json.dumps([n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resource
 
 SPREAD_DRIVER = """
 import ray
-from fusionsearch.driver import run_search
+from fusionsearch.tune.driver import run_search
 from searchers import SFSASearcher
 from trainables.scripted import scripted_trainable
 ray.init(address={address!r}, log_to_driver=False)

@@ -12,11 +12,11 @@ from conftest import cached_data
 from fusionsearch.data.cache import read_index
 from fusionsearch.data.splits import make_folds
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.driver import evaluate_search, run_search
 from fusionsearch.errors import DataError
 from fusionsearch.report.evaluation import landscape_checkpoints, method_checkpoints, predict
 from fusionsearch.report.metrics import classification_metrics, fold_metrics
 from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
+from fusionsearch.tune.driver import evaluate_search, run_search
 from searchers import ExhaustiveSearcher
 
 

@@ -12,7 +12,6 @@ from ray import tune
 
 from conftest import BaselineThenOne, cached_data, scripted_driver, tiny_search, trial_key, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.driver import load_result, run_search
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.records import outcome
 from fusionsearch.search.strategies import SFSA
@@ -24,6 +23,7 @@ from fusionsearch.settings import (
     TrainConfig,
     to_dict,
 )
+from fusionsearch.tune.driver import load_result, run_search
 from searchers import RoundSearcher, SFSASearcher
 
 CLI = [sys.executable, "-m", "fusionsearch.cli"]

@@ -10,7 +10,7 @@ import ray
 from conftest import TINY_RUN, moto_server, plain_tune_search
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.driver import load_result
+from fusionsearch.tune.driver import load_result
 from searchers import SFSASearcher
 
 BUCKET = "fusionsearch-test"

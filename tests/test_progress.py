@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_RUN
 from fusionsearch.console import CONSOLE, ConsoleHandler
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.progress import fold_lines
+from fusionsearch.tune.progress import fold_lines
 
 
 def trial(fold, mask, status, round_=1, loss=None, seconds=None):

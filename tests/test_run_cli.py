@@ -10,8 +10,8 @@ from conftest import TINY_EVERY_FOLD, BaselineThenOne, cached_data
 from conftest import TINY_RUN as TINY
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.driver import load_result, run_search
 from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
+from fusionsearch.tune.driver import load_result, run_search
 from searchers import RoundSearcher
 
 

@@ -13,10 +13,10 @@ from ray import tune
 
 from conftest import plain_tune_search, scripted_driver, trial_key
 from fusionsearch.cli import main
-from fusionsearch.driver import load_result, resume_search, run_search
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, BeamSearch, Outcome, best_outcome
+from fusionsearch.tune.driver import load_result, resume_search, run_search
 from processes import kill_tree
 from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 from trainables.scripted import scripted_trainable
@@ -220,7 +220,7 @@ def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_p
     for checkpoint in partial:
         shutil.rmtree(checkpoint)
 
-    with caplog.at_level("WARNING", logger="fusionsearch.driver"):
+    with caplog.at_level("WARNING", logger="fusionsearch.tune.driver"):
         result = resume_search(str(experiment), trainable=scripted_trainable)
     assert str(result.best_mask) == "0110"
     rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}

@@ -2,7 +2,7 @@
 
 from ray.tune.execution import tune_controller
 
-from fusionsearch.warm_actors import WarmActorCache, keep_warm
+from fusionsearch.tune.warm_actors import WarmActorCache, keep_warm
 
 GPU, CPU = "1 GPU", "4 CPU"  # resource shapes (Tune keys the cache by placement group factory)
 

@@ -17,13 +17,14 @@ from fusionsearch.errors import UserError
 from fusionsearch.model.checkpoint import CheckpointError, read_meta
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.loop import fit
+from fusionsearch.tune.compat import quiet_storage_logs
 
 #: Set to 1 on nodes whose GPUs are logical (a test cluster): a trial given a GPU that CUDA cannot
 #: see then trains on the CPU instead of failing.
 CPU_FALLBACK = "FUSIONSEARCH_CPU_FALLBACK"
 
 # Ray logs every persisted checkpoint at INFO level in the worker; the driver shows progress.
-logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+quiet_storage_logs()
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:

@@ -17,18 +17,13 @@ is waiting, and all of them when the search ends.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-# Ray Tune internals (checked with 2.52-2.60): the controller builds its cache from this name.
-from ray.tune.execution import tune_controller
-from ray.tune.utils.object_cache import _ObjectCache
-
-log = logging.getLogger(__name__)
+from fusionsearch.tune.compat import ObjectCache, controller_object_cache
 
 
-class WarmActorCache(_ObjectCache):
+class WarmActorCache(ObjectCache):
     """Tune's idle-actor cache, keeping up to ``keep`` idle actors between trials."""
 
     def __init__(self, keep: int) -> None:
@@ -55,12 +50,5 @@ class WarmActorCache(_ObjectCache):
 @contextlib.contextmanager
 def keep_warm(count: int) -> Iterator[None]:
     """Within this context, new Tune controllers keep up to ``count`` idle trial actors."""
-    if getattr(tune_controller, "_ObjectCache", None) is not _ObjectCache:
-        log.warning("this Ray Tune version's actor cache is unknown: rounds start fresh trial actors")
+    with controller_object_cache(lambda may_keep_one=True: WarmActorCache(count)):
         yield
-        return
-    tune_controller._ObjectCache = lambda may_keep_one=True: WarmActorCache(count)
-    try:
-        yield
-    finally:
-        tune_controller._ObjectCache = _ObjectCache

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from ray import tune
-from ray.tune.experiment import Trial
 
 from fusionsearch.console import CONSOLE
+from fusionsearch.tune.compat import Trial
 
 
 def _duration(seconds: float) -> str:

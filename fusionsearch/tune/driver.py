@@ -1,6 +1,6 @@
 """Run a fusion-mask search on Ray Tune (``run_search``, ``resume_search``) and the held-out tasks.
 
-The only module of the package, with :mod:`fusionsearch.warm_actors`, that starts Ray work.
+The only module of the package, with :mod:`fusionsearch.tune.warm_actors`, that starts Ray work.
 """
 
 from __future__ import annotations
@@ -20,17 +20,8 @@ import ray
 from ray import tune
 
 from fusionsearch import storage
-from fusionsearch.callbacks import (
-    FailureLog,
-    ProgressLog,
-    StorageGuard,
-    storage_failure,
-    storage_failure_kind,
-)
 from fusionsearch.errors import SearchInterrupted, StorageError, UserError
-from fusionsearch.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.mask import NUM_POINTS
-from fusionsearch.progress import FoldProgress
 from fusionsearch.report.evaluation import (
     ensemble_folds,
     landscape_checkpoints,
@@ -49,7 +40,16 @@ from fusionsearch.search.experiment import (
 )
 from fusionsearch.search.records import replicate
 from fusionsearch.settings import DataConfig, RunSettings, from_dict, to_dict
-from fusionsearch.warm_actors import keep_warm
+from fusionsearch.tune.callbacks import (
+    FailureLog,
+    ProgressLog,
+    StorageGuard,
+    storage_failure,
+    storage_failure_kind,
+)
+from fusionsearch.tune.lost_checkpoints import ForgetLostCheckpoints
+from fusionsearch.tune.progress import FoldProgress
+from fusionsearch.tune.warm_actors import keep_warm
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from typing import Any
 from ray import tune
 
 from fusionsearch.search import experiment
+from fusionsearch.tune.compat import failures
 
-log = logging.getLogger("fusionsearch.driver")
+log = logging.getLogger(__name__)
 
 
 class ProgressLog(tune.Callback):
@@ -100,7 +101,7 @@ class StorageGuard(tune.Callback):
         kind = storage_failure_kind(error)
         if storage_failure or kind is None:
             return
-        if kind == "unreachable" and not last and trial.run_metadata.num_failures < 2:
+        if kind == "unreachable" and not last and failures(trial) < 2:
             log.warning("trial %s: the storage is unreachable (%s); retrying", trial.trial_id, error)
             return
         storage_failure.update(kind=kind, detail=error)

@@ -21,11 +21,9 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
-# Ray Tune internals (checked with 2.52-2.60): a trial's checkpoints live in this manager.
-from ray.train._internal.checkpoint_manager import _CheckpointManager
-from ray.tune.experiment import Trial
+from fusionsearch.tune.compat import TERMINATED, forget_checkpoints
 
-log = logging.getLogger("fusionsearch.driver")
+log = logging.getLogger(__name__)
 
 
 def _missing(checkpoint: tune.Checkpoint) -> bool:
@@ -47,7 +45,7 @@ class ForgetLostCheckpoints(tune.Callback):
         self.checked = True
         for trial in trials:
             checkpoint = trial.checkpoint
-            if trial.status == Trial.TERMINATED or checkpoint is None or not _missing(checkpoint):
+            if trial.status == TERMINATED or checkpoint is None or not _missing(checkpoint):
                 continue
             log.warning(
                 "trial %s (mask %s): its resumable checkpoint %s is missing from the storage; "
@@ -56,8 +54,7 @@ class ForgetLostCheckpoints(tune.Callback):
                 trial.config.get("mask"),
                 checkpoint.path,
             )
-            manager = trial.run_metadata.checkpoint_manager
-            trial.run_metadata.checkpoint_manager = _CheckpointManager(manager.checkpoint_config)
+            forget_checkpoints(trial)
 
     def __getstate__(self) -> dict:  # pickled into tuner.pkl: a restored search checks again
         return {"checked": False}

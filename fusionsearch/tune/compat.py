@@ -1,0 +1,116 @@
+"""Every private or semi-internal Ray name fusionsearch uses, in one place, checked at import.
+
+fusionsearch leans on a few Ray Tune internals where measured to matter (keeping trial actors
+warm between rounds; resuming past a checkpoint lost in the storage; telling a trial's retry
+count). Ray may move any of them in a release. This module imports them once, checks the
+installed Ray against :data:`SUPPORTED` (the versions the suite has run with, as
+``pyproject.toml`` pins), and raises :class:`RayVersionError`, one paragraph naming the
+supported range and the fix, instead of an import-time traceback. Nothing else in fusionsearch
+imports a Ray name that starts with an underscore or lives under ``ray.*._internal``
+(``tests/test_architecture.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ray
+
+from fusionsearch.errors import UserError
+
+#: Ray versions whose internals below are known: ``>= 2.52, < 2.61``.
+SUPPORTED = ((2, 52), (2, 61))
+#: The private and semi-internal names used: (module, name).
+NAMES = (
+    ("ray.tune.utils.object_cache", "_ObjectCache"),  # the controller's idle-actor cache
+    ("ray.tune.execution.tune_controller", "_ObjectCache"),  # where the controller builds it from
+    ("ray.train._internal.checkpoint_manager", "_CheckpointManager"),  # a trial's checkpoints
+    ("ray.tune.experiment", "Trial"),  # trial status names
+)
+#: Ray's logger of the storage's upload messages (quietened for trials).
+STORAGE_LOGGER = "ray.train._internal.storage"
+
+
+class RayVersionError(UserError):
+    """The installed Ray is outside the supported range, or lacks an internal name fusionsearch uses."""
+
+
+def _range() -> str:
+    (low_major, low_minor), (high_major, high_minor) = SUPPORTED
+    return f">={low_major}.{low_minor},<{high_major}.{high_minor}"
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+def check(version: str | None = None) -> dict[str, Any]:
+    """The names of :data:`NAMES`, ``{"module:name": object}``, from a supported Ray.
+
+    Raises:
+        RayVersionError: ``version`` (default: the installed Ray's) is outside :data:`SUPPORTED`,
+            or a name is missing.
+    """
+    version = version or ray.__version__
+    fix = f"pip install 'ray[default,tune]{_range()}'"
+    if not SUPPORTED[0] <= _version(version) < SUPPORTED[1]:
+        raise RayVersionError(
+            f"Ray {version} is installed, but fusionsearch supports Ray {_range()}: it uses Ray Tune "
+            f"internals ({', '.join(name for _, name in NAMES)}) that a release may move. Install a "
+            f"supported Ray ({fix}), or a fusionsearch release made for Ray {version}"
+        )
+    found, missing = {}, []
+    for module, name in NAMES:
+        try:
+            found[f"{module}:{name}"] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            missing.append(f"{module}.{name}")
+    if missing:
+        raise RayVersionError(
+            f"Ray {version} lacks {', '.join(missing)}, which fusionsearch uses (supported: Ray {_range()}, "
+            f"where it exists): the installation is incomplete or patched. Reinstall a supported Ray ({fix})"
+        )
+    return found
+
+
+_FOUND = check()
+ObjectCache: type = _FOUND["ray.tune.utils.object_cache:_ObjectCache"]
+CheckpointManager: type = _FOUND["ray.train._internal.checkpoint_manager:_CheckpointManager"]
+Trial: type = _FOUND["ray.tune.experiment:Trial"]
+TERMINATED: str = Trial.TERMINATED
+
+
+@contextlib.contextmanager
+def controller_object_cache(factory: Callable[..., Any]) -> Iterator[None]:
+    """Within this context, Tune controllers built in this process build their idle-actor cache with
+    ``factory`` (called as ``factory(may_keep_one=True)``)."""
+    controller = importlib.import_module("ray.tune.execution.tune_controller")
+    controller._ObjectCache = factory
+    try:
+        yield
+    finally:
+        controller._ObjectCache = ObjectCache
+
+
+def forget_checkpoints(trial: Any) -> None:
+    """Make a trial start again from its config: a fresh checkpoint manager with its settings."""
+    manager = trial.run_metadata.checkpoint_manager
+    trial.run_metadata.checkpoint_manager = CheckpointManager(manager.checkpoint_config)
+
+
+def failures(trial: Any) -> int:
+    """How many times the trial has failed so far."""
+    return trial.run_metadata.num_failures
+
+
+def quiet_storage_logs() -> None:
+    """Ray's per-upload storage messages at warning level only."""
+    logging.getLogger(STORAGE_LOGGER).setLevel(logging.WARNING)
