@@ -653,6 +653,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reference(width: int = 100) -> str:
+    """The CLI reference in Markdown: every command's ``--help``, from the parser itself (the docs'
+    CLI page is made from this at build time, so it never drifts from the code)."""
+    import os
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps help text to the terminal's width
+    try:
+        sections = []
+
+        def walk(parser: argparse.ArgumentParser, path: str, level: int) -> None:
+            sections.append(f"{'#' * level} `{path}`\n\n```text\n{parser.format_help().rstrip()}\n```\n")
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for name, sub in action.choices.items():
+                        walk(sub, f"{path} {name}", min(level + 1, 3))
+
+        walk(build_parser(), "fusionsearch", 2)
+        return "\n".join(sections)
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
