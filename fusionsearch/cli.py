@@ -543,13 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fusionsearch",
         description="Find where to fuse imaging modalities in a multi-stream 3D CNN.",
     )
-    loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging, with every candidate's epochs"
-    )
-    loudness.add_argument(
-        "-q", "--quiet", action="store_true", help="warnings, errors and the results only (no progress lines)"
-    )
+    _loudness(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     smoke = commands.add_parser("smoke", help="train one candidate a few steps on random tensors")
@@ -650,7 +644,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root_argument(cache)
     add_preprocess_arguments(cache)
     cache.set_defaults(func=cmd_cache)
+    for sub in _subparsers(parser):  # -q and -v after the command too (``run ... -q``)
+        _loudness(sub, default=argparse.SUPPRESS)
     return parser
+
+
+def _loudness(parser: argparse.ArgumentParser, default: object) -> None:
+    """``-v``/``-q`` on ``parser``; on a command's parser with ``default=SUPPRESS``, so that leaving
+    them out there keeps what was given before the command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="debug logging, with every candidate's epochs")  # fmt: skip
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="warnings, errors and the results only: no progress lines, no Ray Tune "
+                       "output (a failed trial is one line; its full text is in the experiment)")  # fmt: skip
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser under ``parser``, depth first (argparse keeps them in a private action)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += [sub, *_subparsers(sub)]
+    return found
 
 
 def reference(width: int = 100) -> str:
@@ -663,14 +680,10 @@ def reference(width: int = 100) -> str:
     try:
         sections = []
 
-        def walk(parser: argparse.ArgumentParser, path: str, level: int) -> None:
-            sections.append(f"{'#' * level} `{path}`\n\n```text\n{parser.format_help().rstrip()}\n```\n")
-            for action in parser._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    for name, sub in action.choices.items():
-                        walk(sub, f"{path} {name}", min(level + 1, 3))
-
-        walk(build_parser(), "fusionsearch", 2)
+        parser = build_parser()
+        for sub in [parser, *_subparsers(parser)]:
+            level = min(sub.prog.count(" ") + 2, 3)
+            sections.append(f"{'#' * level} `{sub.prog}`\n\n```text\n{sub.format_help().rstrip()}\n```\n")
         return "\n".join(sections)
     finally:
         if columns is None:
@@ -684,12 +697,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (2, with argparse's message) or --help (0)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.quiet and args.verbose:
+        print(
+            "fusionsearch: error: -q/--quiet and -v/--verbose exclude each other; give one", file=sys.stderr
+        )
+        return 2
     handler = ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
-        handlers=[handler],
-    )
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
+    ours = [logging.getLogger(name) for name in ("fusionsearch", "searchers", "trainables")]
+    for logger in ours:  # also when logging was configured before (a second main(), a notebook)
+        logger.setLevel(level)
     CONSOLE.enabled = not args.quiet and args.command in ("run", "resume", "data")
     try:
         return args.func(args)
@@ -709,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:  # main() may run again in this process (tests, notebooks): no progress lines there
         CONSOLE.enabled = False
+        for logger in ours:
+            logger.setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":

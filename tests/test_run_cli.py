@@ -165,15 +165,23 @@ def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manif
         argv = ["run", "--data", str(manifest), "--storage", storage, "--name", searcher,
                 "--searcher", searcher, "--budget", budget, "--cache", cache, "--repeats", str(repeats),
                 *TINY]  # fmt: skip
-        assert main(argv) == 0, capsys.readouterr().err
+        quiet = searcher == "optuna"  # -q after the command: no progress, no Tune output, the answer
+        code = main(argv + ["-q"] * quiet)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        if quiet:
+            assert "Configuration for experiment" not in out + err and "View detailed results" not in out
+            assert "chosen mask: " in out and " INFO " not in err
+        else:
+            assert "Configuration for experiment" in out  # Tune's own box, without -q
+            assert "of 2 searches (1 fold(s) x 2 replicates)" in out
+            assert "folds x replicates" in out
         rows = load_result(f"{storage}/{searcher}").table.to_pylist()
         for repeat in range(repeats):
             mine = [r for r in rows if r["repeat"] == repeat]
             assert len(mine) == len({r["mask"] for r in mine}) == int(budget) and mine[0]["mask"] == "0000"
             assert all(r["parent_mask"] == "0000" for r in mine[1:]) and sum(r["chosen"] for r in mine) == 1
         assert len(rows) == int(budget) * repeats
-    out = capsys.readouterr().out
-    assert "of 2 searches (1 fold(s) x 2 replicates)" in out and "folds x replicates" in out
     # Replicates train with their own seeds: the same masks, other weights.
     random = load_result(f"{storage}/random").table.to_pylist()
     losses = {r["repeat"]: r["val_loss_all"] for r in random if r["mask"] == "0000"}

@@ -47,14 +47,17 @@ def _last_error(trial: Any) -> str:
 
 
 class FailureLog(tune.Callback):
-    """Keeps the last line of each failed trial's error in the experiment's ``errors.json``."""
+    """Logs each failed trial's error in one line and keeps it in the experiment's ``errors.json``."""
 
     def __init__(self, experiment_dir: str) -> None:
         self.experiment_dir = experiment_dir
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _last_error(trial)
+        log.error("trial %s (mask %s) failed: %s (full text: %s)", trial.trial_id, trial.config.get("mask"),
+                  error, trial.error_file)  # fmt: skip
         try:
-            experiment.record_error(self.experiment_dir, trial.trial_id, _last_error(trial))
+            experiment.record_error(self.experiment_dir, trial.trial_id, error)
         except OSError as error:  # the storage itself failing (full, unreachable): keep the search going
             log.warning("could not record the error of trial %s: %s", trial.trial_id, error)
 

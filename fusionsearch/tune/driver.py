@@ -338,6 +338,25 @@ def _interruptible() -> Iterator[dict[str, int | None]]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """With ``-q`` (fusionsearch's logging above INFO): none of Tune's own console output (its
+    experiment box and status tables go to stdout whatever ``verbose`` says; its trial errors are
+    logged with the whole traceback). A failed trial is then the one line :class:`FailureLog`
+    writes; its full text stays in the trial's error file."""
+    if logging.getLogger("fusionsearch").isEnabledFor(logging.INFO):
+        yield
+        return
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        tune_log.setLevel(level)
+
+
 def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchResult:
     # Keep the finished trials' actors for the next round instead of starting a fresh process
     # (with its imports) per trial.
@@ -345,7 +364,8 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
     storage_failure.clear()
     with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
         try:
-            tuner.fit()
+            with _quiet_tune():
+                tuner.fit()
         except Exception as error:  # Tune's own reading back from a failing storage, after the stop
             kind = storage_failure_kind(str(error))
             if not (storage_failure or kind):
