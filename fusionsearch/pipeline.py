@@ -203,6 +203,14 @@ def run(
             stream_state_dict(train.init_streams),
             train.init_streams,
         )
+    if cache is None:  # beside the manifest; nodes may not see the driver's disk when storage is a URI
+        cache = (
+            storage.join(storage_path, ".fusionsearch-cache")
+            if storage.is_uri(storage_path)
+            else str(manifest_path.parent / ".fusionsearch-cache")
+        )
+    storage.probe(storage_path, "--storage")  # reachable and writable: in seconds, before Ray starts
+    storage.probe(cache, "--cache")
     local_gpus = _local_gpus()
     if address is None and resources.gpus is not None and resources.gpus > local_gpus:
         raise UserError(
@@ -219,12 +227,6 @@ def run(
     per_trial = resources.per_trial(gpus)
     connect(address, num_gpus=None if address else gpus)  # an unreachable cluster: before any build
     check_resources(per_trial, whole_cluster=address is None)
-    if cache is None:  # beside the manifest; nodes may not see the driver's disk when storage is a URI
-        cache = (
-            storage.join(storage_path, ".fusionsearch-cache")
-            if storage.is_uri(storage_path)
-            else str(manifest_path.parent / ".fusionsearch-cache")
-        )
     data = cache_manifest(
         samples,
         PreprocessCache(cache, preprocess).root,

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fusionsearch.errors import UserError
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -75,6 +77,57 @@ def write_json(path: str, value: Any) -> None:
 
 def read_json(path: str) -> Any:
     return json.loads(read_bytes(path))
+
+
+def probe(location: str, what: str) -> None:
+    """Write a small file under ``location``, read it back and delete it: the location is reachable
+    and writable, checked in seconds before anything expensive starts.
+
+    Raises:
+        StorageUnusable: naming ``what`` (``--storage``, ``--cache``), the location, the error and
+            the fix.
+    """
+    path = join(normalise(location), f".fusionsearch-probe-{uuid.uuid4().hex}")
+    try:
+        fs, inner = _resolve(path)
+        if isinstance(fs, pafs.S3FileSystem) and "?" not in location:
+            fs = _impatient_s3(fs.region)
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as f:
+            f.write(b"fusionsearch")
+        with fs.open_input_stream(inner) as f:
+            if f.read() != b"fusionsearch":
+                raise OSError("what was read back differs from what was written")
+        fs.delete_file(inner)
+    except (OSError, ValueError, pa.ArrowException) as error:
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        fix = (
+            "check the bucket name, the endpoint (AWS_ENDPOINT_URL for an S3-compatible store), the "
+            "network and the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the instance's role)"
+            if is_uri(location)
+            else "check that the folder's disk is mounted, has space and that you may write there"
+        )
+        raise StorageUnusable(
+            f"{what} {location}: cannot write there ({reason}); {fix}. Nothing was started"
+        ) from None
+
+
+def _impatient_s3(region: str) -> pafs.S3FileSystem:
+    """An S3 filesystem like ``from_uri``'s (region, endpoint from ``AWS_ENDPOINT_URL``), which gives
+    up after one retry instead of about ten seconds of them."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    where = {}
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        where = {"endpoint_override": host, "scheme": scheme or "https"}
+    retries = pafs.AwsStandardS3RetryStrategy(max_attempts=2)
+    return pafs.S3FileSystem(
+        region=region, retry_strategy=retries, connect_timeout=5, request_timeout=20, **where
+    )
+
+
+class StorageUnusable(UserError):
+    """A storage location that cannot be written, found before anything starts."""
 
 
 @contextlib.contextmanager
