@@ -21,8 +21,10 @@ TINY = [*TINY_RUN, "--epochs", "1", "--patience", "1"]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
+    """One cluster for the module (starting one costs about half a minute); the test that kills a
+    worker node comes last."""
     port = free_port()
     env = os.environ | {
         "RAY_AUTH_MODE": "token",
@@ -95,37 +97,6 @@ run_search(SFSASearcher(), trainable=scripted_trainable, storage_path={storage!r
 LAND = {str(m): 2.0 for m in FusionMask.all_masks(4)} | {"0000": 1.0, "0100": 0.5, "0110": 0.4, "1000": 0.9}
 
 
-def test_lost_worker_node_costs_only_time(cluster, tmp_path):
-    address, env = cluster
-    victim = by_name("raylet")[-1]  # the last worker node started
-    experiment = tmp_path / "runs" / "lost-node"
-    started = tmp_path / "started"
-    config = {"landscape": LAND, "duration": 4.0, "started": str(started)}
-    script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs",
-                             name="lost-node", config=config, max_failures=3)  # fmt: skip
-    driver = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    # Kill a node while round 1's 4-second trials run on it (one CPU per worker node: both busy).
-    wait_for(lambda: len(list(started.glob("1-*"))) >= 2 or driver.poll() is not None, what="round 1 to run")
-    assert driver.poll() is None, driver.communicate()[1][-3000:]
-    kill_tree(victim)
-    _, stderr = driver.communicate(timeout=600)
-    assert driver.returncode == 0, stderr[-3000:]
-    assert victim not in by_name("raylet")
-    rows = load_result(str(experiment)).table.to_pylist()
-    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
-    # Same answer as an undisturbed run (the pure strategy on the same losses).
-    history = []
-    while candidates := SFSA().next_round(history):
-        history += [Outcome(c, LAND[str(c.mask)]) for c in candidates]
-    assert {(r["role"], r["mask"]) for r in rows} == {
-        ("control" if o.candidate.control else "search", str(o.candidate.mask)) for o in history
-    }
-    assert (
-        [r["mask"] for r in rows if r["chosen"]] == [str(SFSA().chosen(history).candidate.mask)] == ["0110"]
-    )
-
-
 def test_driver_killed_on_a_cluster_resumes_there_without_retraining(cluster, tmp_path):
     address, env = cluster
     script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs", name="crash",
@@ -186,3 +157,34 @@ def test_ray_job_submit_runs_a_search_on_the_cluster(cluster, tmp_path):
     rows = load_result(str(storage / "job")).table.to_pylist()
     assert rows and all(r["status"] == "ok" for r in rows) and sum(r["chosen"] for r in rows) == 1
     assert (storage / "job" / "report" / "report.html").is_file()
+
+
+def test_lost_worker_node_costs_only_time(cluster, tmp_path):
+    address, env = cluster
+    victim = by_name("raylet")[-1]  # the last worker node started
+    experiment = tmp_path / "runs" / "lost-node"
+    started = tmp_path / "started"
+    config = {"landscape": LAND, "duration": 4.0, "started": str(started)}
+    script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs",
+                             name="lost-node", config=config, max_failures=3)  # fmt: skip
+    driver = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Kill a node while round 1's 4-second trials run on it (one CPU per worker node: both busy).
+    wait_for(lambda: len(list(started.glob("1-*"))) >= 2 or driver.poll() is not None, what="round 1 to run")
+    assert driver.poll() is None, driver.communicate()[1][-3000:]
+    kill_tree(victim)
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert victim not in by_name("raylet")
+    rows = load_result(str(experiment)).table.to_pylist()
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
+    # Same answer as an undisturbed run (the pure strategy on the same losses).
+    history = []
+    while candidates := SFSA().next_round(history):
+        history += [Outcome(c, LAND[str(c.mask)]) for c in candidates]
+    assert {(r["role"], r["mask"]) for r in rows} == {
+        ("control" if o.candidate.control else "search", str(o.candidate.mask)) for o in history
+    }
+    assert (
+        [r["mask"] for r in rows if r["chosen"]] == [str(SFSA().chosen(history).candidate.mask)] == ["0110"]
+    )

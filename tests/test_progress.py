@@ -2,15 +2,12 @@
 
 import io
 import logging
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import TINY_RUN
 from fusionsearch.console import CONSOLE, ConsoleHandler
-from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.tune.progress import fold_lines
 
 
@@ -57,23 +54,6 @@ def test_log_records_go_above_the_status_lines(monkeypatch, tty):
                                      f"{redraw}fold 0  round 1\n{redraw}fold 0  round 1\n")  # fmt: skip
     else:  # plain lines, the unchanged state not repeated
         assert stream.getvalue() == "fold 0  round 0\na log record\nfold 0  round 1\n"
-
-
-@pytest.mark.slow
-def test_run_prints_fold_progress_unless_quiet(tmp_path):
-    manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=1))
-    outputs = {}
-    for name, flags in (("loud", []), ("quiet", ["--quiet"])):
-        argv = [sys.executable, "-m", "fusionsearch.cli", *flags, "run", "--data", str(manifest),
-                "--storage", str(tmp_path / "runs"), "--name", name, "--cache", str(tmp_path / "cache"),
-                *TINY_RUN]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[name] = done
-    assert "fold 0  round " in outputs["loud"].stderr and " INFO " in outputs["loud"].stderr
-    assert "epoch 0  val_loss" not in outputs["loud"].stderr  # per-epoch lines need -v
-    assert "fold 0  round " not in outputs["quiet"].stderr and " INFO " not in outputs["quiet"].stderr
-    assert "chosen mask:" in outputs["quiet"].stdout  # the results still
 
 
 def test_preprocessing_shows_a_bar_on_a_terminal_and_one_line_elsewhere(monkeypatch):

@@ -1,5 +1,7 @@
 """The real trainable on Ray, and ``fusionsearch run / report / resume`` on tiny volumes."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -22,34 +24,21 @@ def manifest(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
-def test_child_validation_loss_before_update_equals_parent_best(manifest, tmp_path):
-
-    preprocess = PreprocessConfig(shape=16)
+def test_a_search_started_from_python_is_reported_and_resumed_from_the_cli(manifest, tmp_path, capsys):
     settings = RunSettings(
-        data=cached_data(manifest, tmp_path / "cache", preprocess),
+        data=cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16)),
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=2, patience=2, batch_size=8),
     )
     result = run_search(RoundSearcher(BaselineThenOne()), config={"settings": to_dict(settings)},
-                        storage_path=tmp_path, name="e2e", resources={"cpu": 1})  # fmt: skip
+                        storage_path=tmp_path, name="py", resources={"cpu": 1})  # fmt: skip
+    # The real trainable warm-starts a child exactly: its epoch 0 (before any update) is its parent's best.
     rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     assert rows["0100"]["parent_mask"] == "0000" and rows["0100"]["status"] == "ok"
     progress = Path(result.experiment_dir, rows["0100"]["trial_id"], "result.json").read_text().splitlines()
     first = json.loads(progress[0])
     assert first["epoch"] == 0
     assert first["val_loss"] == pytest.approx(rows["0000"]["val_loss"], abs=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("local_ray")
-def test_a_search_started_from_python_is_reported_and_resumed_from_the_cli(manifest, tmp_path, capsys):
-    settings = RunSettings(
-        data=cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16)),
-        model=ModelConfig(width=0.125),
-        train=TrainConfig(epochs=1, patience=1, batch_size=8),
-    )
-    run_search(RoundSearcher(BaselineThenOne()), config={"settings": settings}, storage_path=tmp_path,
-               name="py", resources={"cpu": 1})  # fmt: skip
     storage = ["--storage", str(tmp_path)]
     assert main(["report", "py", *storage]) == 0  # not evaluated yet: the candidates and the chosen mask
     assert "chosen mask:" in capsys.readouterr().out
@@ -61,14 +50,25 @@ def test_a_search_started_from_python_is_reported_and_resumed_from_the_cli(manif
     assert (tmp_path / "py" / "report" / "report.html").is_file()
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("local_ray")
-def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, capsys):
-    storage = str(tmp_path / "runs")
-    code = main(["run", "--data", str(manifest), "--storage", storage, "--name", "cli", *TINY_EVERY_FOLD])
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def every_fold(manifest, tmp_path_factory):
+    """One finished 3-fold search with unimodal baselines (``cli``), shared by the tests that only read
+    it: (its storage, what the command printed)."""
+    storage = tmp_path_factory.mktemp("every-fold") / "runs"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            ["run", "--data", str(manifest), "--storage", str(storage), "--name", "cli", *TINY_EVERY_FOLD]
+        )
     assert code == 0
-    table = load_result(str(tmp_path / "runs" / "cli")).table.to_pylist()
+    return storage, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest, tmp_path, capsys):
+    runs, out = every_fold
+    storage = str(runs)
+    table = load_result(str(runs / "cli")).table.to_pylist()
     assert {r["fold"] for r in table} == {0, 1, 2}
     assert sorted((r["fold"], r["modality"]) for r in table if r["role"] == "unimodal") == [
         (f, m) for f in range(3) for m in ("FLAIR", "T1")
@@ -78,7 +78,7 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(manifest, tmp_path, 
     for method in ("unimodal T1", "unimodal FLAIR", "late fusion (0000)", "sfsa: chosen mask"):
         assert method in out
     assert "chosen mask: " in out and "exhaustive search: candidates" in out
-    report = tmp_path / "runs" / "cli" / "report"
+    report = runs / "cli" / "report"
     page = (report / "report.html").read_text()
     assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4
     assert all(mask in page for _, mask in chosen) and "sfsa: chosen mask" in page
@@ -158,7 +158,8 @@ def test_cli_search_over_block_fusion_points(manifest, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manifest, tmp_path, capsys):
-    """Also replicates: the random search runs twice (--repeats 2) through table, report and compare."""
+    """Also replicates (the random search runs twice, --repeats 2, through table, report and compare)
+    and the console: progress lines without -q, nothing but warnings and the answer with it."""
     storage = str(tmp_path / "runs")
     for searcher, budget, repeats in (("random", "3", 2), ("optuna", "4", 1)):
         cache = str(tmp_path / "cache")
@@ -171,9 +172,11 @@ def test_random_and_optuna_rivals_train_their_budget_and_appear_in_compare(manif
         assert code == 0, err
         if quiet:
             assert "Configuration for experiment" not in out + err and "View detailed results" not in out
-            assert "chosen mask: " in out and " INFO " not in err
+            assert "chosen mask: " in out and " INFO " not in err and "fold 0  round " not in err
         else:
             assert "Configuration for experiment" in out  # Tune's own box, without -q
+            assert "fold 0  round " in err and " INFO " in err  # the progress lines and the log ...
+            assert "epoch 0  val_loss" not in err  # ... but not every epoch, which needs -v
             assert "of 2 searches (1 fold(s) x 2 replicates)" in out
             assert "folds x replicates" in out
         rows = load_result(f"{storage}/{searcher}").table.to_pylist()
@@ -254,7 +257,7 @@ window.addEventListener("load", () => {
 
 
 @pytest.mark.slow
-def test_the_report_renders_in_headless_chromium(manifest, tmp_path, capsys):
+def test_the_report_renders_in_headless_chromium(every_fold, tmp_path):
     import re
     import shutil
     import subprocess
@@ -262,11 +265,8 @@ def test_the_report_renders_in_headless_chromium(manifest, tmp_path, capsys):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium when it runs as root)")
-    argv = ["run", "--data", str(manifest), "--storage", str(tmp_path / "runs"), "--name", "shown",
-            "--cache", str(tmp_path / "cache"), *TINY]  # fmt: skip
-    assert main(argv) == 0, capsys.readouterr().err
-    report = tmp_path / "runs" / "shown" / "report" / "report.html"
-    probe = report.with_name("probe.html")  # the report as written, plus a script that reads the page
+    report = every_fold[0] / "cli" / "report" / "report.html"
+    probe = tmp_path / "probe.html"  # the report as written, plus a script that reads the page
     probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
     browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
     dom = subprocess.run(
