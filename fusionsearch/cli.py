@@ -193,8 +193,16 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache = PreprocessCache(
         args.cache or args.manifest.parent / ".fusionsearch-cache", preprocess_config(args)
     )
-    stats = cache.build(manifest, workers=args.workers)
-    print(f"cache {cache.root}: built {stats.built}, reused {stats.reused}")
+    stats = cache.build(manifest, workers=args.workers, verify=args.verify)
+    verified = (
+        f"; verified {stats.verified_bytes / 1e9:.3f} GB (SHA-256) in {stats.verify_seconds:.1f} s"
+        if args.verify
+        else ""
+    )
+    print(
+        f"cache {cache.root}: built {stats.built} (repaired {stats.repaired}), "
+        f"reused {stats.reused}{verified}"
+    )
     return 0
 
 
@@ -643,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("manifest", type=Path)
     add_data_root_argument(cache)
     add_preprocess_arguments(cache)
+    cache.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every entry's SHA-256 against its record (always: its length), rebuilding a damaged "
+        "one from its source volume ('fusionsearch run' does this too on a local or shared folder)",
+    )
     cache.set_defaults(func=cmd_cache)
     for sub in _subparsers(parser):  # -q and -v after the command too (``run ... -q``)
         _loudness(sub, default=argparse.SUPPRESS)

@@ -55,6 +55,19 @@ def write_bytes(path: str, data: bytes) -> None:
     fs.move(temporary, inner)
 
 
+def size(path: str) -> int | None:
+    """The byte length of the file at ``path`` (``None``: no such file)."""
+    fs, inner = _resolve(path)
+    info = fs.get_file_info(inner)
+    return None if info.type == pafs.FileType.NotFound else info.size
+
+
+def open_input(path: str) -> Any:
+    """A binary input stream of the file at ``path`` (a context manager)."""
+    fs, inner = _resolve(path)
+    return fs.open_input_stream(inner)
+
+
 def read_bytes(path: str) -> bytes:
     fs, inner = _resolve(path)
     with fs.open_input_stream(inner) as f:

@@ -48,6 +48,11 @@ def test_step_time_prints_the_augmentation_as_a_share_of_the_step():
     assert share == pytest.approx(100 * ms / step, abs=0.01 + 100 * 0.005 / step + 100 * ms * 0.05 / step**2)
 
 
+def test_cache_verify_prints_the_hashing_rate_and_the_thousand_sample_figure():
+    out = run("cache_verify.py", "--n", "4", "--size", "16", "--workers", "1")
+    assert re.search(rf"SHA-256 check: {NUMBER} s, {NUMBER} GB/s", out) and "a 1,000-sample cache:" in out
+
+
 def test_round_overhead_prints_a_row_per_round_size():
     out = run("round_overhead.py", "--ks", "1", "2", "--rounds", "2", "--duration", "0.2")
     rows = re.findall(rf"^ +([12]) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.MULTILINE)

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -104,7 +105,13 @@ def test_two_processes_building_at_once_give_one_correct_cache(tmp_path):
     for process in processes:
         assert process.wait(timeout=120) == 0, process.stderr.read()
     files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
-    assert len(files) == 6 and all(f.endswith(".npy") and not f.startswith(".") for f in files)
+    assert len(files) == 12 and not any(
+        f.startswith(".") for f in files
+    )  # 6 entries, 6 records, no leftovers
+    assert (
+        PreprocessCache(tmp_path / "cache", PreprocessConfig(shape=16)).build(manifest, verify=True).built
+        == 0
+    )
     config = PreprocessConfig(shape=16)
     dataset = PreprocessCache(tmp_path / "cache", config).open(manifest)
     for row in range(len(manifest)):
@@ -123,5 +130,48 @@ def test_cached_dataset_feeds_a_dataloader(tmp_path):
 
 def test_open_without_build_is_clear(tmp_path):
     manifest = small_dataset(tmp_path)
-    with pytest.raises(DataError, match="no entry for 4 sample"):
+    with pytest.raises(DataError, match="has 4 missing or damaged entr"):
         PreprocessCache(tmp_path / "cache", SETTINGS).open(manifest)
+
+
+def test_a_truncated_entry_is_refused_by_trials_and_rebuilt_by_the_next_build(tmp_path, caplog):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    cache.build(manifest, workers=1)
+    entry = Path(cache.entry(cache.keys(manifest)[2]))
+    intact = entry.read_bytes()
+    entry.write_bytes(intact[: len(intact) // 2])  # a full disk, an interrupted copy
+    sample = manifest.sample_ids[2]
+    with pytest.raises(
+        DataError, match=f"sample {sample}, {len(intact) // 2} bytes instead of {len(intact)}"
+    ):
+        cache.open(manifest)  # a trial: a message naming the sample, not numpy's mmap error
+    stats = cache.build(manifest, workers=1)  # the length is always checked
+    assert (stats.built, stats.repaired, stats.reused) == (1, 1, 3) and entry.read_bytes() == intact
+    assert f"cache entry of sample {sample} is damaged" in caplog.text
+    cache.open(manifest)
+
+
+def test_an_entry_overwritten_at_its_length_is_found_by_verification_only(tmp_path):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    cache.build(manifest, workers=1)
+    entry = Path(cache.entry(cache.keys(manifest)[1]))
+    intact = entry.read_bytes()
+    mid = len(intact) // 2
+    flipped = bytes(b ^ 0xFF for b in intact[mid : mid + 64])
+    entry.write_bytes(intact[:mid] + flipped + intact[mid + 64 :])  # other values, the right size: a bad sync
+    assert cache.build(manifest, workers=1).built == 0  # the cheap check cannot see it ...
+    stats = cache.build(manifest, workers=1, verify=True)  # ... the hashes can
+    assert (stats.built, stats.repaired) == (1, 1) and entry.read_bytes() == intact
+    assert stats.verified_bytes > 0 and stats.verify_seconds >= 0
+
+
+def test_an_entry_without_its_record_is_unfinished_and_rebuilt(tmp_path):
+    manifest = small_dataset(tmp_path)
+    cache = PreprocessCache(tmp_path / "cache", SETTINGS)
+    cache.build(manifest, workers=1)
+    key = cache.keys(manifest)[0]
+    Path(cache.record(key)).unlink()  # a builder killed between the array and its record
+    assert cache.damage(key) == "unfinished (no record)"
+    assert cache.build(manifest, workers=1).repaired == 1 and cache.damage(key) is None

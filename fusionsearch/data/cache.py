@@ -6,6 +6,14 @@ entries it affects. Entries are ``.npy`` arrays written to a temporary name and 
 place, so a reader never sees half an entry and concurrent builders (trials, rounds, whole
 searches, other nodes on shared storage) are safe: the last rename wins with identical bytes.
 
+Each entry has a *record* beside it (``<key>.json``, written after the array): the sample, the
+array's shape and dtype, its byte length and its SHA-256. An entry without a record is
+unfinished. Building checks every entry before it is served: its length always (a truncated
+copy, a full disk), its hash too when asked (``verify``: bytes overwritten with other values of
+the right size), and rebuilds a damaged entry from its source volume, saying which. Trials open
+entries with the length check, so a damaged one is an error naming the sample, never numpy's
+``mmap length is greater than file size``.
+
 The cache's root is a local or shared folder, or a URI (``s3://``, ``gs://``: any pyarrow
 filesystem). Trials never read the manifest or the images: the driver writes an *index* (one
 row per sample: id, subject, label, entry key) into the cache, and a trial opens its fold from
@@ -15,11 +23,13 @@ the index. On a URI root, a node copies the entries it needs once into a node-lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,16 +50,33 @@ from fusionsearch.settings import DataConfig, PreprocessConfig, to_dict
 
 log = logging.getLogger(__name__)
 
-#: Bump when the meaning of an entry changes, so old entries are not reused.
-CACHE_FORMAT = 1
+#: Bump when the meaning of an entry changes, so old entries are not reused (2: entries have records).
+CACHE_FORMAT = 2
+#: Bytes read at a time when hashing an entry.
+_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
 class CacheStats:
-    """What one :meth:`PreprocessCache.build` did."""
+    """What one :meth:`PreprocessCache.build` did: entries built (new or ``repaired``), reused, and the
+    bytes and seconds of the hash verification (0 when not asked)."""
 
     built: int
     reused: int
+    repaired: int = 0
+    verified_bytes: int = 0
+    verify_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """What a cache entry must be: written beside it when it is built."""
+
+    sample: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+    sha256: str
 
 
 class PreprocessCache:
@@ -70,30 +97,68 @@ class PreprocessCache:
     def entry(self, key: str) -> str:
         return storage.join(self.root, key[:2], f"{key}.npy")
 
+    def record(self, key: str) -> str:
+        return storage.join(self.root, key[:2], f"{key}.json")
+
+    def damage(self, key: str, *, deep: bool = False) -> str | None:
+        """What is wrong with entry ``key`` (``None``: intact): missing, unfinished (no record), a length
+        other than recorded, or (``deep``) a hash other than recorded."""
+        if not storage.exists(self.record(key)):
+            return "missing" if not storage.exists(self.entry(key)) else "unfinished (no record)"
+        expected = EntryRecord(**storage.read_json(self.record(key)))
+        size = storage.size(self.entry(key))
+        if size is None:
+            return "missing"
+        if size != expected.bytes:
+            return f"{size} bytes instead of {expected.bytes}"
+        if deep and _sha256(self.entry(key)) != expected.sha256:
+            return "its bytes differ from those written (SHA-256)"
+        return None
+
     def keys(self, manifest: Manifest) -> list[str]:
         """The entry key of every sample of ``manifest``, in row order."""
         return [self.key(manifest.paths(row)) for row in range(len(manifest))]
 
-    def build(self, manifest: Manifest, workers: int | None = None) -> CacheStats:
-        """Preprocess every sample of ``manifest`` that has no entry yet.
+    def build(self, manifest: Manifest, workers: int | None = None, *, verify: bool = False) -> CacheStats:
+        """Preprocess every sample of ``manifest`` whose entry is missing or damaged.
+
+        Every existing entry's length is checked against its record; with ``verify`` its SHA-256
+        too. A damaged entry is rebuilt from its source volume (logged with the sample and what
+        was wrong).
 
         Args:
-            workers: threads to preprocess with (default: one per CPU). Threads, not processes:
-                decompression, resampling and numpy release the GIL, and a process pool pays
-                seconds of imports per worker (measured slower for small datasets).
+            workers: threads to preprocess (and hash) with (default: one per CPU). Threads, not
+                processes: decompression, resampling, numpy and hashlib release the GIL, and a
+                process pool pays seconds of imports per worker (measured slower for small datasets).
         """
-        targets = [self.entry(k) for k in self.keys(manifest)]
-        missing = [(row, t) for row, t in enumerate(targets) if not storage.exists(t)]
-        workers = min(workers or os.cpu_count() or 1, max(len(missing), 1))
-        log.info("preprocessing %d of %d samples with %d worker(s)", len(missing), len(targets), workers)
-        ids = manifest.sample_ids
-        jobs = [(ids[row], manifest.paths(row), self.config, t) for row, t in missing]
+        keys, ids = self.keys(manifest), manifest.sample_ids
+        workers = workers or os.cpu_count() or 1
+        started = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            damage = list(pool.map(lambda k: self.damage(k, deep=verify), keys))
+        seconds = time.perf_counter() - started
+        verified = (
+            sum(self._bytes(k) for k, d in zip(keys, damage, strict=True) if d is None) if verify else 0
+        )
+        repaired = [(ids[row], d) for row, d in enumerate(damage) if d not in (None, "missing")]
+        for sample, what in repaired:
+            log.warning(
+                "cache entry of sample %s is damaged (%s): rebuilding it from its source", sample, what
+            )
+        todo = [row for row, d in enumerate(damage) if d is not None]
+        workers = min(workers, max(len(todo), 1))
+        log.info("preprocessing %d of %d samples with %d worker(s)", len(todo), len(keys), workers)
+        jobs = [(ids[row], manifest.paths(row), self.config, self.entry(keys[row]), self.record(keys[row]))
+                for row in todo]  # fmt: skip
         progress = Progress("preprocessing", len(jobs))
         with ThreadPoolExecutor(workers) as pool:
             for _ in pool.map(lambda job: _build_entry(*job), jobs):
                 progress.step()
         progress.close()
-        return CacheStats(built=len(missing), reused=len(targets) - len(missing))
+        return CacheStats(len(todo), len(keys) - len(todo), len(repaired), verified, seconds)
+
+    def _bytes(self, key: str) -> int:
+        return EntryRecord(**storage.read_json(self.record(key))).bytes
 
     def write_index(self, manifest: Manifest) -> str:
         """Record ``manifest``'s samples and entry keys in the cache; returns the index's location.
@@ -121,12 +186,13 @@ class PreprocessCache:
 
     def open_keys(self, keys: Sequence[str], labels: Sequence[int], ids: Sequence[str]) -> CachedDataset:
         """Memory-map the entries ``keys`` (samples ``ids`` with ``labels``)."""
-        absent = [s for s, k in zip(ids, keys, strict=True) if not storage.exists(self.entry(k))]
-        if absent:
+        damaged = [(s, d) for s, k in zip(ids, keys, strict=True) if (d := self.damage(k))]
+        if damaged:
+            sample, what = damaged[0]
             raise DataError(
-                f"the preprocessing cache {self.root} has no entry for {len(absent)} sample(s) "
-                f"(first: {absent[0]}); build it first with PreprocessCache.build or "
-                "'fusionsearch data cache'"
+                f"the preprocessing cache {self.root} has {len(damaged)} missing or damaged entr(y/ies) "
+                f"(first: sample {sample}, {what}); build or repair it with 'fusionsearch data cache "
+                "--verify' (or PreprocessCache.build), which every 'fusionsearch run' also does"
             )
         return CachedDataset([np.load(self._local(k), mmap_mode="r") for k in keys], list(labels), list(ids))
 
@@ -137,9 +203,18 @@ class PreprocessCache:
         mirror = Path(os.environ.get("FUSIONSEARCH_MIRROR", "~/.cache/fusionsearch/mirror")).expanduser()
         local = mirror / key[:2] / f"{key}.npy"
         if not local.exists():  # entries are immutable (named by content), so a copy never goes stale
+            data, expected = (
+                storage.read_bytes(self.entry(key)),
+                EntryRecord(**storage.read_json(self.record(key))),
+            )
+            if hashlib.sha256(data).hexdigest() != expected.sha256:
+                raise DataError(
+                    f"the cache entry of sample {expected.sample} in {self.root} is damaged (its bytes "
+                    "differ from those written); repair it with 'fusionsearch data cache --verify'"
+                )
             local.parent.mkdir(parents=True, exist_ok=True)
             temporary = local.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
-            temporary.write_bytes(storage.read_bytes(self.entry(key)))
+            temporary.write_bytes(data)
             os.replace(temporary, local)
         return local
 
@@ -152,11 +227,22 @@ def cache_manifest(
     folds: int = 5,
     split_seed: int = 0,
     workers: int | None = None,
+    verify: bool | None = None,
 ) -> DataConfig:
-    """Build ``manifest``'s cache under ``root`` and return the :class:`DataConfig` trials open it with."""
+    """Build (and check) ``manifest``'s cache under ``root``; the :class:`DataConfig` trials open it with.
+
+    ``verify``: check every entry's SHA-256 too (default: on a local or shared folder, where it
+    costs about a second per GB; on a URI only the lengths are checked, and each node's mirror
+    copy is hashed when it is made).
+    """
     cache = PreprocessCache(root, preprocess)
-    stats = cache.build(manifest, workers=workers)
-    log.info("preprocessing cache %s: %d built, %d reused", cache.root, stats.built, stats.reused)
+    verify = not storage.is_uri(cache.root) if verify is None else verify
+    stats = cache.build(manifest, workers=workers, verify=verify)
+    checked = (
+        f"; {stats.verified_bytes / 1e9:.2f} GB verified in {stats.verify_seconds:.1f} s" if verify else ""
+    )
+    log.info("preprocessing cache %s: %d built (%d repaired), %d reused%s", cache.root, stats.built,
+             stats.repaired, stats.reused, checked)  # fmt: skip
     return DataConfig(
         index=cache.write_index(manifest),
         cache=cache.root,
@@ -173,7 +259,17 @@ def read_index(location: str) -> pa.Table:
     return storage.read_table(location)
 
 
-def _build_entry(sample: str, paths: Mapping[str, Path], config: PreprocessConfig, target: str) -> None:
+def _sha256(location: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_input(location) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build_entry(
+    sample: str, paths: Mapping[str, Path], config: PreprocessConfig, target: str, record: str
+) -> None:
     try:
         array = preprocess_sample(paths, config)
     except Exception as error:  # MONAI/nibabel raise many kinds for bad files
@@ -183,7 +279,12 @@ def _build_entry(sample: str, paths: Mapping[str, Path], config: PreprocessConfi
         ) from None
     buffer = io.BytesIO()
     np.save(buffer, array)
-    storage.write_bytes(target, buffer.getvalue())
+    data = buffer.getvalue()
+    storage.write_bytes(target, data)  # the array, then its record: an entry without one is unfinished
+    entry = EntryRecord(
+        sample, tuple(array.shape), str(array.dtype), len(data), hashlib.sha256(data).hexdigest()
+    )
+    storage.write_json(record, dataclasses.asdict(entry))
 
 
 class CachedDataset(Dataset):
