@@ -53,6 +53,12 @@ def test_cache_verify_prints_the_hashing_rate_and_the_thousand_sample_figure():
     assert re.search(rf"SHA-256 check: {NUMBER} s, {NUMBER} GB/s", out) and "a 1,000-sample cache:" in out
 
 
+def test_chaos_kills_trial_workers_five_times_and_gets_the_reference_answer():
+    out = run("chaos.py", "--kills", "5", "--duration", "1")  # exit 0: the same answer, nothing retrained
+    assert "chaos: 5 trial workers killed, answer 0110" in out and "reference: answer 0110" in out
+    assert "finished candidates trained more than once: 0 []" in out
+
+
 def test_round_overhead_prints_a_row_per_round_size():
     out = run("round_overhead.py", "--ks", "1", "2", "--rounds", "2", "--duration", "0.2")
     rows = re.findall(rf"^ +([12]) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.MULTILINE)

@@ -25,7 +25,9 @@ def scripted_trainable(config: dict) -> None:
     all ``n`` trials of its round have started (so they provably run at once). With
     ``started=DIR``, each trial touches ``DIR/<round>-<mask>`` as it begins (tests wait on it).
     With ``hold={"masks": [...], "seconds": s}``, a trial of such a mask first reports a
-    resumable checkpoint (``partial``), then waits ``s`` seconds before it finishes.
+    resumable checkpoint (``partial``), then waits ``s`` seconds before it finishes. With
+    ``finished=DIR``, each trial that finishes training leaves a file in ``DIR`` named by its role,
+    round, mask and extension (one per finish: a candidate trained twice leaves two).
     """
     mask = config["mask"]
     own = tune.get_checkpoint()
@@ -57,6 +59,10 @@ def scripted_trainable(config: dict) -> None:
             )
         time.sleep(hold["seconds"])
     time.sleep(config.get("duration", 0.0))
+    if config.get("finished"):
+        name = f"{config.get('role')}-{config.get('round')}-{mask}-{config.get('extension')}-{os.getpid()}"
+        Path(config["finished"]).mkdir(parents=True, exist_ok=True)
+        Path(config["finished"], f"{name}-{time.time_ns()}").touch()
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
                    "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
