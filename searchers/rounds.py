@@ -388,9 +388,35 @@ class RoundSearcher(Searcher):
         """The chosen mask of the first fold."""
         return next(iter(self.chosen_masks().values()), None)
 
+    def unfinished(self) -> list[Trial]:
+        """Trials proposed to Tune (or queued for it) that have not finished: none once the search has."""
+        return [*self._pending.values(), *self._queue]
+
+    def end(self) -> None:
+        """Tune's experiment ended (a stopper's ``stop_all``, a budget, an interruption): if the search had
+        not finished, say so, and write the table with the trials that never ran (status ``not run``)."""
+        if self._finished:
+            return
+        never = self.unfinished()
+        ending = (
+            "its next round was not proposed yet"
+            if not never
+            else f"{len(never)} proposed trial(s) never ran"
+        )
+        log.warning(
+            "the search ended before it finished: %s (%s); its answer so far (%s) is not final. Resume it "
+            "(fusionsearch resume NAME, or tune.Tuner.restore(..., resume_errored=True) without a stopper "
+            "that ends it again) to finish it",
+            ending,
+            ", ".join(f"fold {t.fold} round {t.round} {t.mask} ({t.role})" for t in never[:6]) or "-",
+            self.chosen_masks(),
+        )  # fmt: skip
+        self._write_table()
+
     def table(self) -> pa.Table:
         """One row per finished trial, in completion order, with each round's decision on the row of
-        the child it tested."""
+        the child it tested; while the search is unfinished, the trials proposed but not run (status
+        ``not run``) after them."""
         chosen = {f: candidate_key(o.candidate) for f, o in self.chosen_outcomes().items() if o}
         verdicts = {}
         for group in self._groups:
@@ -409,6 +435,8 @@ class RoundSearcher(Searcher):
                 | {"chosen": chosen.get(replicate(r)) == key}
                 | verdicts.get((*replicate(r), *key), dict.fromkeys(DECISION))
             )
+        if not self._finished:
+            rows += [t.config() | {"status": "not run", "chosen": False} for t in self.unfinished()]
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
     def _write_table(self) -> None:
@@ -444,14 +472,19 @@ _SCHEMES = {"local": "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
 class CheckpointLocator(tune.Callback):
     """Tells a :class:`RoundSearcher` where each finished trial's final checkpoint went.
 
-    A callback sees the finished trial itself (a searcher gets only its id and result), with its
-    latest checkpoint on the experiment's storage: a local path, or an ``s3://``, ``gs://`` or
+    It also tells the searcher when Tune's experiment ends, so that a search a stopper or a budget
+    ended before it finished says so (:meth:`RoundSearcher.end`). A callback sees the finished
+    trial itself (a searcher gets only its id and result), with its latest checkpoint on the
+    experiment's storage: a local path, or an ``s3://``, ``gs://`` or
     ``hdfs://`` URI. Tune calls it after the searcher's ``on_trial_complete`` and before the
     next ``suggest``, so the location is known before any child is proposed.
     """
 
     def __init__(self, searcher: RoundSearcher) -> None:
         self.searcher = searcher
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.searcher.end()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         checkpoint = trial.checkpoint

@@ -229,3 +229,40 @@ def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_p
         state = json.loads((Path(directory) / "state.json").read_text())
     assert state["parent_seen"] == "0000" and not state["resumed"]  # started again from its parent
     assert any("mask 1000" in m and "is missing from the storage" in m for m in caplog.messages)
+
+
+class _Budget(tune.Stopper):
+    """A user's budget: ends the whole experiment after 3 finished trials."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+    def __call__(self, trial_id, result) -> bool:
+        self.finished += bool(result.get("done"))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.finished >= 3
+
+
+def test_a_search_a_stopper_ends_early_says_so_and_lists_the_trials_that_never_ran(tmp_path, caplog):
+    searcher = SFSASearcher()
+    tune.Tuner(
+        scripted_trainable,
+        param_space={"landscape": LAND},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="budget", storage_path=str(tmp_path), stop=_Budget(), verbose=0,
+                                  callbacks=[searcher.checkpoint_locator()]),
+    ).fit()  # fmt: skip
+    rows = searcher.table().to_pylist()
+    ran = [r for r in rows if r["status"] == "ok"]
+    never = [r for r in rows if r["status"] == "not run"]
+    assert len(ran) == 3 and never, rows  # round 1 was proposed, not all of it ran
+    assert {(r["mask"], r["role"]) for r in ran + never} >= {("0000", "search"), ("0001", "search")}
+    assert "the search ended before it finished" in caplog.text and "is not final" in caplog.text
+    assert not any(r["chosen"] for r in never)
+    from fusionsearch.report.summary import summary_text
+    from fusionsearch.search.experiment import SearchResult
+
+    text = summary_text(SearchResult(None, searcher.table(), str(tmp_path / "budget")))
+    assert f"the search did not finish: {len(never)} proposed trial(s) never ran" in text

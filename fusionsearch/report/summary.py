@@ -103,6 +103,11 @@ def summary_text(result: SearchResult, evaluation: Evaluation | None = None) -> 
     failed = table["status"].to_pylist().count("failed")
     if failed:
         lines.append(f"{failed} trial(s) failed")
+    never = table["status"].to_pylist().count("not run")
+    if never:
+        lines.append(
+            f"warning: the search did not finish: {never} proposed trial(s) never ran; resume it to finish"
+        )
     lines += training_warnings(table)
     if evaluation is not None:
         lines += ["", "held-out test folds (mean ± std over folds):"]
