@@ -109,6 +109,7 @@ class RoundSearcher(Searcher):
         self._trial_keys: dict[str, tuple] = {}
         self._locations: dict[str, str] = {}  # trial id -> final checkpoint, from CheckpointLocator
         self._finished = False
+        self._ended = False  # Tune's experiment ended (maybe before the search finished)
         self._max_concurrent: int | None = None
 
     @property
@@ -231,6 +232,7 @@ class RoundSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self._ended = False  # a restored search runs again
 
     # --- planning -----------------------------------------------------------------------
     def _plan(self) -> None:
@@ -395,6 +397,7 @@ class RoundSearcher(Searcher):
     def end(self) -> None:
         """Tune's experiment ended (a stopper's ``stop_all``, a budget, an interruption): if the search had
         not finished, say so, and write the table with the trials that never ran (status ``not run``)."""
+        self._ended = True
         if self._finished:
             return
         never = self.unfinished()
@@ -415,8 +418,8 @@ class RoundSearcher(Searcher):
 
     def table(self) -> pa.Table:
         """One row per finished trial, in completion order, with each round's decision on the row of
-        the child it tested; while the search is unfinished, the trials proposed but not run (status
-        ``not run``) after them."""
+        the child it tested; once Tune's experiment has ended before the search finished, the trials
+        proposed but never run after them (status ``not run``)."""
         chosen = {f: candidate_key(o.candidate) for f, o in self.chosen_outcomes().items() if o}
         verdicts = {}
         for group in self._groups:
@@ -435,7 +438,7 @@ class RoundSearcher(Searcher):
                 | {"chosen": chosen.get(replicate(r)) == key}
                 | verdicts.get((*replicate(r), *key), dict.fromkeys(DECISION))
             )
-        if not self._finished:
+        if self._ended and not self._finished:
             rows += [t.config() | {"status": "not run", "chosen": False} for t in self.unfinished()]
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
