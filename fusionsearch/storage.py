@@ -101,6 +101,7 @@ def probe(location: str, what: str) -> None:
             the fix.
     """
     path = join(normalise(location), f".fusionsearch-probe-{uuid.uuid4().hex}")
+    created = None if is_uri(location) else _first_missing(normalise(location))
     try:
         fs, inner = _resolve(path)
         if isinstance(fs, pafs.S3FileSystem) and "?" not in location:
@@ -123,6 +124,30 @@ def probe(location: str, what: str) -> None:
         raise StorageUnusable(
             f"{what} {location}: cannot write there ({reason}); {fix}. Nothing was started"
         ) from None
+    finally:
+        if created is not None:  # leave no folder behind that was not there: the probe is not a build
+            _remove_empty(normalise(location), created)
+
+
+def _first_missing(folder: str) -> str | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (``None``: it exists)."""
+    missing = None
+    while not os.path.exists(folder):
+        missing, parent = folder, os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _remove_empty(folder: str, up_to: str) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while they are empty."""
+    while True:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+        if folder == up_to or os.path.dirname(folder) == folder:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _impatient_s3(region: str) -> pafs.S3FileSystem:
