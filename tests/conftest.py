@@ -146,7 +146,9 @@ def plain_tune_search(searcher, storage_path: str, name: str, callbacks=(), **tu
     grid = tune.Tuner(
         scripted_trainable,
         param_space={"landscape": landscape},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, **tune_options),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=-1, **{"reuse_actors": True} | tune_options
+        ),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks), verbose=0),
     ).fit()
     states = {}
