@@ -133,7 +133,7 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
     assert roles.count("search") == 16 and roles.count("longer") == (chosen_row["mask"] != "0000")
     for longer in (r for r in table.to_pylist() if r["role"] == "longer"):
         assert longer["epochs"] == chosen_row["epochs_trained"] == longer["epochs_trained"]
-    with pytest.raises(DataError, match="8 missing or damaged entr.*missing"):  # the test part is needed only now
+    with pytest.raises(DataError, match="missing or damaged entr"):  # the test part is needed only now
         evaluate_search(result.experiment_dir, table, data)
     for entry, content in hidden.items():
         entry.write_bytes(content)
