@@ -86,10 +86,12 @@ def method_checkpoints(
 
 def landscape_checkpoints(candidates: pa.Table, fold: int, repeat: int = 0) -> dict[str, str]:
     """``{mask: checkpoint location}`` of every configuration trained on ``fold`` (in replicate
-    ``repeat``; late fusion included), once each: the search's version when it trained one, else
-    the ensemble member."""
+    ``repeat``; late fusion included), once each: the chosen version of the chosen mask (it may be
+    a control's weights), else the search's first version of a mask when it trained one, else the
+    ensemble member."""
     masks: dict[str, str] = {}
-    for r in sorted(_finished(candidates, fold, repeat), key=lambda r: r["role"] != "search"):
+    rows = _finished(candidates, fold, repeat)
+    for r in sorted(rows, key=lambda r: (not r["chosen"], r["role"] != "search")):
         if r["role"] != "unimodal":
             masks.setdefault(r["mask"], r["checkpoint"])
     return dict(sorted(masks.items()))
