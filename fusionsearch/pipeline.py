@@ -91,7 +91,7 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
     ``seed`` seeds the random and optuna searchers' proposals.
     """
     search.check_points(num_points)
-    from searchers import BeamSearcher, ExhaustiveSearcher, RandomSearcher, SFSASearcher, TPESearcher
+    from searchers import REGISTRY
 
     options = {
         "folds": search.search_folds,
@@ -101,17 +101,7 @@ def make_searcher(search: SearchConfig, modalities: list[str], num_points: int =
         "repeats": search.repeats,
         "num_points": num_points,
     }
-    rules = {"min_delta": search.min_delta, "control": search.control, "alpha": search.alpha,
-             "extend": search.extend}  # fmt: skip
-    if search.searcher == "sfsa":
-        return SFSASearcher(**rules, **options)
-    if search.searcher == "beam":
-        return BeamSearcher(beam_width=search.beam_width, patience=search.beam_patience, **rules, **options)
-    if search.searcher == "random":
-        return RandomSearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
-    if search.searcher == "optuna":
-        return TPESearcher(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
-    return ExhaustiveSearcher(from_scratch=search.from_scratch, **options)
+    return REGISTRY[search.searcher].from_config(search, seed=seed, **options)
 
 
 def mlflow_tracking(uri: str):

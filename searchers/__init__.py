@@ -15,7 +15,7 @@ from typing import Any
 from fusionsearch.mask import NUM_POINTS
 from fusionsearch.search.experiment import CANDIDATES_FILE
 from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, RandomSearch, TPESearch
-from fusionsearch.settings import SearchConfig
+from fusionsearch.settings import SEARCHERS, SearchConfig
 from searchers.rounds import CheckpointLocator, RoundSearcher
 
 #: The rules' defaults: the same as ``fusionsearch run``'s (one source, :class:`SearchConfig`).
@@ -43,6 +43,11 @@ class SFSASearcher(RoundSearcher):
     ) -> None:
         super().__init__(SFSA(num_points, min_delta, control, alpha, extend), **options)
 
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> SFSASearcher:
+        rules = {"min_delta": search.min_delta, "control": search.control, "alpha": search.alpha}
+        return cls(**rules, extend=search.extend, **options)
+
 
 class BeamSearcher(RoundSearcher):
     """Beam search: the ``beam_width`` best masks of each round, ``patience`` stale rounds, a control
@@ -66,6 +71,11 @@ class BeamSearcher(RoundSearcher):
             BeamSearch(num_points, beam_width, patience, min_delta, control, alpha, extend), **options
         )
 
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> BeamSearcher:
+        return cls(beam_width=search.beam_width, patience=search.beam_patience, min_delta=search.min_delta,
+                   control=search.control, alpha=search.alpha, extend=search.extend, **options)  # fmt: skip
+
 
 class ExhaustiveSearcher(RoundSearcher):
     """All ``2**num_points`` masks, warm-started from the baseline (or from scratch)."""
@@ -74,6 +84,10 @@ class ExhaustiveSearcher(RoundSearcher):
 
     def __init__(self, *, num_points: int = NUM_POINTS, from_scratch: bool = False, **options: Any) -> None:
         super().__init__(Exhaustive(num_points, from_scratch), **options)
+
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> ExhaustiveSearcher:
+        return cls(from_scratch=search.from_scratch, **options)
 
 
 class RandomSearcher(RoundSearcher):
@@ -91,6 +105,10 @@ class RandomSearcher(RoundSearcher):
         **options: Any,
     ) -> None:
         super().__init__(RandomSearch(num_points, budget, from_scratch, seed), **options)
+
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> RandomSearcher:
+        return cls(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
 
 
 class TPESearcher(RoundSearcher):
@@ -110,9 +128,23 @@ class TPESearcher(RoundSearcher):
     ) -> None:
         super().__init__(TPESearch(num_points, budget, from_scratch, seed, batch), **options)
 
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> TPESearcher:
+        return cls(budget=search.budget, from_scratch=search.from_scratch, seed=seed, **options)
+
+
+#: Every searcher by its name (``SearchConfig.searcher``, ``--searcher``, reports): the one registry.
+#: ``fusionsearch.settings.SEARCHERS`` lists the same names for the layers below Ray (a test checks it).
+REGISTRY: dict[str, type[RoundSearcher]] = {
+    c.name: c for c in (SFSASearcher, BeamSearcher, ExhaustiveSearcher, RandomSearcher, TPESearcher)
+}
+if tuple(REGISTRY) != SEARCHERS:  # pragma: no cover - a programming error, found at import
+    raise ImportError(f"searchers.REGISTRY {tuple(REGISTRY)} and settings.SEARCHERS {SEARCHERS} differ")
+
 
 __all__ = [
     "CANDIDATES_FILE",
+    "REGISTRY",
     "BeamSearcher",
     "CheckpointLocator",
     "ExhaustiveSearcher",

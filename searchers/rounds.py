@@ -29,6 +29,7 @@ from fusionsearch.search.records import (
     row_key,
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
+from fusionsearch.settings import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,12 @@ class RoundSearcher(Searcher):
     @property
     def experiment_dir(self) -> str | None:
         return self._experiment_dir
+
+    @classmethod
+    def from_config(cls, search: SearchConfig, seed: int = 0, **options: Any) -> RoundSearcher:
+        """This searcher as ``fusionsearch run`` builds it: its rules from ``search``, proposals seeded
+        by ``seed`` (random, optuna), and ``options`` (``folds``, ``pooled``, ...) for RoundSearcher."""
+        raise NotImplementedError(f"{cls.__name__} is not built from a SearchConfig; construct it directly")
 
     def set_experiment_dir(self, experiment_dir: str) -> None:
         """Where the experiment lives: checkpoint locations and the candidates table are under it."""

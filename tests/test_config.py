@@ -31,3 +31,18 @@ def test_exhaustive_search_over_many_points_needs_force():
     SearchConfig(searcher="exhaustive", force=True).check_points(8)
     SearchConfig(searcher="exhaustive").check_points(4)
     SearchConfig(searcher="sfsa").check_points(16)
+
+
+def test_one_searcher_registry_builds_every_searcher_the_settings_allow():
+    from fusionsearch.pipeline import make_searcher
+    from fusionsearch.settings import SEARCHERS, SearchConfig
+    from searchers import REGISTRY
+
+    assert tuple(REGISTRY) == SEARCHERS
+    for name in SEARCHERS:
+        searcher = make_searcher(SearchConfig(searcher=name, beam_width=3, min_delta=0.01), ["T1w", "FLAIR"])
+        assert type(searcher) is REGISTRY[name] and searcher.name == name
+        if name in ("sfsa", "beam"):  # the rules reach the strategy
+            assert searcher.strategy.min_delta == 0.01
+        if name == "beam":
+            assert searcher.strategy.beam_width == 3

@@ -463,7 +463,3 @@ class TPESearch:
     def chosen(self, history: Sequence[Outcome]) -> Outcome | None:
         """The lowest-loss mask of all."""
         return best_outcome(history)
-
-
-STRATEGIES: dict[str, type[Strategy]] = {"sfsa": SFSA, "beam": BeamSearch, "exhaustive": Exhaustive,
-                                         "random": RandomSearch, "optuna": TPESearch}  # fmt: skip
