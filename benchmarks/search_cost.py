@@ -25,7 +25,7 @@ from pathlib import Path
 from fusionsearch import storage
 from fusionsearch.cli import main as fusionsearch
 from fusionsearch.data.synth import SynthConfig, generate
-from fusionsearch.report.pages import chosen_frequency, load_evaluation
+from fusionsearch.report.data import chosen_frequency, load_evaluation
 
 
 def main() -> None:

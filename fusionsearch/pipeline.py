@@ -23,7 +23,8 @@ from fusionsearch.mask import NUM_POINTS, FusionMask
 from fusionsearch.model.fusion import FUSION_MODULES
 from fusionsearch.model.network import FusionNet
 from fusionsearch.model.pretrained import load_streams, stream_state_dict
-from fusionsearch.report.pages import Evaluation, write_report
+from fusionsearch.report.data import Evaluation
+from fusionsearch.report.pages import write_report
 from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
 from fusionsearch.settings import (
     DEFAULT_STORAGE,

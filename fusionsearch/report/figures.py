@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from fusionsearch.search.records import parent_row, replicate, row_key
 
 if TYPE_CHECKING:
-    from fusionsearch.report.pages import Evaluation
+    from fusionsearch.report.data import Evaluation
 
 
 def method_title(method: str, searcher: str) -> str:

@@ -7,15 +7,8 @@ import math
 import pyarrow as pa
 
 from fusionsearch.report.cost import cost_rows
-from fusionsearch.report.pages import (
-    COMPARISONS_HEADER,
-    RESULTS_HEADER,
-    Evaluation,
-    chosen_frequency,
-    chosen_text,
-    comparison_rows,
-    results_rows,
-)
+from fusionsearch.report.data import Evaluation, chosen_frequency, chosen_text
+from fusionsearch.report.pages import COMPARISONS_HEADER, RESULTS_HEADER, comparison_rows, results_rows
 from fusionsearch.search.experiment import SearchResult
 from fusionsearch.search.records import replicate
 
