@@ -36,13 +36,22 @@ LAND = {str(m): 2.0 for m in FusionMask.all_masks(4)} | {"0000": 1.0, "0100": 0.
 
 
 def trial_workers() -> list[int]:
-    """PIDs of Ray's trial actor processes (their title is ``ray::ImplicitFunc...``)."""
-    found = []
+    """PIDs of this benchmark's trial actor processes (titled ``ray::ImplicitFunc...``): the local Ray
+    it started runs below it, so other Ray instances on the machine are left alone."""
+    parents, titles = {}, {}
     for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            if proc.joinpath("cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                found.append(int(proc.name))
-    return found
+        with contextlib.suppress(OSError, IndexError):
+            parents[int(proc.name)] = int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(proc.name)] = proc.joinpath("cmdline").read_bytes()
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return [pid for pid, title in titles.items() if title.startswith(b"ray::ImplicitFunc") and ours(pid)]
 
 
 def search(storage: str, name: str, finished: Path, duration: float, retries: int) -> tuple[str, int, float]:
@@ -67,7 +76,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         reference = search(str(root / "runs"), "reference", root / "reference", args.duration, 0)

@@ -76,7 +76,7 @@ def main() -> None:
     if args.rounds < 2 or max(args.ks) * args.rounds > 2**POINTS:
         parser.error(f"need --rounds >= 2 and max(ks) x rounds <= {2**POINTS}")
 
-    ray.init(num_cpus=max(args.ks), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(args.ks), include_dashboard=False, log_to_driver=False)
     print(f"{'k':>3}  {'overhead/round s':>16}  {'overhead/trial s':>16}  {'start spread s':>14}  "
           f"{'first round s':>13}")  # fmt: skip
     with tempfile.TemporaryDirectory() as storage:

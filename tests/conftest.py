@@ -52,6 +52,18 @@ def tiny_search(manifest, storage, name: str, cache, *extra: str) -> list[str]:
     ]
 
 
+#: Modules whose tests share an expensive module-scoped fixture (a cluster, a finished search, a
+#: local Ray, an S3 server): their tests run on one xdist worker (``--dist loadgroup``), the rest
+#: are spread one by one.
+SHARED_FIXTURE_MODULES = {"test_cluster", "test_run_cli", "test_object_storage", "test_search_ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in SHARED_FIXTURE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     torch.set_num_threads(2)
@@ -91,7 +103,7 @@ def local_ray():
     """A local Ray with 4 logical CPUs for the tests of one module."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -117,7 +129,7 @@ def scripted_driver(
 
     With ``address`` it joins that cluster; without, it starts a local Ray of 4 CPUs.
     """
-    init = f"address={address!r}" if address else "num_cpus=4, include_dashboard=False"
+    init = f"address={address!r}" if address else "address='local', num_cpus=4, include_dashboard=False"
     path.write_text(
         SCRIPTED_DRIVER.format(
             init=f"{init}, log_to_driver=False",

@@ -25,18 +25,34 @@ def descendants(pid: int) -> list[int]:
     return family
 
 
-def by_name(name: str) -> list[int]:
-    """PIDs whose executable is called ``name``, oldest first."""
-    found = []
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, IndexError):
-            if pid_dir.joinpath("comm").read_text().strip() == name:
-                found.append((int(_stat(pid_dir)[19]), int(pid_dir.name)))  # field 22: start time
-    return [pid for _, pid in sorted(found)]
-
-
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and all its descendants."""
     for member in descendants(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
+
+
+def cluster_processes(temp_dir: str, port: int) -> list[int]:
+    """The processes of the Ray cluster started with ``RAY_TMPDIR=temp_dir`` and GCS ``port``, oldest
+    first: those whose command line names its folder or port, and everything below them (so other
+    Ray instances on the machine, such as a parallel test's, are left alone)."""
+    marks = (temp_dir.encode(), f":{port} ".encode(), f"={port} ".encode())
+    roots = []
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError):
+            words = pid_dir.joinpath("cmdline").read_bytes().replace(b"\0", b" ") + b" "
+            if any(m in words for m in marks):
+                roots.append(int(pid_dir.name))
+    members = {pid for root in roots for pid in descendants(root)}
+    started = {}
+    for pid in members:
+        with contextlib.suppress(OSError, IndexError):
+            started[pid] = int(_stat(Path("/proc", str(pid)))[19])
+    return sorted(started, key=started.__getitem__)
+
+
+def name_of(pid: int) -> str:
+    """The executable name of ``pid`` ("" once it is gone)."""
+    with contextlib.suppress(OSError):
+        return Path("/proc", str(pid), "comm").read_text().strip()
+    return ""

@@ -1,9 +1,13 @@
 """A real 3-node Ray cluster on 127.0.0.1 (head + 2 workers, token auth) running a search."""
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, Outcome
 from fusionsearch.tune.driver import load_result
-from processes import by_name, kill_tree
+from processes import cluster_processes, kill_tree, name_of
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
 TINY = [*TINY_RUN, "--epochs", "1", "--patience", "1"]
@@ -25,9 +29,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def cluster():
     """One cluster for the module (starting one costs about half a minute); the test that kills a
     worker node comes last."""
-    port = free_port()
+    port, temp_dir = free_port(), tempfile.mkdtemp(prefix="rcl", dir="/tmp")
     env = os.environ | {
         "RAY_AUTH_MODE": "token",
+        # Its own temporary folder: a plain ray.init() elsewhere (a parallel test) does not find
+        # and join it, and its processes can be told apart from other Ray instances'.
+        "RAY_TMPDIR": temp_dir,
         "FUSIONSEARCH_CPU_FALLBACK": "1",  # the workers' GPUs are logical: no CUDA here
         "DASHBOARD_PORT": str(free_port()),
         # `ray` from this interpreter's environment, activated or not.
@@ -37,8 +44,11 @@ def cluster():
                    stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         yield f"127.0.0.1:{port}", env
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, stdout=subprocess.DEVNULL)
+    finally:  # its own nodes only ('ray stop' would end every Ray on the machine)
+        for pid in cluster_processes(temp_dir, port):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp_path):
@@ -161,7 +171,12 @@ def test_ray_job_submit_runs_a_search_on_the_cluster(cluster, tmp_path):
 
 def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     address, env = cluster
-    victim = by_name("raylet")[-1]  # the last worker node started
+
+    def raylets() -> list[int]:
+        port = int(address.rpartition(":")[2])
+        return [p for p in cluster_processes(env["RAY_TMPDIR"], port) if name_of(p) == "raylet"]
+
+    victim = raylets()[-1]  # the last worker node started
     experiment = tmp_path / "runs" / "lost-node"
     started = tmp_path / "started"
     config = {"landscape": LAND, "duration": 4.0, "started": str(started)}
@@ -175,7 +190,7 @@ def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     kill_tree(victim)
     _, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stderr[-3000:]
-    assert victim not in by_name("raylet")
+    assert victim not in raylets()
     rows = load_result(str(experiment)).table.to_pylist()
     assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
     # Same answer as an undisturbed run (the pure strategy on the same losses).

@@ -71,7 +71,7 @@ def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_pa
 
 
 def test_a_deterministic_failure_in_a_trial_fails_once_with_its_message(tmp_path):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         settings = RunSettings(data=DataConfig(index="nowhere", cache="nowhere", folds=3))
         # Fold 4 of 3: every trial's config is rejected, the same way on every try.
@@ -94,7 +94,8 @@ def test_a_deterministic_failure_in_a_trial_fails_once_with_its_message(tmp_path
 
 def test_a_trial_given_a_gpu_it_cannot_see_fails_once_naming_its_node(tmp_path, monkeypatch):
     monkeypatch.delenv("FUSIONSEARCH_CPU_FALLBACK", raising=False)
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU
+    # A logical GPU:
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         settings = RunSettings(data=DataConfig(index="nowhere", cache="nowhere", folds=3))
         result = run_search(
@@ -132,7 +133,7 @@ def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifes
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=1, patience=1, batch_size=8),
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_search(
             RoundSearcher(BaselineThenOne()),
@@ -168,25 +169,31 @@ def _sfsa_answer(rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manifest, tmp_path, signum, code):
-    storage = tmp_path / "runs"
-    argv = tiny_search(manifest, storage, "x", tmp_path / "cache")
-    run = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    experiment = storage / "x"
-    wait_for(lambda: (experiment / "candidates.parquet").is_file() or run.poll() is not None, what="round 0")
-    assert run.poll() is None, "the search ended before it could be interrupted"
-    os.kill(run.pid, signum)
-    out, err = run.communicate(timeout=300)
-    assert run.returncode == code, err[-3000:]
-    assert f"continue with 'fusionsearch resume x --storage {storage}'" in err
-    # No traceback of the command itself (trial workers' lines, forwarded by Ray with their pid, may
-    # show the interrupted trial's KeyboardInterrupt).
-    assert not [line for line in err.splitlines() if "Traceback" in line and "pid=" not in line]
-    assert "held-out" not in out
-    assert not (experiment / "report").exists() and not (experiment / "predictions.parquet").exists()
-    before = {trial_key(r): r for r in load_result(str(experiment)).table.to_pylist() if r["status"] == "ok"}
-    assert before, "no candidate had finished"
+def test_signals_stop_cleanly_and_resume_gives_the_uninterrupted_answer(manifest, tmp_path):
+    """SIGTERM stops the search, SIGINT (Ctrl-C) stops its resume, a second resume finishes it: each
+    stop keeps what finished, and the answer is the uninterrupted one, with nothing retrained."""
+    storage, experiment = tmp_path / "runs", tmp_path / "runs" / "x"
+    finished: dict = {}  # trial key -> row, of the candidates finished before each stop
+    for command, signum, code in [
+        (tiny_search(manifest, storage, "x", tmp_path / "cache"), signal.SIGTERM, 143),
+        (["resume", "x", "--storage", str(storage)], signal.SIGINT, 130),
+    ]:
+        run = subprocess.Popen([*CLI, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: len(_finished(experiment)) > len(finished) or run.poll() is not None,  # noqa: B023
+                 what="a candidate to finish")  # fmt: skip
+        assert run.poll() is None, "the search ended before it could be interrupted"
+        os.kill(run.pid, signum)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == code, err[-3000:]
+        assert f"continue with 'fusionsearch resume x --storage {storage}'" in err
+        # No traceback of the command itself (trial workers' lines, forwarded by Ray with their pid,
+        # may show the interrupted trial's KeyboardInterrupt).
+        assert not [line for line in err.splitlines() if "Traceback" in line and "pid=" not in line]
+        assert "held-out" not in out
+        assert not (experiment / "report").exists() and not (experiment / "predictions.parquet").exists()
+        now = _finished(experiment)
+        assert set(finished) < set(now)  # every stop kept what had finished, and each run added some
+        finished = now
 
     done = subprocess.run(
         [*CLI, "resume", "x", "--storage", str(storage)], capture_output=True, text=True, timeout=600
@@ -196,13 +203,18 @@ def test_a_signal_stops_cleanly_and_resume_gives_the_uninterrupted_answer(manife
     assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
     trained, chosen = _sfsa_answer(rows)
     assert {trial_key(r) for r in rows} == trained and [trial_key(r) for r in rows if r["chosen"]] == [chosen]
-    for row in rows:  # finished before the signal: the same trial, not retrained
-        if trial_key(row) in before:
-            assert (row["trial_id"], row["started_at"]) == (
-                before[trial_key(row)]["trial_id"],
-                before[trial_key(row)]["started_at"],
-            )
+    for row in rows:  # finished before a signal: the same trial, not retrained
+        if trial_key(row) in finished:
+            before = finished[trial_key(row)]
+            assert (row["trial_id"], row["started_at"]) == (before["trial_id"], before["started_at"])
     assert (experiment / "report" / "report.html").is_file()
+
+
+def _finished(experiment: Path) -> dict:
+    """The finished candidates of the table so far, by trial key (none before the table exists)."""
+    if not (experiment / "candidates.parquet").is_file():
+        return {}
+    return {trial_key(r): r for r in load_result(str(experiment)).table.to_pylist() if r["status"] == "ok"}
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def s3(tmp_path_factory):
         )
         fs.create_dir(BUCKET)
         # Ray's workers inherit the variables: started after they are set.
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         yield fs
         ray.shutdown()
 

@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -103,17 +104,21 @@ class PreprocessCache:
     def damage(self, key: str, *, deep: bool = False) -> str | None:
         """What is wrong with entry ``key`` (``None``: intact): missing, unfinished (no record), a length
         other than recorded, or (``deep``) a hash other than recorded."""
+        return self._inspect(key, deep)[0]
+
+    def _inspect(self, key: str, deep: bool) -> tuple[str | None, int]:
+        """:meth:`damage`, and the bytes hashed to find it (0 unless ``deep`` and intact)."""
         if not storage.exists(self.record(key)):
-            return "missing" if not storage.exists(self.entry(key)) else "unfinished (no record)"
+            return ("missing" if not storage.exists(self.entry(key)) else "unfinished (no record)"), 0
         expected = EntryRecord(**storage.read_json(self.record(key)))
         size = storage.size(self.entry(key))
         if size is None:
-            return "missing"
+            return "missing", 0
         if size != expected.bytes:
-            return f"{size} bytes instead of {expected.bytes}"
+            return f"{size} bytes instead of {expected.bytes}", 0
         if deep and _sha256(self.entry(key)) != expected.sha256:
-            return "its bytes differ from those written (SHA-256)"
-        return None
+            return "its bytes differ from those written (SHA-256)", 0
+        return None, size if deep else 0
 
     def keys(self, manifest: Manifest) -> list[str]:
         """The entry key of every sample of ``manifest``, in row order."""
@@ -135,11 +140,9 @@ class PreprocessCache:
         workers = workers or os.cpu_count() or 1
         started = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
-            damage = list(pool.map(lambda k: self.damage(k, deep=verify), keys))
+            inspected = list(pool.map(lambda k: self._inspect(k, verify), keys))
         seconds = time.perf_counter() - started
-        verified = (
-            sum(self._bytes(k) for k, d in zip(keys, damage, strict=True) if d is None) if verify else 0
-        )
+        damage, verified = [d for d, _ in inspected], sum(n for _, n in inspected)
         repaired = [(ids[row], d) for row, d in enumerate(damage) if d not in (None, "missing")]
         for sample, what in repaired:
             log.warning(
@@ -156,9 +159,6 @@ class PreprocessCache:
                 progress.step()
         progress.close()
         return CacheStats(len(todo), len(keys) - len(todo), len(repaired), verified, seconds)
-
-    def _bytes(self, key: str) -> int:
-        return EntryRecord(**storage.read_json(self.record(key))).bytes
 
     def write_index(self, manifest: Manifest) -> str:
         """Record ``manifest``'s samples and entry keys in the cache; returns the index's location.
@@ -185,8 +185,14 @@ class PreprocessCache:
         return self.open_keys(self.keys(manifest), manifest.labels, manifest.sample_ids)
 
     def open_keys(self, keys: Sequence[str], labels: Sequence[int], ids: Sequence[str]) -> CachedDataset:
-        """Memory-map the entries ``keys`` (samples ``ids`` with ``labels``)."""
-        damaged = [(s, d) for s, k in zip(ids, keys, strict=True) if (d := self.damage(k))]
+        """Memory-map the entries ``keys`` (samples ``ids`` with ``labels``).
+
+        Each entry's length is checked against its ``.npy`` header where it is read (the local file,
+        or the node's mirror copy, which was hashed when it was made): no request per entry to a
+        remote cache, and a damaged entry is an error naming the sample.
+        """
+        local = [self._local(k) for k in keys]
+        damaged = [(s, d) for s, path in zip(ids, local, strict=True) if (d := _length_damage(path))]
         if damaged:
             sample, what = damaged[0]
             raise DataError(
@@ -194,7 +200,7 @@ class PreprocessCache:
                 f"(first: sample {sample}, {what}); build or repair it with 'fusionsearch data cache "
                 "--verify' (or PreprocessCache.build), which every 'fusionsearch run' also does"
             )
-        return CachedDataset([np.load(self._local(k), mmap_mode="r") for k in keys], list(labels), list(ids))
+        return CachedDataset([np.load(path, mmap_mode="r") for path in local], list(labels), list(ids))
 
     def _local(self, key: str) -> Path:
         """A local file holding entry ``key``: the entry itself, or its copy in the node's mirror."""
@@ -202,7 +208,8 @@ class PreprocessCache:
             return Path(self.entry(key))
         mirror = Path(os.environ.get("FUSIONSEARCH_MIRROR", "~/.cache/fusionsearch/mirror")).expanduser()
         local = mirror / key[:2] / f"{key}.npy"
-        if not local.exists():  # entries are immutable (named by content), so a copy never goes stale
+        if not local.exists() and storage.exists(self.record(key)):  # entries are immutable (named by
+            # content), so a copy never goes stale; without a record the entry is missing or unfinished
             data, expected = (
                 storage.read_bytes(self.entry(key)),
                 EntryRecord(**storage.read_json(self.record(key))),
@@ -257,6 +264,23 @@ def read_index(location: str) -> pa.Table:
     if not storage.exists(location):
         raise DataError(f"no cache index at {location}; run the search again so the driver writes it")
     return storage.read_table(location)
+
+
+#: The ``.npy`` header reader of each format version (``np.save`` writes 1.0, or 2.0 for huge headers).
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _length_damage(path: Path) -> str | None:
+    """``None`` if the ``.npy`` file at ``path`` exists and is as long as its header says."""
+    try:
+        with open(path, "rb") as f:
+            shape, _, dtype = _HEADER_READERS[np.lib.format.read_magic(f)](f)
+            expected, size = f.tell() + math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, KeyError) as error:  # a header cut short or overwritten
+        return f"unreadable header ({error})"
+    return None if size == expected else f"{size} bytes instead of {expected}"
 
 
 def _sha256(location: str) -> str:
