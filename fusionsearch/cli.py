@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fusionsearch.console import CONSOLE, ConsoleHandler
 from fusionsearch.errors import SearchInterrupted, UserError
 from fusionsearch.settings import (
-    CONTROLS,
     DEFAULT_STORAGE,
     DEMO,
-    EXHAUSTIVE_LIMIT,
-    SEARCHERS,
     ConfigError,
     ModelConfig,
+    Option,
     PreprocessConfig,
     ResourceConfig,
     SearchConfig,
@@ -27,56 +28,69 @@ from fusionsearch.settings import (
 
 log = logging.getLogger("fusionsearch")
 
-# The defaults every option shows and falls back to: the settings records' own.
-MODEL, TRAIN, PREPROCESS = ModelConfig(), TrainConfig(), PreprocessConfig()
-SEARCH, RESOURCES = SearchConfig(), ResourceConfig()
+#: The help section of each record's options.
+GROUPS = {ModelConfig: "network", PreprocessConfig: "preprocessing", SearchConfig: "search",
+          TrainConfig: "training", ResourceConfig: "resources"}  # fmt: skip
 
 
-def _fusion_choices() -> list[str]:
-    from fusionsearch.model.fusion import FUSION_MODULES
-
-    return sorted(FUSION_MODULES)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, demo: str | None = None) -> None:
-    """Network options; where ``demo`` names a use (e.g. "smoke"), ``--width`` defaults to :data:`DEMO`'s."""
-    group = parser.add_argument_group("network")
-    group.add_argument(
-        "--fusion",
-        default=MODEL.fusion,
-        choices=_fusion_choices(),
-        help=f"fusion module (default: {MODEL.fusion})",
-    )
-    group.add_argument(
-        "--depth", type=int, default=MODEL.depth, help=f"ResNet depth: 10, 18 or 34 (default: {MODEL.depth})"
-    )
-    width = f"{MODEL.width}; {DEMO['width']} for {demo}" if demo else f"{MODEL.width}"
-    group.add_argument("--width", type=float, default=None, help=f"channel multiplier (default: {width})")
-    group.add_argument(
-        "--points",
-        choices=["stages", "blocks"],
-        default=MODEL.points,
-        help=f"candidate fusion points: after each stage (m = 4) or after every residual block "
-        f"(m = 8 for ResNet-18, 16 for ResNet-34) (default: {MODEL.points})",
-    )
-    group.add_argument(
-        "--stem-stride",
-        type=int,
-        default=MODEL.stem_stride,
-        help=f"first-convolution stride (default: {MODEL.stem_stride})",
-    )
+def _options(record: type) -> list[tuple[dataclasses.Field, Option]]:
+    """The fields of ``record`` that are command-line options, with how (their ``metadata["cli"]``)."""
+    return [(f, f.metadata["cli"]) for f in dataclasses.fields(record) if "cli" in f.metadata]
 
 
-def model_config(args: argparse.Namespace, modalities: int, demo: bool = False) -> ModelConfig:
-    width = args.width if args.width is not None else (DEMO["width"] if demo else MODEL.width)
-    return ModelConfig(
-        points=args.points,
-        modalities=modalities,
-        depth=args.depth,
-        fusion=args.fusion,
-        stem_stride=args.stem_stride,
-        width=width,
-    )
+def add_options(
+    parser: argparse.ArgumentParser, record: type, *, demo: str | None = None, skip: Sequence[str] = ()
+) -> None:
+    """One option per setting of ``record`` that has :class:`~fusionsearch.settings.Option` metadata.
+
+    Each option's default is ``None`` (the record's own applies, shown in the help), so
+    :func:`given` passes on only what the user typed; where ``demo`` names a use, the
+    :data:`~fusionsearch.settings.DEMO` values stand in for the record's and the help says so.
+    Values are checked once, by the record.
+    """
+    hints = typing.get_type_hints(record)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f, how in _options(record):
+        if f.name in skip:
+            continue
+        name = how.group or GROUPS.get(record, record.__name__)
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if hints[f.name] is bool:  # on/off: --NAME, or --no-NAME for one on by default
+            flag = how.flag or f"--{'no-' if default else ''}{f.name.replace('_', '-')}"
+            group.add_argument(flag, dest=f.name, action="store_const", const=not default, default=None,
+                               help=how.help)  # fmt: skip
+            continue
+        shown = how.unset if default is None else f"{default:g}" if isinstance(default, float) else default
+        if demo and f.name in DEMO:
+            shown = f"{shown}; {DEMO[f.name]:g} for {demo}"
+        metavar = how.metavar or ("{" + ",".join(map(str, how.choices)) + "}" if how.choices else None)
+        group.add_argument(
+            how.flag or f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=_scalar(hints[f.name]),
+            default=None,
+            metavar=metavar,
+            help=f"{how.help} (default: {shown})".replace("%", "%%"),
+        )
+
+
+def given(args: argparse.Namespace, record: type, *, demo: bool = False) -> dict[str, Any]:
+    """The settings of ``record`` the options gave (and, with ``demo``, the demo's), by field name."""
+    values = {}
+    for f, _ in _options(record):
+        value = getattr(args, f.name, None)
+        if value is None and demo:
+            value = DEMO.get(f.name)
+        if value is not None:
+            values[f.name] = value
+    return values
+
+
+def _scalar(hint: Any) -> type:
+    """The command-line type of a setting's type hint: its first of int, float, str (``int | None``: int)."""
+    options = typing.get_args(hint) or (hint,)
+    return next(t for t in options if t in (int, float, str))
 
 
 def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
@@ -88,17 +102,10 @@ def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: str | None = None) -> None:
+    """The preprocessing settings' options, and where the cache lives and how many threads build it."""
+    add_options(parser, PreprocessConfig, demo=demo)
     group = parser.add_argument_group("preprocessing")
-    size = (
-        f"{PREPROCESS.shape}; {DEMO['shape']} for the planted demo (no --data)"
-        if demo
-        else f"{PREPROCESS.shape}"
-    )
-    group.add_argument("--size", type=int, default=None, help=f"cube edge after crop/pad (default: {size})")
-    group.add_argument(
-        "--spacing", type=float, default=None, help="voxel size in mm (default: keep the first modality's)"
-    )
     group.add_argument(
         "--cache",
         default=None,
@@ -107,18 +114,13 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: bool = False
     group.add_argument("--workers", type=int, default=None, help="preprocessing threads (default: CPUs)")
 
 
-def preprocess_config(args: argparse.Namespace, demo: bool = False) -> PreprocessConfig:
-    size = args.size if args.size is not None else (DEMO["shape"] if demo else PREPROCESS.shape)
-    return PreprocessConfig(shape=size, spacing=args.spacing)
-
-
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Train one candidate for a few steps on random tensors: checks the install and device."""
     from fusionsearch.model.device import DevicePolicy
     from fusionsearch.model.network import FusionNet
     from fusionsearch.train.profiling import measure_step_rate
 
-    config = model_config(args, args.modalities, demo=True)
+    config = ModelConfig(**given(args, ModelConfig, demo=True), modalities=args.modalities)
     policy = DevicePolicy.select(args.device)
     model = FusionNet(config, args.mask)
     rate = measure_step_rate(model, policy, size=args.size, batch=args.batch, steps=args.steps)
@@ -190,9 +192,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.manifest)
     validate_manifest(manifest, folds=2, data_root=args.data_root)
-    cache = PreprocessCache(
-        args.cache or args.manifest.parent / ".fusionsearch-cache", preprocess_config(args)
-    )
+    preprocess = PreprocessConfig(**given(args, PreprocessConfig))
+    cache = PreprocessCache(args.cache or args.manifest.parent / ".fusionsearch-cache", preprocess)
     stats = cache.build(manifest, workers=args.workers, verify=args.verify)
     verified = (
         f"; verified {stats.verified_bytes / 1e9:.3f} GB (SHA-256) in {stats.verify_seconds:.1f} s"
@@ -213,62 +214,30 @@ def _print_result(result) -> int:
     return 0 if result.evaluation is not None else 1
 
 
-def search_config(args: argparse.Namespace) -> SearchConfig:
-    """The search settings of ``fusionsearch run``'s options."""
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings records of ``fusionsearch run``'s options (the demo's values without ``--data``)."""
     if args.noise_z is not None:
         raise ConfigError(
             f"--noise-z {args.noise_z:g}: this option was removed; a round's children are now compared "
             "with their parent continued for the same budget (--control parent, the default) by a "
             "calibrated test (--alpha 0.05); leave --noise-z out (README: How a round is decided)"
         )
-    return SearchConfig(
-        searcher=args.searcher,
-        min_delta=args.min_delta,
-        control=args.control,
-        alpha=args.alpha,
-        extend=args.extend,
-        beam_width=args.beam_width,
-        beam_patience=args.beam_patience,
-        from_scratch=args.from_scratch,
-        budget=args.budget,
-        folds=args.folds,
-        fold=args.fold,
-        pooled=args.pooled,
-        unimodal=args.unimodal,
-        ensemble=args.ensemble,
-        repeats=args.repeats,
-        force=args.force,
-    )
+    demo = args.data is None
+    train = given(args, TrainConfig, demo=demo)
+    if train.get("init_streams"):
+        train["init_streams"] = str(Path(train["init_streams"]).resolve())
+    return {
+        "search": SearchConfig(**given(args, SearchConfig)),
+        "model": ModelConfig(**given(args, ModelConfig, demo=demo)),
+        "train": TrainConfig(**train),
+        "preprocess": PreprocessConfig(**given(args, PreprocessConfig, demo=demo)),
+        "resources": ResourceConfig(**given(args, ResourceConfig)),
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the data, build the preprocessing cache, run the search, print the answer."""
-    demo = args.data is None
-    search = search_config(args)
-    epochs = args.epochs if args.epochs is not None else (DEMO["epochs"] if demo else TRAIN.epochs)
-    train = TrainConfig(
-        augment=args.augment,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        class_weights=args.class_weights,
-        checkpoint_interval=args.checkpoint_interval,
-        eval_every=args.eval_every,
-        init_streams=str(Path(args.init_streams).resolve()) if args.init_streams else None,
-        epochs=epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else (DEMO["lr"] if demo else TRAIN.lr),
-        seed=args.seed,
-    )
-    resources = ResourceConfig(
-        gpus=args.gpus,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        max_failures=args.max_failures,
-    )
-    model = model_config(args, MODEL.modalities, demo)
-    preprocess = preprocess_config(args, demo)
-
+    settings = run_settings(args)
     from fusionsearch import pipeline
 
     return _print_result(
@@ -278,15 +247,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             storage_path=args.storage,
             modalities=args.modalities,
             data_root=args.data_root,
-            search=search,
-            model=model,
-            train=train,
-            preprocess=preprocess,
-            resources=resources,
             cache=args.cache,
             workers=args.workers,
             address=args.address,
             mlflow=args.mlflow,
+            **settings,
         )
     )
 
@@ -319,6 +284,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """``fusionsearch run``'s options: the settings records' (:func:`add_options`) and a few of its own."""
     run.add_argument(
         "--data",
         type=Path,
@@ -335,200 +301,11 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "trial folders)",
     )
     add_data_root_argument(run)
-    search = run.add_argument_group("search")
-    search.add_argument(
-        "--searcher",
-        choices=list(SEARCHERS),
-        default=SEARCH.searcher,
-        help=f"search strategy (default: {SEARCH.searcher})",
-    )
-    search.add_argument(
-        "--beam-width",
-        type=int,
-        default=SEARCH.beam_width,
-        help=f"beam: masks kept per round (default: {SEARCH.beam_width})",
-    )
-    search.add_argument(
-        "--beam-patience",
-        type=int,
-        default=SEARCH.beam_patience,
-        help=f"beam: non-improving rounds tolerated (default: {SEARCH.beam_patience})",
-    )
-    search.add_argument(
-        "--min-delta",
-        type=float,
-        default=SEARCH.min_delta,
-        help=f"least loss decrease that counts (default: {SEARCH.min_delta:g})",
-    )
-    search.add_argument(
-        "--control",
-        choices=CONTROLS,
-        default=SEARCH.control,
-        help="sfsa, beam: compare each round's children with their parent continued for the same "
-        "budget (parent), or with the parent's own loss (none: the paper's rule) "
-        f"(default: {SEARCH.control})",
-    )
-    search.add_argument(
-        "--alpha",
-        type=float,
-        default=SEARCH.alpha,
-        help="sfsa, beam: false-accept rate of a round's acceptance test: the best child's gain, chosen "
-        "on one half of the validation subjects, is tested on the other half "
-        f"(default: {SEARCH.alpha:g})",
-    )
-    search.add_argument("--noise-z", type=float, default=None, help=argparse.SUPPRESS)  # removed: says so
-    search.add_argument(
-        "--no-extend",
-        dest="extend",
-        action="store_false",
-        default=SEARCH.extend,
-        help="sfsa, beam: stop at a round where no child passed even if nothing in it learned "
-        "(default: such a round is trained again once with twice the budget, then decided)",
-    )
-    search.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="exhaustive, random, optuna: train every mask from scratch (default: warm-start from 0000)",
-    )
-    search.add_argument(
-        "--budget",
-        type=int,
-        default=None,
-        help="random, optuna: candidates per fold, the baseline included (default: the most SFSA "
-        "trains, 1 + m(m+1)/2: 11 for m = 4)",
-    )
-    search.add_argument(
-        "--force",
-        action="store_true",
-        help=f"allow exhaustive search or --ensemble over more than {EXHAUSTIVE_LIMIT} points",
-    )
-    train = run.add_argument_group("training")
-    train.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help=f"max epochs per candidate (default: {TRAIN.epochs}; {DEMO['epochs']} for the planted demo)",
-    )
-    train.add_argument(
-        "--patience",
-        type=int,
-        default=TRAIN.patience,
-        help=f"early-stopping patience (default: {TRAIN.patience})",
-    )
-    train.add_argument(
-        "--batch-size", type=int, default=TRAIN.batch_size, help=f"(default: {TRAIN.batch_size})"
-    )
-    train.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"AdamW learning rate (default: {TRAIN.lr:g}; {DEMO['lr']:g} for the planted demo)",
-    )
-    train.add_argument(
-        "--checkpoint-interval",
-        type=float,
-        default=TRAIN.checkpoint_interval,
-        help=f"seconds between resumable checkpoints of a training candidate; 0 = every epoch "
-        f"(default: {TRAIN.checkpoint_interval:g}; the final checkpoint is always written)",
-    )
-    train.add_argument(
-        "--eval-every",
-        type=int,
-        default=TRAIN.eval_every,
-        metavar="K",
-        help=f"validate after every K-th epoch and the last; the best epoch is chosen among those "
-        f"(default: {TRAIN.eval_every}; 2 halves validation's share of a trial)",
-    )
-    train.add_argument(
-        "--augment",
-        choices=["none", "standard"],
-        default=TRAIN.augment,
-        help=f"random flips, small rotations/translations, intensity scale and shift on the device "
-        f"(default: {TRAIN.augment})",
-    )
-    train.add_argument(
-        "--schedule",
-        choices=["constant", "cosine"],
-        default=TRAIN.schedule,
-        help=f"learning-rate schedule; cosine: linear warm-up, then cosine decay (default: {TRAIN.schedule})",
-    )
-    train.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=TRAIN.warmup_epochs,
-        help=f"cosine schedule's warm-up epochs (default: {TRAIN.warmup_epochs})",
-    )
-    train.add_argument(
-        "--class-weights",
-        choices=["none", "balanced"],
-        default=TRAIN.class_weights,
-        help=f"loss weighted by inverse class frequency of training (default: {TRAIN.class_weights})",
-    )
-    train.add_argument(
-        "--init-streams",
-        default=None,
-        help="pretrained 3D ResNet state dict (e.g. MedicalNet's resnet_18.pth) every stream starts from "
-        "(default: random initialisation)",
-    )
-    train.add_argument(
-        "--seed",
-        type=int,
-        default=TRAIN.seed,
-        help=f"seed of splits, data and training (default: {TRAIN.seed})",
-    )
-    protocol = run.add_argument_group("evaluation protocol")
-    protocol.add_argument(
-        "--folds",
-        type=int,
-        default=SEARCH.folds,
-        help=f"cross-validation folds, at least 3 (default: {SEARCH.folds})",
-    )
-    protocol.add_argument(
-        "--fold", type=int, default=None, help="search this fold only (default: every fold)"
-    )
-    protocol.add_argument(
-        "--pooled", action="store_true", help="one search over all folds, on mean validation loss"
-    )
-    protocol.add_argument(
-        "--no-unimodal", dest="unimodal", action="store_false", help="skip the unimodal baselines"
-    )
-    protocol.add_argument(
-        "--ensemble",
-        action="store_true",
-        help="also train the fusion masks the search skipped, for the brute-force ensemble "
-        "(exhaustive search always has them)",
-    )
-    protocol.add_argument(
-        "--repeats",
-        type=int,
-        default=SEARCH.repeats,
-        metavar="R",
-        help="run each fold's search R times with different training seeds (same split), in parallel; "
-        "the report gives how often the chosen masks include each fusion point, with 95%% intervals, "
-        f"and the spread of held-out accuracy (default: {SEARCH.repeats})",
-    )
-    cluster = run.add_argument_group("resources")
-    cluster.add_argument(
-        "--gpus", type=int, default=None, help="GPUs of a local Ray to use; 0 = CPU (default: all local GPUs)"
-    )
-    cluster.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=RESOURCES.gpus_per_trial,
-        help=f"(default: {RESOURCES.gpus_per_trial:g})",
-    )
-    cluster.add_argument(
-        "--cpus-per-trial",
-        type=float,
-        default=RESOURCES.cpus_per_trial,
-        help=f"(default: {RESOURCES.cpus_per_trial:g})",
-    )
-    cluster.add_argument(
-        "--max-failures",
-        type=int,
-        default=RESOURCES.max_failures,
-        help=f"retries of a failing trial (default: {RESOURCES.max_failures})",
-    )
+    run.add_argument("--noise-z", type=float, default=None, help=argparse.SUPPRESS)  # removed: says so
+    demo = "the planted demo"
+    for record in (SearchConfig, TrainConfig, ResourceConfig, ModelConfig):
+        add_options(run, record, demo=demo)
+    add_preprocess_arguments(run, demo=demo)
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: bool) -> None:
@@ -559,14 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument(
         "--modalities",
         type=int,
-        default=MODEL.modalities,
-        help=f"number of streams (default: {MODEL.modalities})",
+        default=ModelConfig().modalities,
+        help=f"number of streams (default: {ModelConfig().modalities})",
     )
     smoke.add_argument("--size", type=int, default=32, help="cube edge in voxels (default: 32)")
     smoke.add_argument("--batch", type=int, default=4, help="batch size (default: 4)")
     smoke.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
     smoke.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    add_model_arguments(smoke, demo="smoke")
+    add_options(smoke, ModelConfig, demo="smoke")
     smoke.set_defaults(func=cmd_smoke)
 
     synth = commands.add_parser("synth", help="write the planted XOR benchmark (NIfTI + manifest)")
@@ -616,7 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_commands.add_parser("validate", help="check every sample before training")
     validate.add_argument("manifest", type=Path)
     validate.add_argument(
-        "--folds", type=int, default=SEARCH.folds, help=f"cross-validation folds (default: {SEARCH.folds})"
+        "--folds",
+        type=int,
+        default=SearchConfig().folds,
+        help=f"cross-validation folds (default: {SearchConfig().folds})",
     )
     validate.add_argument("--num-classes", type=int, default=2, help="(default: 2)")
     add_data_root_argument(validate)
@@ -625,8 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="search for the best fusion mask")
     add_experiment_arguments(run, name_required=False)
     add_run_arguments(run)
-    add_model_arguments(run, demo="the planted demo (no --data)")
-    add_preprocess_arguments(run, demo=True)
     run.set_defaults(func=cmd_run)
 
     resume = commands.add_parser("resume", help="continue an interrupted search")

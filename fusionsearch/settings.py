@@ -27,6 +27,40 @@ EXHAUSTIVE_LIMIT = 6
 SEARCHERS = ("sfsa", "beam", "exhaustive", "random", "optuna")
 #: What a round's children are compared with: the parent continued for their budget, or the parent.
 CONTROLS = ("parent", "none")
+AUGMENTS = ("none", "standard")
+SCHEDULES = ("constant", "cosine")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a setting appears on the command line: a field's ``metadata["cli"]`` (see :func:`option`).
+
+    The CLI makes its options from these (:func:`fusionsearch.cli.add_options`), with the record's
+    default in the help, and builds the records from what was given; the record's own checks
+    are the only validation.
+
+    Attributes:
+        help: the help line; `` (default: ...)`` is appended from the record (not for on/off flags).
+        flag: the option's name; default ``--`` and the field's name with dashes, or ``--no-NAME``
+            for a setting that is on by default.
+        choices: the allowed values, shown in the usage line (the record refuses any other).
+        unset: what a default of ``None`` means, for the help ("every fold").
+        group: the help section, when not the record's.
+        metavar: the placeholder in the usage line.
+    """
+
+    help: str
+    flag: str | None = None
+    choices: tuple[Any, ...] = ()
+    unset: str = "none"
+    group: str | None = None
+    metavar: str | None = None
+
+
+def option(help: str, **how: Any) -> dict[str, Option]:
+    """Field metadata making a setting a command-line option: ``field(default=..., metadata=option(...))``."""
+    return {"cli": Option(help, **how)}
 
 
 class ConfigError(UserError):
@@ -106,12 +140,21 @@ class ModelConfig:
     """
 
     modalities: int = 2
-    depth: int = 18
-    fusion: str = "mmtm"
-    stem_stride: int = 2
-    width: float = 1.0
+    depth: int = field(default=18, metadata=option("ResNet depth", choices=RESNET_DEPTHS))
+    fusion: str = field(
+        default="mmtm", metadata=option("fusion module: mmtm, spatial or one registered in FUSION_MODULES")
+    )
+    stem_stride: int = field(default=2, metadata=option("first-convolution stride", choices=(1, 2)))
+    width: float = field(default=1.0, metadata=option("channel multiplier"))
     num_classes: int = 2
-    points: str = "stages"
+    points: str = field(
+        default="stages",
+        metadata=option(
+            "candidate fusion points: after each stage (m = 4) or after every residual block "
+            "(m = 8 for ResNet-18, 16 for ResNet-34)",
+            choices=POINTS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         _positive_ints(self, "modalities")
@@ -163,25 +206,59 @@ class TrainConfig:
             begins from; ``None``: random initialisation.
     """
 
-    epochs: int = 30
-    patience: int = 8
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    seed: int = 0
-    checkpoint_interval: float = 300.0
-    eval_every: int = 1
-    augment: str = "none"
-    schedule: str = "constant"
-    warmup_epochs: int = 1
-    class_weights: str = "none"
-    init_streams: str | None = None
+    epochs: int = field(default=30, metadata=option("max epochs per candidate"))
+    patience: int = field(default=8, metadata=option("early-stopping patience"))
+    batch_size: int = field(default=16, metadata=option("training batch size"))
+    lr: float = field(default=3e-4, metadata=option("AdamW learning rate"))
+    weight_decay: float = field(default=1e-2, metadata=option("AdamW weight decay"))
+    seed: int = field(default=0, metadata=option("seed of splits, data and training"))
+    checkpoint_interval: float = field(
+        default=300.0,
+        metadata=option(
+            "seconds between resumable checkpoints of a training candidate; 0 = every epoch (the final "
+            "checkpoint is always written)"
+        ),
+    )
+    eval_every: int = field(
+        default=1,
+        metadata=option(
+            "validate after every K-th epoch and the last; the best epoch is chosen among those "
+            "(2 halves validation's share of a trial)",
+            metavar="K",
+        ),
+    )
+    augment: str = field(
+        default="none",
+        metadata=option(
+            "random flips, small rotations/translations, intensity scale and shift on the device",
+            choices=AUGMENTS,
+        ),
+    )
+    schedule: str = field(
+        default="constant",
+        metadata=option(
+            "learning-rate schedule; cosine: linear warm-up, then cosine decay", choices=SCHEDULES
+        ),
+    )
+    warmup_epochs: int = field(default=1, metadata=option("cosine schedule's warm-up epochs"))
+    class_weights: str = field(
+        default="none",
+        metadata=option("loss weighted by inverse class frequency of training", choices=CLASS_WEIGHTS),
+    )
+    init_streams: str | None = field(
+        default=None,
+        metadata=option(
+            "pretrained 3D ResNet state dict (e.g. MedicalNet's resnet_18.pth) every stream starts from",
+            unset="random initialisation",
+            metavar="PATH",
+        ),
+    )
 
     def __post_init__(self) -> None:
         _positive_ints(self, "epochs", "batch_size", "eval_every")
-        check_choice("augment", self.augment, ("none", "standard"))
-        check_choice("schedule", self.schedule, ("constant", "cosine"))
-        check_choice("class_weights", self.class_weights, ("none", "balanced"))
+        check_choice("augment", self.augment, AUGMENTS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} must be a non-negative integer")
         if not self.checkpoint_interval >= 0:
@@ -190,6 +267,8 @@ class TrainConfig:
             raise ConfigError(f"patience={self.patience!r} must be a non-negative integer")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be positive")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay={self.weight_decay!r} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -206,8 +285,12 @@ class PreprocessConfig:
         dtype: storage type of the cached arrays (``float16`` halves memory and I/O).
     """
 
-    shape: int | tuple[int, int, int] = 64
-    spacing: float | tuple[float, float, float] | None = None
+    shape: int | tuple[int, int, int] = field(
+        default=64, metadata=option("cube edge after crop/pad", flag="--size", metavar="EDGE")
+    )
+    spacing: float | tuple[float, float, float] | None = field(
+        default=None, metadata=option("voxel size in mm", unset="keep the first modality's")
+    )
     orientation: str = "RAS"
     crop_foreground: bool = True
     dtype: str = "float16"
@@ -299,22 +382,84 @@ class SearchConfig:
             :data:`EXHAUSTIVE_LIMIT` points (``2**m - 1`` candidates per fold).
     """
 
-    searcher: str = "sfsa"
-    min_delta: float = 0.0
-    control: str = "parent"
-    alpha: float = 0.05
-    extend: bool = True
-    beam_width: int = 2
-    beam_patience: int = 1
-    from_scratch: bool = False
-    budget: int | None = None
-    folds: int = 5
-    fold: int | None = None
-    pooled: bool = False
-    unimodal: bool = True
-    ensemble: bool = False
-    repeats: int = 1
-    force: bool = False
+    searcher: str = field(default="sfsa", metadata=option("search strategy", choices=SEARCHERS))
+    min_delta: float = field(default=0.0, metadata=option("least loss decrease that counts"))
+    control: str = field(
+        default="parent",
+        metadata=option(
+            "sfsa, beam: compare each round's children with their parent continued for the same budget "
+            "(parent), or with the parent's own loss (none: the paper's rule)",
+            choices=CONTROLS,
+        ),
+    )
+    alpha: float = field(
+        default=0.05,
+        metadata=option(
+            "sfsa, beam: false-accept rate of a round's acceptance test: the best child's gain, chosen on "
+            "one half of the validation subjects, is tested on the other half"
+        ),
+    )
+    extend: bool = field(
+        default=True,
+        metadata=option(
+            "sfsa, beam: stop at a round where no child passed even if nothing in it learned (default: "
+            "such a round is trained again once with twice the budget, then decided)"
+        ),
+    )
+    beam_width: int = field(default=2, metadata=option("beam: masks kept per round"))
+    beam_patience: int = field(default=1, metadata=option("beam: non-improving rounds tolerated"))
+    from_scratch: bool = field(
+        default=False,
+        metadata=option(
+            "exhaustive, random, optuna: train every mask from scratch (default: warm-start from 0000)"
+        ),
+    )
+    budget: int | None = field(
+        default=None,
+        metadata=option(
+            "random, optuna: candidates per fold, the baseline included",
+            unset="the most SFSA trains, 1 + m(m+1)/2: 11 for m = 4",
+        ),
+    )
+    folds: int = field(
+        default=5, metadata=option("cross-validation folds, at least 3", group="evaluation protocol")
+    )
+    fold: int | None = field(
+        default=None,
+        metadata=option("search this fold only", unset="every fold", group="evaluation protocol"),
+    )
+    pooled: bool = field(
+        default=False,
+        metadata=option(
+            "one search over all folds, on mean validation loss (part 0 is then every fold's test part)",
+            group="evaluation protocol",
+        ),
+    )
+    unimodal: bool = field(
+        default=True, metadata=option("skip the unimodal baselines", group="evaluation protocol")
+    )
+    ensemble: bool = field(
+        default=False,
+        metadata=option(
+            "also train the fusion masks the search skipped, for the brute-force ensemble (exhaustive "
+            "search always has them)",
+            group="evaluation protocol",
+        ),
+    )
+    repeats: int = field(
+        default=1,
+        metadata=option(
+            "run each fold's search R times with different training seeds (same split), in parallel; the "
+            "report gives how often the chosen masks include each fusion point, with 95% intervals, and "
+            "the spread of held-out accuracy",
+            metavar="R",
+            group="evaluation protocol",
+        ),
+    )
+    force: bool = field(
+        default=False,
+        metadata=option(f"allow exhaustive search or --ensemble over more than {EXHAUSTIVE_LIMIT} points"),
+    )
 
     def __post_init__(self) -> None:
         check_choice("searcher", self.searcher, SEARCHERS)
@@ -371,10 +516,12 @@ class ResourceConfig:
         max_failures: retries of a failing trial, each from its own last checkpoint.
     """
 
-    gpus: int | None = None
-    gpus_per_trial: float = 1.0
-    cpus_per_trial: float = 1.0
-    max_failures: int = 2
+    gpus: int | None = field(
+        default=None, metadata=option("GPUs of a local Ray to use; 0 = CPU", unset="all local GPUs")
+    )
+    gpus_per_trial: float = field(default=1.0, metadata=option("GPUs per candidate (fractions share a GPU)"))
+    cpus_per_trial: float = field(default=1.0, metadata=option("CPUs per candidate"))
+    max_failures: int = field(default=2, metadata=option("retries of a failing trial"))
 
     def __post_init__(self) -> None:
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 0):
@@ -394,6 +541,6 @@ class ResourceConfig:
 
 #: Settings of the planted demo (``fusionsearch run`` without ``--data``): a narrow network on
 #: small volumes, so it finishes in minutes on a laptop's CPU. Real data get the defaults above.
-DEMO = {"width": 0.25, "shape": 32, "epochs": 12, "lr": 3e-3}
+DEMO = {"width": 0.25, "shape": 32, "epochs": 12, "lr": 3e-3}  # by field name
 #: Where experiments live unless ``--storage`` says otherwise.
 DEFAULT_STORAGE = "fusionsearch-runs"

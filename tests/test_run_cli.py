@@ -110,7 +110,10 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest
     ("argv", "message"),
     [
         (["run", "--data", "missing.csv"], "missing.csv does not exist"),
-        (["run", "--fusion", "concat", "--data", "{manifest}"], "--fusion: invalid choice: 'concat'"),
+        (
+            ["run", "--fusion", "concat", "--data", "{manifest}"],
+            "fusion='concat' is not allowed; choose one of",
+        ),
         (["run", "--data", "{manifest}", "--folds", "20"], "fewer than the 20 folds"),
         (["run", "--data", "{manifest}", "--modalities", "T1", "T2w"], "modalities ['T2w'] are not columns"),
         (["report", "nope"], "not a fusionsearch experiment"),
@@ -123,7 +126,9 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest
         (["resume", "nope"], "no search to resume"),
         (["run", "--data", "{manifest}", "--noise-z", "2"], "--noise-z 2: this option was removed"),
         (["run", "--data", "{manifest}", "--alpha", "0"], "alpha=0.0 must be a false-accept rate"),
-        (["run", "--data", "{manifest}", "--control", "both"], "--control: invalid choice: 'both'"),
+        (["run", "--data", "{manifest}", "--control", "both"], "control='both' is not allowed"),
+        (["run", "--data", "{manifest}", "--augment", "heavy"], "augment='heavy' is not allowed"),
+        (["run", "--data", "{manifest}", "--weight-decay", "-1"], "weight_decay=-1.0 must be >= 0"),
     ],
 )
 def test_cli_bad_input_is_one_paragraph_and_exit_2(manifest, tmp_path, capsys, argv, message):

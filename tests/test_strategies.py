@@ -243,14 +243,16 @@ def test_the_control_decides_not_the_parents_old_loss():
 @pytest.mark.parametrize("searcher", ["sfsa", "beam"])
 def test_python_and_the_command_line_have_the_same_rules(searcher):
     """One default per rule: ``SFSASearcher()`` in Python decides as ``fusionsearch run`` does."""
-    from fusionsearch.cli import build_parser, search_config
+    from fusionsearch.cli import build_parser, run_settings
     from fusionsearch.pipeline import make_searcher
     from searchers import BeamSearcher, SFSASearcher
 
     args = build_parser().parse_args(["run", "--searcher", searcher])
-    from_cli = make_searcher(search_config(args), ["T1w", "FLAIR"]).strategy
+    from_cli = make_searcher(run_settings(args)["search"], ["T1w", "FLAIR"]).strategy
     from_python = {"sfsa": SFSASearcher, "beam": BeamSearcher}[searcher]().strategy
     assert from_cli == from_python
     assert (from_cli.control, from_cli.alpha, from_cli.extend) == ("parent", 0.05, True)
-    no_control = search_config(build_parser().parse_args(["run", "--control", "none", "--no-extend"]))
+    no_control = run_settings(build_parser().parse_args(["run", "--control", "none", "--no-extend"]))[
+        "search"
+    ]
     assert (no_control.control, no_control.extend) == ("none", False)
