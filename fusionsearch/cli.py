@@ -270,6 +270,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """A finished search's chosen configuration applied to new subjects, written as CSV."""
+    import pyarrow.csv as pacsv
+
+    from fusionsearch import pipeline
+
+    prediction = pipeline.predict(
+        args.name,
+        args.data,
+        storage_path=args.storage,
+        fold=args.fold,
+        cache=args.cache,
+        device=args.device,
+        batch_size=args.batch_size,
+        data_root=args.data_root,
+        workers=args.workers,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(prediction.table, args.out)
+    models = ", ".join(f"fold {m.fold} ({m.mask})" for m in prediction.models)
+    print(f"predicted {prediction.table.num_rows} samples with the chosen configuration of {models}")
+    for metric, (value, low, high) in (prediction.metrics or {}).items():
+        print(f"{metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f})")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Several searches side by side: results, chosen masks and cost."""
     from fusionsearch import storage
@@ -308,7 +335,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     add_preprocess_arguments(run, demo=demo)
 
 
-def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: bool) -> None:
+def add_experiment_arguments(
+    parser: argparse.ArgumentParser, name_required: bool, address: bool = True
+) -> None:
     if name_required:
         parser.add_argument("name", help="the experiment's name (its folder under --storage)")
     else:
@@ -318,7 +347,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, name_required: boo
         default=DEFAULT_STORAGE,
         help=f"results, checkpoints and state (default: ./{DEFAULT_STORAGE})",
     )
-    parser.add_argument("--address", default=None, help="Ray cluster to use (default: start a local one)")
+    if address:
+        parser.add_argument("--address", default=None, help="Ray cluster to use (default: start a local one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,6 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write a search's HTML/Markdown report and print its summary")
     add_experiment_arguments(report, name_required=True)
     report.set_defaults(func=cmd_report)
+
+    predict = commands.add_parser(
+        "predict", help="apply a finished search's chosen configuration to new subjects"
+    )
+    add_experiment_arguments(predict, name_required=True, address=False)
+    predict.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="manifest of the new subjects (label and subject_id columns optional)",
+    )
+    predict.add_argument(
+        "--out", type=Path, default=Path("predictions.csv"), help="(default: predictions.csv)"
+    )
+    predict.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="use this fold's model only (default: the mean over every fold's model)",
+    )
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    predict.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
+    add_data_root_argument(predict)
+    predict.add_argument(
+        "--cache", default=None, help="preprocessing cache (default: .fusionsearch-cache beside the manifest)"
+    )
+    predict.add_argument("--workers", type=int, default=None, help="preprocessing threads (default: CPUs)")
+    predict.set_defaults(func=cmd_predict)
 
     compare = commands.add_parser("compare", help="put several searches side by side")
     compare.add_argument("names", nargs="+", help="experiment names under --storage")

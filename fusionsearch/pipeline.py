@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from fusionsearch import storage
 from fusionsearch.data.cache import PreprocessCache, cache_manifest
@@ -25,6 +26,8 @@ from fusionsearch.model.network import FusionNet
 from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.report.data import Evaluation
 from fusionsearch.report.pages import write_report
+from fusionsearch.report.predict import Prediction
+from fusionsearch.report.predict import predict as predict_new
 from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
 from fusionsearch.settings import (
     DEFAULT_STORAGE,
@@ -268,6 +271,14 @@ def report(name: str, storage_path: str | Path = DEFAULT_STORAGE) -> PipelineRes
     return PipelineResult(load_result(directory), evaluation)
 
 
+def predict(
+    name: str, data: str | Path, storage_path: str | Path = DEFAULT_STORAGE, **options: Any
+) -> Prediction:
+    """``fusionsearch predict``: the search's chosen configuration applied to the manifest ``data``
+    (options: :func:`fusionsearch.report.predict.predict`'s)."""
+    return predict_new(experiment_dir(name, storage_path), data, **options)
+
+
 def finish(result: SearchResult) -> Evaluation | None:
     """Evaluate a finished search on its test folds and write its report.
 
@@ -290,4 +301,4 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-__all__ = ["DEFAULT_STORAGE", "PipelineResult", "finish", "report", "resume", "run"]
+__all__ = ["DEFAULT_STORAGE", "PipelineResult", "finish", "predict", "report", "resume", "run"]

@@ -287,3 +287,106 @@ def test_the_report_renders_in_headless_chromium(every_fold, tmp_path):
     subprocess.run([*browser, f"--screenshot={screenshot}", "--window-size=1280,2400", report.as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+
+
+def _manifest_of(source: Path, name: str, rows: list[str] | None = None, drop=(), add=None) -> Path:
+    """A manifest beside ``source`` (its relative image paths still resolve) with some of its rows
+    (``rows``: sample ids) and columns (``drop``; ``add``: {new column: copied column})."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from fusionsearch.data.manifest import read_text_table
+
+    table = read_text_table(source, infer=("label",))
+    if rows is not None:
+        table = table.filter(pc.is_in(table["sample_id"], pa.array(rows)))
+    table = table.drop_columns(list(drop))
+    for column, copied in (add or {}).items():
+        table = table.append_column(column, table[copied])
+    pacsv.write_csv(table, source.parent / name)
+    return source.parent / name
+
+
+@pytest.mark.slow
+def test_predict_applies_the_chosen_configuration_to_new_subjects(every_fold, manifest, tmp_path, capsys):
+    import numpy as np
+    import pyarrow.csv as pacsv
+
+    runs, _ = every_fold
+    storage = ["--storage", str(runs)]
+    held_out = pq.read_table(runs / "cli" / "predictions.parquet").to_pylist()
+    fold1 = {r["sample_id"]: r["probabilities"] for r in held_out
+             if (r["method"], r["fold"], r["repeat"]) == ("chosen", 1, 0)}  # fmt: skip
+    # One fold's model on that fold's test subjects: exactly the report's held-out predictions.
+    new = _manifest_of(manifest, "fold1-test.csv", rows=list(fold1))
+    out = tmp_path / "one.csv"
+    assert main(["predict", "cli", *storage, "--data", str(new), "--out", str(out), "--fold", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "with the chosen configuration of fold 1 (" in printed and "accuracy: " in printed
+    rows = pacsv.read_csv(out).to_pylist()
+    assert sorted(r["sample_id"] for r in rows) == sorted(fold1)
+    for r in rows:
+        assert [r["probability_0"], r["probability_1"]] == pytest.approx(fold1[r["sample_id"]], abs=1e-6)
+        assert r["predicted"] == int(np.argmax(fold1[r["sample_id"]]))
+    # No labels, no subjects: every fold's model, their mean and spread; no metrics.
+    unlabelled = _manifest_of(manifest, "unlabelled.csv", drop=("label", "subject_id"))
+    out = tmp_path / "all.csv"
+    assert main(["predict", "cli", *storage, "--data", str(unlabelled), "--out", str(out)]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+    table = pacsv.read_csv(out)
+    assert table.num_rows == 24 and "label" not in table.column_names
+    per_fold = np.stack([table[f"fold{k}_probability_1"].to_numpy() for k in range(3)])
+    assert table["probability_1"].to_numpy() == pytest.approx(per_fold.mean(0))
+    assert table["spread_1"].to_numpy() == pytest.approx(per_fold.std(0))
+
+
+@pytest.mark.slow
+def test_predict_refuses_bad_input_in_seconds_before_any_model_loads(every_fold, manifest, tmp_path, capsys):
+    import shutil
+
+    import nibabel as nib
+
+    runs, _ = every_fold
+    unfinished = runs / "unfinished"  # a search stopped before its evaluation
+    unfinished.mkdir(exist_ok=True)
+    for kept in ("fusionsearch-run.json", "candidates.parquet"):
+        shutil.copy(runs / "cli" / kept, unfinished / kept)
+    images = manifest.parent / "images"
+    broken = images / "broken_T1.nii.gz"
+    broken.write_bytes(b"not a NIfTI file")
+    scan = nib.load(next(images.glob("*_T1.nii.gz")))
+    coarse = scan.header.copy()
+    coarse.set_zooms(tuple(2 * z for z in scan.header.get_zooms()))
+    nib.save(nib.Nifti1Image(scan.get_fdata(), None, coarse), images / "coarse_T1.nii.gz")
+    cases = [
+        ("cli", _manifest_of(manifest, "no-flair.csv", drop=("FLAIR",)), "(missing: ['FLAIR'])"),
+        ("cli", _manifest_of(manifest, "extra.csv", add={"T2w": "T1"}), "(not used: ['T2w'])"),
+        ("unfinished", manifest, "has not finished"),
+        ("nope", manifest, "is not a fusionsearch experiment"),
+    ]
+    zoom = float(scan.header.get_zooms()[0])
+    voxels = f"voxels are {2 * zoom:g} x {2 * zoom:g} x {2 * zoom:g} mm, the search's were {zoom:g} x"
+    wrong = (
+        ("broken", broken, "not a readable NIfTI image"),
+        ("coarse", images / "coarse_T1.nii.gz", voxels),
+    )
+    for column, target, message in wrong:
+        table = _manifest_of(manifest, f"{column}.csv", rows=["synth-00000"])
+        table.write_text(table.read_text().replace("images/synth-00000_T1.nii.gz", f"images/{target.name}"))
+        cases.append(("cli", table, message))
+    for name, data, message in cases:
+        argv = [
+            "predict",
+            name,
+            "--storage",
+            str(runs),
+            "--data",
+            str(data),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+        assert main([*argv, "--out", str(tmp_path / "p.csv")]) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "p.csv").exists()

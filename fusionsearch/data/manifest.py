@@ -73,8 +73,12 @@ class Manifest:
         return Manifest(self.table.take(pa.array(rows, pa.int64())), self.root)
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a CSV or Parquet manifest; structural problems are a :class:`DataError`."""
+def read_manifest(path: str | os.PathLike, *, labelled: bool = True) -> Manifest:
+    """Read a CSV or Parquet manifest; structural problems are a :class:`DataError`.
+
+    ``labelled=False`` (new subjects to predict): ``label`` and ``subject_id`` may be left out; a
+    missing ``label`` column reads as unknown labels, a missing ``subject_id`` as the sample's id.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(
@@ -89,6 +93,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
         raise DataError(f"manifest {path} is not a readable CSV/Parquet table: {error}") from None
+    if not labelled and SAMPLE in table.column_names:
+        if LABEL not in table.column_names:
+            table = table.append_column(LABEL, pa.nulls(table.num_rows, pa.int64()))
+        if SUBJECT not in table.column_names:
+            table = table.append_column(SUBJECT, table[SAMPLE])
     missing = [c for c in (SAMPLE, SUBJECT, LABEL) if c not in table.column_names]
     manifest = Manifest(table, path.parent.resolve())
     if missing or not manifest.modalities:

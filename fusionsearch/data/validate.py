@@ -34,8 +34,11 @@ def check_volume(path: Path) -> str | None:
     return None
 
 
-def table_problems(manifest: Manifest, num_classes: int, folds: int) -> tuple[list[str], dict]:
-    """Dataset-wide problems, and per-sample problems of the table (ids, subjects, labels)."""
+def table_problems(
+    manifest: Manifest, num_classes: int, folds: int, labelled: bool = True
+) -> tuple[list[str], dict]:
+    """Dataset-wide problems, and per-sample problems of the table (ids, subjects, and with
+    ``labelled`` the labels and the subjects per class the folds need)."""
     dataset: list[str] = []
     per_sample: dict[str, list[str]] = defaultdict(list)
     ids = manifest.sample_ids
@@ -46,9 +49,9 @@ def table_problems(manifest: Manifest, num_classes: int, folds: int) -> tuple[li
     for row, (sample, subject, label) in enumerate(zip(ids, manifest.subjects, manifest.labels, strict=True)):
         if subject is None or subject == "":
             per_sample[sample].append(f"no {SUBJECT}")
-        if _is_class_index(label, num_classes):
+        if labelled and _is_class_index(label, num_classes):
             subjects_per_class[int(label)].add(subject)
-        else:
+        elif labelled:
             per_sample[sample].append(
                 f"label {label!r} is not a class index 0..{num_classes - 1}; map label values to "
                 "classes when importing (e.g. 'data import-bids --positive fcd')"
@@ -56,7 +59,7 @@ def table_problems(manifest: Manifest, num_classes: int, folds: int) -> tuple[li
         for modality in manifest.modalities:
             if not manifest.table[modality][row].is_valid:
                 per_sample[sample].append(f"no {modality} image")
-    if len(subjects_per_class) < 2:
+    if labelled and len(subjects_per_class) < 2:
         dataset.append(
             f"only class(es) {sorted(subjects_per_class)} present; classification needs at least two classes"
         )
@@ -82,16 +85,18 @@ def validate_manifest(
     folds: int = 5,
     workers: int = 8,
     data_root: str | os.PathLike | None = None,
+    labelled: bool = True,
 ) -> None:
     """Raise :class:`DataError` listing every problem of ``manifest``, one line per sample.
 
-    Checks the table (unique ids, subjects, labels in ``0..num_classes-1``, at least two
-    classes, at least ``folds`` subjects per class) and opens every image (exists, readable,
+    Checks the table (unique ids, subjects, and with ``labelled`` labels in
+    ``0..num_classes-1``, at least two classes, at least ``folds`` subjects per class; without,
+    the labels are not looked at: new subjects to predict) and opens every image (exists, readable,
     3D or 4D with one volume, finite, not constant). Images must lie inside ``data_root``
     (default: the manifest's folder); a path that escapes it is refused without being opened,
     so a crafted manifest cannot make fusionsearch read arbitrary files.
     """
-    dataset, per_sample = table_problems(manifest, num_classes, folds)
+    dataset, per_sample = table_problems(manifest, num_classes, folds, labelled)
     root = Path(os.path.normpath(Path(data_root or manifest.root).absolute()))
     jobs = []
     for row, sample in enumerate(manifest.sample_ids):

@@ -1,0 +1,208 @@
+"""A finished search applied to new subjects: ``fusionsearch predict``.
+
+The chosen configuration of each fold (replicate 0) predicts every sample of a new manifest;
+the prediction is the mean of the folds' class probabilities (the folds' models as an
+ensemble), with each fold's probabilities and their spread (standard deviation over folds)
+kept. ``fold=K`` uses fold K's model alone: on that fold's test subjects it reproduces the
+report's held-out predictions exactly.
+
+The new samples are preprocessed exactly as the search's were: the run record's preprocessing
+settings and modality order, through the same cache code (an entry per sample and setting, so
+predicting twice preprocesses once). Orientation needs no check (every volume is reoriented
+to the search's axis codes); the voxel size does when the search kept each scan's own grid
+(``spacing=None``): then a scan of another voxel size would show the network another physical
+scale, and is refused with the size the search saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow as pa
+
+from fusionsearch import storage
+from fusionsearch.console import Progress
+from fusionsearch.data.cache import PreprocessCache
+from fusionsearch.data.manifest import Manifest, read_manifest
+from fusionsearch.data.validate import validate_manifest
+from fusionsearch.errors import DataError, UserError
+from fusionsearch.model.checkpoint import load_model
+from fusionsearch.model.device import DevicePolicy
+from fusionsearch.report.statistics import METRIC_FUNCTIONS, bootstrap_interval
+from fusionsearch.search.experiment import RunRecord, read_candidates, read_run
+from fusionsearch.search.records import replicate
+from fusionsearch.train.folds import Batches
+from fusionsearch.train.inference import predict_logits
+
+log = logging.getLogger(__name__)
+
+#: Relative difference of voxel sizes taken as the same size (header rounding).
+VOXEL_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """The chosen configuration of one fold: its mask and checkpoint location."""
+
+    fold: int
+    mask: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What :func:`predict` returns.
+
+    Attributes:
+        table: one row per sample: ``sample_id``, ``predicted`` (class), ``probability_<c>`` (mean
+            over the models) and ``spread_<c>`` (their standard deviation) per class, and each
+            model's ``fold<k>_probability_<c>``; ``label`` when the manifest has labels.
+        models: the fold models that predicted.
+        metrics: with labels: ``{metric: (value, low, high)}`` (95 % bootstrap intervals).
+    """
+
+    table: pa.Table
+    models: list[FoldModel]
+    metrics: dict[str, tuple[float, float, float]] | None
+
+
+def fold_models(experiment_dir: str, fold: int | None = None) -> list[FoldModel]:
+    """Each fold's chosen configuration of a finished search (``fold``: that one only)."""
+    rows = [
+        r
+        for r in read_candidates(experiment_dir).to_pylist()
+        if r["chosen"] and replicate(r)[1] == 0 and r["status"] == "ok" and r["checkpoint"]
+    ]
+    models = sorted((FoldModel(r["fold"], r["mask"], r["checkpoint"]) for r in rows), key=lambda m: m.fold)
+    name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
+    if not models or not storage.exists(storage.join(experiment_dir, "predictions.parquet")):
+        raise UserError(
+            f"the search {experiment_dir} has not finished (no evaluated chosen configuration); finish "
+            f"it with 'fusionsearch resume {name}', then predict"
+        )
+    if fold is not None:
+        models = [m for m in models if m.fold == fold]
+        if not models:
+            raise UserError(
+                f"--fold {fold}: the search {experiment_dir} has no chosen configuration on that fold"
+            )
+    return models
+
+
+def check_modalities(run: RunRecord, manifest: Manifest) -> Manifest:
+    """``manifest`` with the search's modalities in the search's order; a missing or extra one refused."""
+    expected = list(run.metadata.get("modalities") or manifest.modalities)
+    missing = [m for m in expected if m not in manifest.modalities]
+    extra = [m for m in manifest.modalities if m not in expected]
+    if missing or extra:
+        which = (f" (missing: {missing})" if missing else "") + (f" (not used: {extra})" if extra else "")
+        raise DataError(
+            f"the manifest in {manifest.root} has modalities {manifest.modalities}; the search was trained "
+            f"on {expected}{which}; give one image column per modality the search used, named as there"
+        )
+    return manifest.select_modalities(expected)
+
+
+def check_voxel_size(run: RunRecord, manifest: Manifest) -> None:
+    """Refuse scans whose voxel size differs from the search's, when the search kept native grids."""
+    if run.settings is None or run.settings.data.preprocess.spacing is not None:
+        return  # resampled to a fixed spacing: any voxel size is fine
+    training = Path(run.metadata.get("manifest", ""))
+    if not training.is_file():
+        log.warning(
+            "the search's manifest %s is not here: the voxel size of new scans is not checked", training
+        )
+        return
+    reference = read_manifest(training)
+    modality = reference.modalities[0]
+    expected = np.asarray(nib.load(reference.paths(0)[modality]).header.get_zooms()[:3], dtype=float)
+    for row, sample in enumerate(manifest.sample_ids):
+        zooms = np.asarray(nib.load(manifest.paths(row)[modality]).header.get_zooms()[:3], dtype=float)
+        if not np.allclose(zooms, expected, rtol=VOXEL_TOLERANCE):
+            raise DataError(
+                f"sample {sample}: its {modality} voxels are {_mm(zooms)}, the search's were "
+                f"{_mm(expected)}; it kept each scan's own grid (no --spacing), so the network would see "
+                "another physical scale: resample the scans to the search's voxel size, or search with "
+                "--spacing"
+            )
+
+
+def predict(
+    experiment_dir: str,
+    manifest_path: str | os.PathLike,
+    *,
+    fold: int | None = None,
+    cache: str | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    data_root: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> Prediction:
+    """The chosen configuration of the search at ``experiment_dir`` applied to a new manifest.
+
+    Everything is checked before a model loads: the search finished, the modalities, every
+    volume readable (:func:`validate_manifest`), the voxel size. Labels are optional; with
+    them, the metrics come with 95 % bootstrap intervals.
+    """
+    run = read_run(experiment_dir)
+    if run.settings is None:
+        raise UserError(
+            f"the search {experiment_dir} trained {run.trainable}: its models are not fusionsearch's"
+        )
+    models = fold_models(experiment_dir, fold)
+    manifest = check_modalities(run, read_manifest(manifest_path, labelled=False))
+    labelled = manifest.table["label"].null_count == 0
+    validate_manifest(
+        manifest, num_classes=run.settings.model.num_classes, labelled=labelled, data_root=data_root
+    )
+    check_voxel_size(run, manifest)
+    root = cache or str(Path(manifest_path).resolve().parent / ".fusionsearch-cache")
+    preprocessing = PreprocessCache(root, run.settings.data.preprocess)
+    preprocessing.build(manifest, workers=workers)
+    labels = manifest.labels if labelled else [-1] * len(manifest)
+    data = preprocessing.open_keys(preprocessing.keys(manifest), labels, manifest.sample_ids)
+    policy = DevicePolicy.select(device)
+    probabilities = []
+    progress = Progress("predicting", len(models))
+    for model in models:
+        with storage.local_copy(model.checkpoint) as folder:
+            network = policy.module(load_model(folder))
+        logits = predict_logits(network, Batches(data, policy, batch_size))
+        probabilities.append(logits.softmax(1).numpy())
+        progress.step()
+    progress.close()
+    table = _table(manifest, models, np.stack(probabilities), labelled)
+    metrics = None
+    if labelled:
+        truth, mean = np.asarray(manifest.labels, dtype=int), np.stack(probabilities).mean(0)
+        metrics = {
+            name: (METRIC_FUNCTIONS[name](truth, mean), *bootstrap_interval(truth, mean, name))
+            for name in ("accuracy", "auc")
+        }
+    return Prediction(table, models, metrics)
+
+
+def _table(
+    manifest: Manifest, models: list[FoldModel], probabilities: np.ndarray, labelled: bool
+) -> pa.Table:
+    """The :attr:`Prediction.table` of ``probabilities`` (models x samples x classes)."""
+    mean, spread = probabilities.mean(0), probabilities.std(0)
+    columns: dict[str, pa.Array | list] = {"sample_id": manifest.sample_ids}
+    if labelled:
+        columns["label"] = pa.array(manifest.labels, pa.int64())
+    columns["predicted"] = pa.array(mean.argmax(1), pa.int64())
+    classes = range(probabilities.shape[2])
+    columns |= {f"probability_{c}": pa.array(mean[:, c], pa.float64()) for c in classes}
+    columns |= {f"spread_{c}": pa.array(spread[:, c], pa.float64()) for c in classes}
+    for model, each in zip(models, probabilities, strict=True):
+        columns |= {f"fold{model.fold}_probability_{c}": pa.array(each[:, c], pa.float64()) for c in classes}
+    return pa.table(columns)
+
+
+def _mm(zooms: np.ndarray) -> str:
+    return " x ".join(f"{z:g}" for z in zooms) + " mm"
