@@ -297,6 +297,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A finished search's chosen models as a folder that runs with plain PyTorch."""
+    from fusionsearch import pipeline
+
+    out = pipeline.export(args.name, args.out, storage_path=args.storage, fold=args.fold)
+    print(f"exported to {out}: predict.py, preprocessing.json, MODEL_CARD.md and the models")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Several searches side by side: results, chosen masks and cost."""
     from fusionsearch import storage
@@ -472,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--workers", type=int, default=None, help="preprocessing threads (default: CPUs)")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="the chosen models as a folder that runs with plain PyTorch")
+    add_experiment_arguments(export, name_required=True, address=False)
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    export.add_argument(
+        "--fold", type=int, default=None, help="this fold's model only (default: every fold's)"
+    )
+    export.set_defaults(func=cmd_export)
 
     compare = commands.add_parser("compare", help="put several searches side by side")
     compare.add_argument("names", nargs="+", help="experiment names under --storage")

@@ -25,6 +25,7 @@ from fusionsearch.model.fusion import FUSION_MODULES
 from fusionsearch.model.network import FusionNet
 from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.report.data import Evaluation
+from fusionsearch.report.export import export as export_models
 from fusionsearch.report.pages import write_report
 from fusionsearch.report.predict import Prediction
 from fusionsearch.report.predict import predict as predict_new
@@ -279,6 +280,14 @@ def predict(
     return predict_new(experiment_dir(name, storage_path), data, **options)
 
 
+def export(
+    name: str, out: str | Path, storage_path: str | Path = DEFAULT_STORAGE, fold: int | None = None
+) -> Path:
+    """``fusionsearch export``: the chosen models as a folder that runs with plain PyTorch
+    (:mod:`fusionsearch.report.export`)."""
+    return export_models(experiment_dir(name, storage_path), out, fold=fold)
+
+
 def finish(result: SearchResult) -> Evaluation | None:
     """Evaluate a finished search on its test folds and write its report.
 
@@ -301,4 +310,4 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-__all__ = ["DEFAULT_STORAGE", "PipelineResult", "finish", "predict", "report", "resume", "run"]
+__all__ = ["DEFAULT_STORAGE", "PipelineResult", "export", "finish", "predict", "report", "resume", "run"]

@@ -390,3 +390,67 @@ def test_predict_refuses_bad_input_in_seconds_before_any_model_loads(every_fold,
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
         assert not (tmp_path / "cache").exists() and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_export_runs_without_fusionsearch_and_predicts_as_predict_does(
+    every_fold, manifest, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow.csv as pacsv
+
+    from fusionsearch.data.cache import PreprocessCache
+    from fusionsearch.data.manifest import read_manifest
+    from fusionsearch.search.experiment import read_run
+
+    runs, _ = every_fold
+    export = tmp_path / "export"
+    assert main(["export", "cli", "--storage", str(runs), "--out", str(export)]) == 0
+    assert {p.name for p in export.iterdir()} >= {
+        "predict.py",
+        "preprocessing.json",
+        "MODEL_CARD.md",
+        "fold0.pt2",
+    }
+    card = (export / "MODEL_CARD.md").read_text()
+    assert "Held-out performance (chosen configuration).** accuracy" in card and "Intended use" in card
+    assert main(["export", "cli", "--storage", str(runs), "--out", str(export)]) == 2  # never overwritten
+    capsys.readouterr()
+    # fusionsearch's own prediction of a few samples ...
+    few = _manifest_of(manifest, "few.csv", rows=["synth-00000", "synth-00001", "synth-00002"])
+    assert (
+        main(["predict", "cli", "--storage", str(runs), "--data", str(few), "--out", str(tmp_path / "p.csv")])
+        == 0
+    )
+    expected = {
+        r["sample_id"]: [r["probability_0"], r["probability_1"]]
+        for r in pacsv.read_csv(tmp_path / "p.csv").to_pylist()
+    }
+    # ... and the export's, from the same preprocessed arrays, where fusionsearch cannot be imported.
+    cache = PreprocessCache(
+        manifest.parent / ".fusionsearch-cache", read_run(str(runs / "cli")).settings.data.preprocess
+    )
+    data = cache.open(read_manifest(few))
+    arrays = []
+    for sample, array in zip(data.ids, data.arrays, strict=True):
+        np.save(tmp_path / f"{sample}.npy", np.asarray(array))
+        arrays.append(str(tmp_path / f"{sample}.npy"))
+    blocked = (
+        "import runpy, sys\n"
+        "sys.modules['fusionsearch'] = None\n"
+        "try:\n    import fusionsearch\nexcept ImportError:\n    print('no fusionsearch')\n"
+        f"sys.argv = ['predict.py', *{arrays!r}]\n"
+        f"runpy.run_path({str(export / 'predict.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "no fusionsearch" and len(lines) == 4
+    for line in lines[1:]:
+        path, *values = line.split()
+        assert [float(v) for v in values] == pytest.approx(expected[Path(path).stem], abs=1e-5)
