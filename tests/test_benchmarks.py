@@ -34,7 +34,8 @@ def test_trainable_vs_model_prints_both_rates_and_their_ratio():
     loop = float(re.search(rf"trainable loop: +({NUMBER}) samples/s", out).group(1))
     model = float(re.search(rf"model only: +({NUMBER}) samples/s", out).group(1))
     ratio = float(re.search(rf"ratio loop / model: ({NUMBER})", out).group(1))
-    assert loop > 0 and model > 0 and ratio == pytest.approx(loop / model, abs=2e-3)
+    # The rates are printed to 0.1 samples/s, the ratio from the unrounded ones.
+    assert loop > 0 and model > 0 and ratio == pytest.approx(loop / model, abs=0.05 / min(loop, model) + 1e-3)
 
 
 def test_step_time_prints_the_augmentation_as_a_share_of_the_step():

@@ -246,6 +246,23 @@ def test_stratified_bootstrap_interval_matches_the_hand_computed_one():
     assert bootstrap_interval(y, np.stack([1 - p, p], 1), "auc", seed=2) == (low, high)  # seeded
 
 
+def test_metrics_on_all_resamples_at_once_equal_them_one_resample_at_a_time():
+    from fusionsearch.report.statistics import _resamples, accuracy, auc, resampled
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 40)
+    p = np.round(rng.random(40), 1)  # ties, within and across the classes
+    binary = np.stack([1 - p, p], 1)
+    draws = _resamples(y, 50, 7)
+    for metric, one in (("accuracy", accuracy), ("auc", auc)):
+        expected = [one(y[i], binary[i]) for i in draws]
+        assert resampled(metric, y, binary, 50, 7) == pytest.approx(expected, abs=1e-12)
+    y3 = rng.integers(0, 3, 30)
+    three = rng.dirichlet(np.ones(3), 30)
+    expected = [auc(y3[i], three[i]) for i in _resamples(y3, 20, 1)]
+    assert resampled("auc", y3, three, 20, 1) == pytest.approx(expected, nan_ok=True)
+
+
 def test_paired_comparisons_and_the_too_small_warning():
     from fusionsearch.report.statistics import paired_auc_test, uncertainty
 

@@ -210,7 +210,7 @@ def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_p
         partial = [
             c
             for c in experiment.glob("*/checkpoint_*")
-            if '"partial": true' in (c / "state.json").read_text()
+            if (c / "state.json").is_file() and '"partial": true' in (c / "state.json").read_text()
         ]
         time.sleep(0.1)
     assert partial, "1000's resumable checkpoint never appeared"

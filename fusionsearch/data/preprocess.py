@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from monai.transforms import (
-    Compose,
-    ConcatItemsd,
-    CropForegroundd,
-    LoadImaged,
-    NormalizeIntensityd,
-    Orientationd,
-    ResampleToMatchd,
-    ResizeWithPadOrCropd,
-    Spacingd,
-)
 
 from fusionsearch.settings import PreprocessConfig
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 
 def build_transforms(modalities: Sequence[str], config: PreprocessConfig) -> Compose:
@@ -26,7 +19,20 @@ def build_transforms(modalities: Sequence[str], config: PreprocessConfig) -> Com
 
     Input: a dict ``{modality: path}``. Output: ``{"image": (N, D, H, W) tensor}``, one channel
     per modality, each normalised to zero mean and unit variance inside its non-zero voxels.
+    MONAI is imported here, when something is preprocessed (importing it costs seconds).
     """
+    from monai.transforms import (
+        Compose,
+        ConcatItemsd,
+        CropForegroundd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        ResampleToMatchd,
+        ResizeWithPadOrCropd,
+        Spacingd,
+    )
+
     keys = list(modalities)
     reference, others = keys[0], keys[1:]
     steps = [

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from monai.networks.nets import resnet
 from torch import nn
 
 from fusionsearch.mask import NUM_POINTS, FusionMask, MaskError
 from fusionsearch.model.fusion import FUSION_MODULES, build_fusion
 from fusionsearch.settings import BLOCKS, ModelConfig, check_choice
 
+if TYPE_CHECKING:
+    from monai.networks.nets import resnet
+
 #: The residual stages of a MONAI ResNet, in order.
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 if len(STAGES) != NUM_POINTS:
     raise ImportError(f"fusionsearch.mask.NUM_POINTS={NUM_POINTS} but the network has {len(STAGES)} stages")
 
-_FACTORIES = {10: resnet.resnet10, 18: resnet.resnet18, 34: resnet.resnet34}
+
+def _resnet(depth: int, **options) -> resnet.ResNet:
+    """MONAI's 3D ResNet of ``depth``. MONAI is imported here, when a network is built: importing
+    it costs seconds (it loads all its submodules), which processes that never build one (the
+    driver, the CLI refusing bad input) do not pay."""
+    from monai.networks.nets import resnet
+
+    return {10: resnet.resnet10, 18: resnet.resnet18, 34: resnet.resnet34}[depth](**options)
 
 
 def fusion_points(config: ModelConfig) -> list[tuple[str, int | None]]:
@@ -49,7 +60,8 @@ class FusionNet(nn.Module):
                 f"modality; use {FusionMask.empty(config.num_points)} for a single stream"
             )
         self.streams = nn.ModuleList(
-            _FACTORIES[config.depth](
+            _resnet(
+                config.depth,
                 spatial_dims=3,
                 n_input_channels=1,
                 conv1_t_stride=config.stem_stride,

@@ -66,8 +66,24 @@ def auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
 METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"accuracy": accuracy, "auc": auc}
 
 
-def _metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    return METRIC_FUNCTIONS[name]
+def resampled(
+    metric: str, labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int
+) -> np.ndarray:
+    """``metric`` on each of :func:`_resamples`' draws, at once: accuracy and the binary AUC (the
+    Mann-Whitney U from ranks, scipy's ``rankdata`` along each draw: ties count half, as in
+    :func:`auc`) as array operations over all draws; a multi-class AUC draw by draw."""
+    index = np.stack(_resamples(labels, resamples, seed))  # (draws, n): stratified, so every draw is n long
+    truth = labels[index]
+    if metric == "accuracy":
+        return np.mean(probabilities.argmax(1)[index] == truth, axis=1)
+    if probabilities.shape[1] != 2:
+        return np.array([METRIC_FUNCTIONS[metric](truth[d], probabilities[i]) for d, i in enumerate(index)])
+    positive = truth == 1
+    n_pos, n_neg = positive.sum(1), (~positive).sum(1)
+    ranks = stats.rankdata(probabilities[:, 1][index], axis=1)
+    u = np.sum(ranks * positive, axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
 def bootstrap_interval(
@@ -80,7 +96,7 @@ def bootstrap_interval(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile interval of ``metric`` over class-stratified bootstrap resamples of the test subjects."""
-    values = [_metric(metric)(labels[i], probabilities[i]) for i in _resamples(labels, resamples, seed)]
+    values = resampled(metric, labels, probabilities, resamples, seed)
     low, high = np.nanpercentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
@@ -119,11 +135,8 @@ def paired_auc_test(
     difference = auc(labels, probabilities_a) - auc(labels, probabilities_b)
     if np.isnan(difference):
         return float("nan"), float("nan")
-    deltas = np.array(
-        [
-            auc(labels[i], probabilities_a[i]) - auc(labels[i], probabilities_b[i])
-            for i in _resamples(labels, resamples, seed)
-        ]
+    deltas = resampled("auc", labels, probabilities_a, resamples, seed) - resampled(
+        "auc", labels, probabilities_b, resamples, seed
     )
     deltas = deltas[~np.isnan(deltas)]
     p = 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0))
