@@ -49,7 +49,7 @@ def table_problems(
     for row, (sample, subject, label) in enumerate(zip(ids, manifest.subjects, manifest.labels, strict=True)):
         if subject is None or subject == "":
             per_sample[sample].append(f"no {SUBJECT}")
-        if labelled and _is_class_index(label, num_classes):
+        if labelled and is_class_index(label, num_classes):
             subjects_per_class[int(label)].add(subject)
         elif labelled:
             per_sample[sample].append(
@@ -72,7 +72,7 @@ def table_problems(
     return dataset, per_sample
 
 
-def _is_class_index(label: object, num_classes: int) -> bool:
+def is_class_index(label: object, num_classes: int) -> bool:
     if isinstance(label, bool) or not isinstance(label, int | float):
         return False
     return float(label).is_integer() and 0 <= label < num_classes

@@ -29,7 +29,7 @@ from fusionsearch import storage
 from fusionsearch.console import Progress
 from fusionsearch.data.cache import PreprocessCache
 from fusionsearch.data.manifest import Manifest, read_manifest
-from fusionsearch.data.validate import validate_manifest
+from fusionsearch.data.validate import is_class_index, validate_manifest
 from fusionsearch.errors import DataError, UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.model.device import DevicePolicy
@@ -157,9 +157,18 @@ def predict(
     models = fold_models(experiment_dir, fold)
     manifest = check_modalities(run, read_manifest(manifest_path, labelled=False))
     labelled = manifest.table["label"].null_count == 0
-    validate_manifest(
-        manifest, num_classes=run.settings.model.num_classes, labelled=labelled, data_root=data_root
-    )
+    classes = run.settings.model.num_classes
+    validate_manifest(manifest, labelled=False, data_root=data_root)  # ids and volumes; any class mix
+    wrong = [
+        (i, y)
+        for i, y in zip(manifest.sample_ids, manifest.labels, strict=True)
+        if not is_class_index(y, classes)
+    ]
+    if labelled and wrong:
+        raise DataError(
+            f"{len(wrong)} label(s) of the manifest are not class indices 0..{classes - 1} (first: sample "
+            f"{wrong[0][0]}, label {wrong[0][1]!r}); map label values to classes, or leave out the labels"
+        )
     check_voxel_size(run, manifest)
     root = cache or str(Path(manifest_path).resolve().parent / ".fusionsearch-cache")
     preprocessing = PreprocessCache(root, run.settings.data.preprocess)
