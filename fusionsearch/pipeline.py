@@ -186,11 +186,11 @@ def run(
     search, model, train = search or SearchConfig(), model or ModelConfig(), train or TrainConfig()
     preprocess, resources = preprocess or PreprocessConfig(), resources or ResourceConfig()
     storage_path = str(storage_path)
+    check_choice("fusion", model.fusion, sorted(FUSION_MODULES))  # before the demo's data are made
     manifest_path = Path(manifest or planted_manifest(storage_path, train.seed)).resolve()
     samples = load_manifest(manifest_path, modalities, search.folds, data_root)
     searcher = make_searcher(search, samples.modalities, model.num_points, train.seed)
     tracking = mlflow_tracking(mlflow) if mlflow else None
-    check_choice("fusion", model.fusion, sorted(FUSION_MODULES))
     model = replace(model, modalities=len(samples.modalities))
     if train.init_streams:  # a file that does not fit: before anything starts
         load_streams(
