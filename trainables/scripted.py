@@ -26,8 +26,9 @@ def scripted_trainable(config: dict) -> None:
     ``started=DIR``, each trial touches ``DIR/<round>-<mask>`` as it begins (tests wait on it).
     With ``hold={"masks": [...], "seconds": s}``, a trial of such a mask first reports a
     resumable checkpoint (``partial``), then waits ``s`` seconds before it finishes. With
-    ``finished=DIR``, each trial that finishes training leaves a file in ``DIR`` named by its role,
-    round, mask and extension (one per finish: a candidate trained twice leaves two).
+    ``finished=DIR``, each trial whose final report Tune took leaves a file in ``DIR`` named by its
+    role, round, mask and extension (one per finish: a candidate trained twice leaves two; a trial
+    killed before its report returned is retried, as it should be, and leaves one).
     """
     mask = config["mask"]
     own = tune.get_checkpoint()
@@ -59,16 +60,16 @@ def scripted_trainable(config: dict) -> None:
             )
         time.sleep(hold["seconds"])
     time.sleep(config.get("duration", 0.0))
-    if config.get("finished"):
-        name = f"{config.get('role')}-{config.get('round')}-{mask}-{config.get('extension')}-{os.getpid()}"
-        Path(config["finished"]).mkdir(parents=True, exist_ok=True)
-        Path(config["finished"], f"{name}-{time.time_ns()}").touch()
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
                    "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
         state = {"mask": mask, "parent_seen": parent_seen, "metrics": metrics, "resumed": own is not None}
         (Path(directory) / "state.json").write_text(json.dumps(state))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    if config.get("finished"):  # after the report returned: Tune has the finish (a kill before it retries)
+        name = f"{config.get('role')}-{config.get('round')}-{mask}-{config.get('extension')}-{os.getpid()}"
+        Path(config["finished"]).mkdir(parents=True, exist_ok=True)
+        Path(config["finished"], f"{name}-{time.time_ns()}").touch()
 
 
 def _gather(directory: Path, mask: str, size: int, timeout: float = 120.0) -> None:
