@@ -60,6 +60,29 @@ def test_chaos_kills_trial_workers_five_times_and_gets_the_reference_answer():
     assert "finished candidates trained more than once: 0 []" in out
 
 
+def test_predict_throughput_prints_each_rate():
+    out = run(
+        "predict_throughput.py",
+        "--n",
+        "8",
+        "--size",
+        "16",
+        "--width",
+        "0.125",
+        "--folds",
+        "2",
+        "--batch",
+        "4",
+    )
+    rates = dict(re.findall(rf"^([a-z ]+?)(?: \(.*?\))?: +({NUMBER}) subjects/s", out, re.MULTILINE))
+    assert set(rates) == {"preprocessing", "inference", "first prediction", "repeated prediction"}, out
+    first, parts = (
+        float(rates["first prediction"]),
+        (float(rates["preprocessing"]), float(rates["inference"])),
+    )
+    assert first == pytest.approx(1 / sum(1 / r for r in parts), rel=0.02)  # the two steps' times add up
+
+
 def test_round_overhead_prints_a_row_per_round_size():
     out = run("round_overhead.py", "--ks", "1", "2", "--rounds", "2", "--duration", "0.2")
     rows = re.findall(rf"^ +([12]) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.MULTILINE)

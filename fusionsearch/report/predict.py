@@ -24,10 +24,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pyarrow as pa
+import torch
 
 from fusionsearch import storage
 from fusionsearch.console import Progress
-from fusionsearch.data.cache import PreprocessCache
+from fusionsearch.data.cache import CachedDataset, PreprocessCache
 from fusionsearch.data.manifest import Manifest, read_manifest
 from fusionsearch.data.validate import is_class_index, validate_manifest
 from fusionsearch.errors import DataError, UserError
@@ -176,24 +177,35 @@ def predict(
     labels = manifest.labels if labelled else [-1] * len(manifest)
     data = preprocessing.open_keys(preprocessing.keys(manifest), labels, manifest.sample_ids)
     policy = DevicePolicy.select(device)
-    probabilities = []
-    progress = Progress("predicting", len(models))
+    networks = []
     for model in models:
         with storage.local_copy(model.checkpoint) as folder:
-            network = policy.module(load_model(folder))
-        logits = predict_logits(network, Batches(data, policy, batch_size))
-        probabilities.append(logits.softmax(1).numpy())
-        progress.step()
-    progress.close()
-    table = _table(manifest, models, np.stack(probabilities), labelled)
+            networks.append(load_model(folder))
+    probabilities = model_probabilities(networks, data, policy, batch_size)
+    table = _table(manifest, models, probabilities, labelled)
     metrics = None
     if labelled:
-        truth, mean = np.asarray(manifest.labels, dtype=int), np.stack(probabilities).mean(0)
+        truth, mean = np.asarray(manifest.labels, dtype=int), probabilities.mean(0)
         metrics = {
             name: (METRIC_FUNCTIONS[name](truth, mean), *bootstrap_interval(truth, mean, name))
             for name in ("accuracy", "auc")
         }
     return Prediction(table, models, metrics)
+
+
+def model_probabilities(
+    networks: list[torch.nn.Module], data: CachedDataset, policy: DevicePolicy, batch_size: int = 16
+) -> np.ndarray:
+    """Class probabilities of every network on ``data``: (networks, samples, classes), with a
+    progress bar over the networks."""
+    probabilities = []
+    progress = Progress("predicting", len(networks))
+    for network in networks:
+        logits = predict_logits(policy.module(network), Batches(data, policy, batch_size))
+        probabilities.append(logits.softmax(1).numpy())
+        progress.step()
+    progress.close()
+    return np.stack(probabilities)
 
 
 def _table(
