@@ -38,6 +38,8 @@ def cluster():
         "RAY_TMPDIR": temp_dir,
         "FUSIONSEARCH_CPU_FALLBACK": "1",  # the workers' GPUs are logical: no CUDA here
         "DASHBOARD_PORT": str(free_port()),
+        # The job agent's default port may be held by a parallel test's local Ray ("No available agent").
+        "AGENT_PORT": str(free_port()),
         # `ray` from this interpreter's environment, activated or not.
         "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
     }
