@@ -34,11 +34,10 @@ from fusionsearch.data.validate import is_class_index, validate_manifest
 from fusionsearch.errors import DataError, UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.model.device import DevicePolicy
+from fusionsearch.report.evaluation import predict as network_probabilities
 from fusionsearch.report.statistics import METRIC_FUNCTIONS, bootstrap_interval
-from fusionsearch.search.experiment import RunRecord, read_candidates, read_run
+from fusionsearch.search.experiment import PREDICTIONS_FILE, RunRecord, read_candidates, read_run
 from fusionsearch.search.records import replicate
-from fusionsearch.train.folds import Batches
-from fusionsearch.train.inference import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def fold_models(experiment_dir: str, fold: int | None = None) -> list[FoldModel]
     ]
     models = sorted((FoldModel(r["fold"], r["mask"], r["checkpoint"]) for r in rows), key=lambda m: m.fold)
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    if not models or not storage.exists(storage.join(experiment_dir, "predictions.parquet")):
+    if not models or not storage.exists(storage.join(experiment_dir, PREDICTIONS_FILE)):
         raise UserError(
             f"the search {experiment_dir} has not finished (no evaluated chosen configuration); finish "
             f"it with 'fusionsearch resume {name}', then predict"
@@ -160,12 +159,12 @@ def predict(
     labelled = manifest.table["label"].null_count == 0
     classes = run.settings.model.num_classes
     validate_manifest(manifest, labelled=False, data_root=data_root)  # ids and volumes; any class mix
-    wrong = [
+    wrong = labelled and [
         (i, y)
         for i, y in zip(manifest.sample_ids, manifest.labels, strict=True)
         if not is_class_index(y, classes)
     ]
-    if labelled and wrong:
+    if wrong:
         raise DataError(
             f"{len(wrong)} label(s) of the manifest are not class indices 0..{classes - 1} (first: sample "
             f"{wrong[0][0]}, label {wrong[0][1]!r}); map label values to classes, or leave out the labels"
@@ -201,8 +200,7 @@ def model_probabilities(
     probabilities = []
     progress = Progress("predicting", len(networks))
     for network in networks:
-        logits = predict_logits(policy.module(network), Batches(data, policy, batch_size))
-        probabilities.append(logits.softmax(1).numpy())
+        probabilities.append(network_probabilities(network, data, policy, batch_size))
         progress.step()
     progress.close()
     return np.stack(probabilities)
