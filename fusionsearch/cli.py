@@ -39,20 +39,18 @@ def _options(record: type) -> list[tuple[dataclasses.Field, Option]]:
 
 
 def add_options(
-    parser: argparse.ArgumentParser, record: type, *, demo: str | None = None, skip: Sequence[str] = ()
-) -> None:
+    parser: argparse.ArgumentParser, record: type, *, demo: str | None = None
+) -> dict[str, argparse._ArgumentGroup]:
     """One option per setting of ``record`` that has :class:`~fusionsearch.settings.Option` metadata.
 
     Each option's default is ``None`` (the record's own applies, shown in the help), so
     :func:`given` passes on only what the user typed; where ``demo`` names a use, the
     :data:`~fusionsearch.settings.DEMO` values stand in for the record's and the help says so.
-    Values are checked once, by the record.
+    Values are checked once, by the record. Returns the help sections made, by title.
     """
     hints = typing.get_type_hints(record)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f, how in _options(record):
-        if f.name in skip:
-            continue
         name = how.group or GROUPS.get(record, record.__name__)
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -73,6 +71,7 @@ def add_options(
             metavar=metavar,
             help=f"{how.help} (default: {shown})".replace("%", "%%"),
         )
+    return groups
 
 
 def given(args: argparse.Namespace, record: type, *, demo: bool = False) -> dict[str, Any]:
@@ -104,8 +103,7 @@ def add_data_root_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: str | None = None) -> None:
     """The preprocessing settings' options, and where the cache lives and how many threads build it."""
-    add_options(parser, PreprocessConfig, demo=demo)
-    group = parser.add_argument_group("preprocessing")
+    group = add_options(parser, PreprocessConfig, demo=demo)[GROUPS[PreprocessConfig]]
     group.add_argument(
         "--cache",
         default=None,
