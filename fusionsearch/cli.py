@@ -557,6 +557,14 @@ def reference(width: int = 100) -> str:
             os.environ["COLUMNS"] = columns
 
 
+def _disconnect() -> None:
+    """Leave Ray, where this process joined or started it, before the last message: a local Ray's
+    workers then print their last lines (a stopped trial's) before it, not after."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -582,12 +590,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "saved state", file=sys.stderr)  # fmt: skip
         return 130
     except SearchInterrupted as error:
+        _disconnect()
         name = error.experiment_dir.rstrip("/").rsplit("/", 1)
         print(f"fusionsearch {args.command}: interrupted ({signal.Signals(error.signum).name}): finished "
               f"candidates and the search state are kept in {error.experiment_dir}; continue with "
               f"'fusionsearch resume {name[1]} --storage {name[0]}'", file=sys.stderr)  # fmt: skip
         return error.exit_code
     except UserError as error:
+        _disconnect()
         command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"fusionsearch {command}: error: {error}", file=sys.stderr)
         return 2

@@ -36,9 +36,141 @@ def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if is_uri(path) else normalise(path))
 
 
+def tune_filesystem(path: str) -> pafs.FileSystem | None:
+    """The filesystem Ray Tune should write an experiment at ``path`` through: for a local path, one
+    whose files appear whole or not at all (:class:`WholeFiles`); for a URI, ``None`` (Tune's own:
+    an object store already writes each object whole).
+
+    Tune uploads its experiment state over the previous copy in place; with a local filesystem a
+    disk that fills up mid-upload leaves that state truncated, and the search could not be resumed.
+    """
+    return None if is_uri(path) else pafs.PyFileSystem(WholeFiles())
+
+
+class WholeFiles(pafs.FileSystemHandler):
+    """The local filesystem, except that a file being written appears only once written in full.
+
+    Each output stream writes ``.<name>.<random>.partial`` beside its file and renames it over the
+    file when closed; a failed write (a full disk, a killed process) leaves the previous version
+    in place, and the partial file is removed where the process survives to do so. Appending is
+    not atomic (nothing here appends).
+    """
+
+    def __init__(self) -> None:
+        self._fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WholeFiles)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, WholeFiles)
+
+    def __hash__(self) -> int:
+        return hash(WholeFiles)
+
+    def __reduce__(self) -> tuple:  # to Ray's workers, rebuilt there
+        return (WholeFiles, ())
+
+    def get_type_name(self) -> str:
+        return "local-whole-files"
+
+    def normalize_path(self, path: str) -> str:
+        return self._fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the root directory")
+
+    def delete_file(self, path: str) -> None:
+        self._fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self._fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
+            while chunk := source.read(1 << 22):
+                target.write(chunk)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self._fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self._fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return pa.PythonFile(_WholeFile(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return self._fs.open_append_stream(path)
+
+
+class _WholeFile(io.RawIOBase):
+    """A binary file written under a temporary name and renamed to ``path`` when closed."""
+
+    def __init__(self, path: str) -> None:
+        folder, name = os.path.split(path)
+        self._path = path
+        self._temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+        self._file = open(self._temporary, "wb")  # noqa: SIM115 (closed in close())
+        self._failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except BaseException:
+            self._failed = True
+            self._discard()  # now: the failed stream may be closed only when collected
+            raise
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.remove(self._temporary)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._failed:
+                raise OSError(f"{self._path}: not replaced, writing it failed")
+            self._file.close()  # a full disk can first show here, flushing
+            os.replace(self._temporary, self._path)
+        except BaseException:
+            self._discard()
+            raise
+        finally:
+            super().close()
+
+
 def exists(path: str) -> bool:
     fs, inner = _resolve(path)
     return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def names(folder: str) -> list[str]:
+    """The names of the files directly in ``folder`` (none where it does not exist)."""
+    fs, inner = _resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
 
 
 def write_bytes(path: str, data: bytes) -> None:

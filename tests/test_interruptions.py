@@ -1,16 +1,20 @@
 """Mistakes refused before launch, deterministic failures not retried, clean interruption and resume."""
 
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import ray
 from ray import tune
 
 from conftest import BaselineThenOne, cached_data, scripted_driver, tiny_search, trial_key, wait_for
+from fusionsearch import storage
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.records import outcome
@@ -239,6 +243,15 @@ def test_two_searches_started_at_once_under_one_name_one_runs(tmp_path):
     rows = load_result(str(tmp_path / "runs" / "same")).table.num_rows
     assert rows == 5 + 1  # the winner's search, whole: 4 children and the control
 
+    # Its search state truncated (as a copy over a full disk leaves it): resume refuses, saying so,
+    # instead of Tune's logging the failure and starting the search over beside the finished trials.
+    (state,) = (tmp_path / "runs" / "same").glob("search_gen_state-*.json")
+    state.write_bytes(state.read_bytes()[:40])
+    refused = subprocess.run([*CLI, "resume", "same", "--storage", str(tmp_path / "runs")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert f"the search state {state} is damaged" in refused.stderr and "Traceback" not in refused.stderr
+
 
 @pytest.fixture
 def small_filesystem(tmp_path):
@@ -256,6 +269,24 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
+def test_an_upload_to_a_full_disk_leaves_the_previous_file_whole(tmp_path, small_filesystem):
+    """What Tune's uploads of its state go through (storage.tune_filesystem): a copy that runs out of
+    space keeps the previous version; pyarrow's own local filesystem leaves it truncated."""
+    source = tmp_path / "upload"
+    source.mkdir()
+    (source / "state.json").write_bytes(os.urandom(41 << 20))  # more than the 40 MB there
+    ours = storage.tune_filesystem(str(small_filesystem))
+    assert pickle.loads(pickle.dumps(ours)) == ours  # handed to Ray's workers
+    for filesystem, whole in [(ours, True), (pafs.LocalFileSystem(), False)]:
+        target = small_filesystem / filesystem.type_name
+        target.mkdir()
+        (target / "state.json").write_bytes(b"the previous version")
+        with pytest.raises(OSError, match="No space left on device"):
+            pafs.copy_files(str(source), str(target), destination_filesystem=filesystem)
+        assert ((target / "state.json").read_bytes() == b"the previous version") == whole
+        assert [p.name for p in target.iterdir()] == ["state.json"]  # no partial file left
+
+
 @pytest.mark.slow
 def test_a_full_storage_stops_the_search_and_resume_finishes_it(manifest, tmp_path, small_filesystem):
     storage = small_filesystem
@@ -268,6 +299,17 @@ def test_a_full_storage_stops_the_search_and_resume_finishes_it(manifest, tmp_pa
     assert f"the storage of {storage}/full is full" in run.stderr and "No space left on device" in run.stderr
     assert f"continue with 'fusionsearch resume full --storage {storage}'" in run.stderr
     assert "Traceback" not in run.stderr.split("fusionsearch run: error:")[-1]
+    # Tune's state, uploaded over its previous copy while the disk was full, is whole (its last
+    # complete version): each file loads, and no partial upload is left beside them.
+    experiment_files = [p.name for p in (storage / "full").iterdir()]
+    assert not [n for n in experiment_files if n.endswith(".partial")], experiment_files
+    for state in (storage / "full").glob("experiment_state-*.json"):
+        json.loads(state.read_text())
+    for state in [
+        *(storage / "full").glob("search_gen_state-*.json"),
+        *(storage / "full").glob("searcher-state-*"),
+    ]:
+        pickle.loads(state.read_bytes())  # Tune's cloudpickle output
     before = {
         trial_key(r): r for r in load_result(str(storage / "full")).table.to_pylist() if r["status"] == "ok"
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 from ray import tune
+from ray.tune.search import Searcher, SearchGenerator
 
 from fusionsearch import storage
 from fusionsearch.errors import SearchInterrupted, StorageError, UserError
@@ -211,6 +213,7 @@ def run_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage.normalise(storage_path),
+            storage_filesystem=storage.tune_filesystem(str(storage_path)),  # whole files on a full disk
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -243,6 +246,7 @@ def resume_search(
     connect()
     tuner = tune.Tuner.restore(
         experiment_dir,
+        storage_filesystem=storage.tune_filesystem(experiment_dir),
         trainable=_trainable(trainable, resources or run.resources),
         resume_errored=True,
     )
@@ -255,11 +259,12 @@ def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunReco
     A search that trains with a trainable of its author's needs that function again
     (``own_trainable``): the CLI cannot import it, so the message says how to resume from Python.
     """
-    if not tune.Tuner.can_restore(experiment_dir):
+    if not tune.Tuner.can_restore(experiment_dir, storage_filesystem=storage.tune_filesystem(experiment_dir)):
         raise UserError(
             f"no search to resume at {experiment_dir}; pass the experiment's folder "
             "(<storage>/<name>) of a search started with 'fusionsearch run' or run_search"
         )
+    _check_search_state(experiment_dir)
     run = read_run(experiment_dir)
     if not own_trainable and not run.default_trainable:
         function = run.trainable.rsplit(".", 1)[-1]
@@ -270,6 +275,27 @@ def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunReco
             "(finished candidates are not retrained)"
         )
     return run
+
+
+def _check_search_state(experiment_dir: str) -> None:
+    """Tune's saved search state loads: where it does not, Tune would log that and start the search
+    over beside the finished trials, so this raises a :class:`UserError` first."""
+    present = storage.names(experiment_dir)
+    for template in (SearchGenerator.CKPT_FILE_TMPL, Searcher.CKPT_FILE_TMPL):
+        prefix, suffix = template.split("{}")
+        saved = [n for n in present if n.startswith(prefix) and n.endswith(suffix)]
+        if not saved:
+            continue
+        newest = storage.join(experiment_dir, max(saved))  # Tune restores from the newest session's
+        try:
+            pickle.loads(storage.read_bytes(newest))
+        except (EOFError, pickle.UnpicklingError, ValueError) as error:  # not ImportError: a class elsewhere
+            raise UserError(
+                f"the search state {newest} is damaged ({type(error).__name__}: {error}), so the search "
+                f"at {experiment_dir} cannot continue where it stopped. Its finished candidates are in "
+                "candidates.parquet there; start the search again under a new name (a copy of that "
+                "file from an earlier backup, put back in place, also lets it resume)"
+            ) from None
 
 
 @contextlib.contextmanager
