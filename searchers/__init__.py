@@ -16,7 +16,7 @@ from fusionsearch.mask import NUM_POINTS
 from fusionsearch.search.experiment import CANDIDATES_FILE
 from fusionsearch.search.strategies import SFSA, BeamSearch, Exhaustive, RandomSearch, TPESearch
 from fusionsearch.settings import SEARCHERS, SearchConfig
-from searchers.rounds import CheckpointLocator, RoundSearcher
+from searchers.rounds import CheckpointLocator, Reconcile, RoundSearcher
 
 #: The rules' defaults: the same as ``fusionsearch run``'s (one source, :class:`SearchConfig`).
 _RULES = SearchConfig()
@@ -149,6 +149,7 @@ __all__ = [
     "CheckpointLocator",
     "ExhaustiveSearcher",
     "RandomSearcher",
+    "Reconcile",
     "RoundSearcher",
     "SFSASearcher",
     "TPESearcher",

@@ -30,6 +30,7 @@ from fusionsearch.search.records import (
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
 from fusionsearch.settings import SearchConfig
+from fusionsearch.tune.compat import TERMINATED
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +402,51 @@ class RoundSearcher(Searcher):
         """Trials proposed to Tune (or queued for it) that have not finished: none once the search has."""
         return [*self._pending.values(), *self._queue]
 
+    def reconcile(self, trials: Sequence[Any]) -> None:
+        """Agree with the trials Tune restored, before a resumed search's first step.
+
+        Tune saves its trials and this searcher's state as separate files, uploaded one after the
+        other; a storage that fails in between (a full disk, an outage, a killed driver) leaves one
+        newer than the other. A trial this searcher proposed that Tune does not know is proposed
+        again (else the search would wait for it forever); a trial Tune knows that this searcher
+        still has queued is taken as proposed (not trained twice); and a trial Tune finished that
+        this searcher still waits for counts as completed, with Tune's last result.
+        """
+        known = {t.trial_id for t in trials}
+        for trial_id, key in list(self._trial_keys.items()):
+            if trial_id not in known and key in self._pending:
+                log.warning("trial %s %s: proposed, but not in Tune's saved state; proposing it again",
+                            trial_id, key)  # fmt: skip
+                self._queue.insert(0, self._pending.pop(key))
+                del self._trial_keys[trial_id]
+        ours = [(t, self._trial_keys.get(t.trial_id) or Trial.from_config(t.config).key) for t in trials
+                if "mask" in t.config]  # fmt: skip
+        changed = True
+        while changed:  # a completion can plan the round that Tune's later trials belong to
+            changed = False
+            self._plan()
+            for t, key in ours:
+                queued = next((q for q in self._queue if q.key == key), None)
+                if queued is not None and key not in self._pending:
+                    self._queue.remove(queued)
+                    self._pending[key] = queued
+                    self._trial_keys[t.trial_id] = key
+                    changed = True
+                if (
+                    t.status == TERMINATED
+                    and key in self._pending
+                    and self._trial_keys.get(t.trial_id) == key
+                ):
+                    log.warning(
+                        "trial %s %s: finished in Tune's saved state; taking its result", t.trial_id, key
+                    )
+                    self.on_trial_complete(t.trial_id, t.last_result)
+                    changed = True
+
+    def reconciler(self) -> Reconcile:
+        """A Tune callback that calls :meth:`reconcile` with the restored trials (``run_search`` adds it)."""
+        return Reconcile(self)
+
     def end(self) -> None:
         """Tune's experiment ended (a stopper's ``stop_all``, a budget, an interruption): if the search had
         not finished, say so, and write the table with the trials that never ran (status ``not run``)."""
@@ -476,10 +522,27 @@ def _floats(value: Any) -> list[float] | None:
 
 
 #: pyarrow filesystem type -> URI scheme of a checkpoint's location.
-_SCHEMES = {"local": "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
+_SCHEMES = {"local": "", "py::local-whole-files": "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
 
 
-class CheckpointLocator(tune.Callback):
+class Reconcile(tune.Callback):
+    """Before the first step of a (resumed) search, aligns a :class:`RoundSearcher` with Tune's trials."""
+
+    def __init__(self, searcher: RoundSearcher) -> None:
+        self.searcher = searcher
+        self.done = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.done:
+            self.done = True
+            if trials:  # a fresh search has none
+                self.searcher.reconcile(trials)
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl: a restored search aligns again
+        return {"searcher": self.searcher, "done": False}
+
+
+class CheckpointLocator(Reconcile):
     """Tells a :class:`RoundSearcher` where each finished trial's final checkpoint went.
 
     It also tells the searcher when Tune's experiment ends, so that a search a stopper or a budget
@@ -487,11 +550,9 @@ class CheckpointLocator(tune.Callback):
     trial itself (a searcher gets only its id and result), with its latest checkpoint on the
     experiment's storage: a local path, or an ``s3://``, ``gs://`` or
     ``hdfs://`` URI. Tune calls it after the searcher's ``on_trial_complete`` and before the
-    next ``suggest``, so the location is known before any child is proposed.
+    next ``suggest``, so the location is known before any child is proposed. Before a resumed
+    search's first step it aligns the searcher with Tune's restored trials (:class:`Reconcile`).
     """
-
-    def __init__(self, searcher: RoundSearcher) -> None:
-        self.searcher = searcher
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.searcher.end()

@@ -1,6 +1,7 @@
 """The Ray Tune searcher adapter's bookkeeping, driven directly (no Ray session needed)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from ray.tune.search import Searcher
@@ -238,3 +239,51 @@ def test_late_fusion_is_trained_as_long_as_the_chosen_lineage(tmp_path):
     ]
     assert next(iter(longer.values()))["parent"] == f"{tmp_path}/a0/checkpoint_000001"  # from round 0
     assert searcher.chosen_outcomes()[0, 0].candidate.control  # the continued parent's weights
+
+
+def _tune_trial(trial_id, spec, status, loss=None):
+    """A restored Tune trial as the searcher's callback sees it (id, config, status, last result)."""
+    result = None
+    if loss is not None:
+        result = {"val_loss": loss, "checkpoint_dir_name": "checkpoint_000001", "config": spec}
+    return SimpleNamespace(trial_id=trial_id, config=spec, status=status, last_result=result)
+
+
+def test_a_searcher_state_newer_than_tunes_trials_proposes_its_unknown_trials_again(tmp_path):
+    """Round 1 proposed after Tune's last saved state: without reconciling, the search would wait for
+    those five trials forever (Tune has no such trials to run)."""
+    searcher = SFSASearcher(experiment_dir=str(tmp_path))
+    baseline = searcher.suggest("t0")
+    complete(searcher, "t0", "0000", 1.0)
+    round1 = drain(searcher, "old")
+    assert len(round1) == 5 and searcher.suggest("x") is None
+    searcher.save(str(tmp_path / "state.pkl"))
+    restored = SFSASearcher()
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.reconcile([_tune_trial("t0", baseline, "TERMINATED", 1.0)])
+    again = drain(restored, "new")
+    assert sorted(s["mask"] for s in again.values()) == sorted(s["mask"] for s in round1.values())
+    finish(restored, again, {"0100": 0.5})
+    finish(restored, drain(restored, "r2"), {})
+    assert restored.suggest("end") == Searcher.FINISHED and restored.best_mask == "0100"
+    keys = [(r["role"], r["mask"], r["round"]) for r in restored.table().to_pylist()]
+    assert len(keys) == len(set(keys)) == 1 + 5 + 4  # nothing trained twice
+
+
+def test_a_searcher_state_older_than_tunes_trials_takes_their_results_and_trains_nothing_twice(tmp_path):
+    """The searcher saved while the baseline ran; Tune saved later: the baseline finished and round 1's
+    first child was proposed. The baseline's result is taken, the child is not proposed again."""
+    searcher = SFSASearcher(experiment_dir=str(tmp_path))
+    baseline = searcher.suggest("t0")
+    searcher.save(str(tmp_path / "state.pkl"))
+    Path(tmp_path, "t0", "checkpoint_000001").mkdir(parents=True)
+    child = {**baseline, "mask": "1000", "round": 1, "parent_mask": "0000"}
+    restored = SFSASearcher()
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.reconcile([_tune_trial("t0", baseline, "TERMINATED", 1.0), _tune_trial("c0", child, "PENDING")])
+    rest = drain(restored, "new")
+    assert sorted(s["mask"] for s in rest.values()) == ["0000", "0001", "0010", "0100"]  # 1000: Tune runs it
+    complete(restored, "c0", "1000", 2.0, round=1)
+    finish(restored, rest, {})
+    assert restored.suggest("end") == Searcher.FINISHED
+    assert restored.table().num_rows == 1 + 5

@@ -218,6 +218,7 @@ def run_search(
             # Keep only the latest checkpoint of each trial: for a finished trial, its final one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
+                *([searcher.reconciler()] if hasattr(searcher, "reconciler") else []),
                 ForgetLostCheckpoints(),
                 ProgressLog(),
                 FoldProgress(),
