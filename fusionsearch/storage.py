@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,10 @@ def join(base: str, *parts: str) -> str:
 
 def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if is_uri(path) else normalise(path))
+
+
+#: ``type_name`` of the filesystem :func:`tune_filesystem` gives for a local path.
+WHOLE_FILES_TYPE = "py::local-whole-files"
 
 
 def tune_filesystem(path: str) -> pafs.FileSystem | None:
@@ -72,7 +77,7 @@ class WholeFiles(pafs.FileSystemHandler):
         return (WholeFiles, ())
 
     def get_type_name(self) -> str:
-        return "local-whole-files"
+        return WHOLE_FILES_TYPE.removeprefix("py::")  # pyarrow adds the prefix
 
     def normalize_path(self, path: str) -> str:
         return self._fs.normalize_path(path)
@@ -103,8 +108,7 @@ class WholeFiles(pafs.FileSystemHandler):
 
     def copy_file(self, src: str, dest: str) -> None:
         with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            while chunk := source.read(1 << 22):
-                target.write(chunk)
+            shutil.copyfileobj(source, target)
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         return self._fs.open_input_stream(path)

@@ -522,7 +522,7 @@ def _floats(value: Any) -> list[float] | None:
 
 
 #: pyarrow filesystem type -> URI scheme of a checkpoint's location.
-_SCHEMES = {"local": "", "py::local-whole-files": "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
+_SCHEMES = {"local": "", storage.WHOLE_FILES_TYPE: "", "s3": "s3://", "gcs": "gs://", "hdfs": "hdfs://"}
 
 
 class Reconcile(tune.Callback):
