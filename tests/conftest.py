@@ -30,13 +30,18 @@ TINY_EVERY_FOLD = [
     "3",
     "--gpus",
     "0",
+    # Nothing learns in 2 epochs, so every round would be extended once (twice the trials): the
+    # extension through Ray and the CLI is tested once, in test_interruptions (tiny_search(extend=True)).
+    "--no-extend",
 ]
 #: ... or a search of fold 0 only, without baselines.
 TINY_RUN = [*TINY_EVERY_FOLD, "--fold", "0", "--no-unimodal"]
 
 
-def tiny_search(manifest, storage, name: str, cache, *extra: str) -> list[str]:
-    """``fusionsearch run`` arguments of a tiny fold-0 search with 2-epoch candidates, plus ``extra``."""
+def tiny_search(manifest, storage, name: str, cache, *extra: str, extend: bool = False) -> list[str]:
+    """``fusionsearch run`` arguments of a tiny fold-0 search with 2-epoch candidates, plus ``extra``;
+    ``extend``: a round where nothing learned (every round here) is trained again once."""
+    options = [option for option in TINY_RUN if not (extend and option == "--no-extend")]
     return [
         "run",
         "--data",
@@ -47,21 +52,27 @@ def tiny_search(manifest, storage, name: str, cache, *extra: str) -> list[str]:
         name,
         "--cache",
         str(cache),
-        *TINY_RUN,
+        *options,
         *extra,
     ]
 
 
 #: Modules whose tests share an expensive module-scoped fixture (a cluster, a finished search, a
-#: local Ray, an S3 server): their tests run on one xdist worker (``--dist loadgroup``), the rest
-#: are spread one by one.
+#: local Ray, an S3 server): each runs whole on one xdist worker; every other test is scheduled alone.
 SHARED_FIXTURE_MODULES = {"test_cluster", "test_run_cli", "test_object_storage", "test_search_ray"}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module.__name__ in SHARED_FIXTURE_MODULES:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling of :data:`SHARED_FIXTURE_MODULES`: ``--dist loadgroup`` reads its groups from
+    node ids that pytest 9.2 no longer lets a plugin change, so the groups are made here."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).stem in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -158,11 +158,11 @@ def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifes
     assert len(Path(tmp_path, "corrupt", child["trial_id"], "result.json").read_text().splitlines()) == 1
 
 
-def _sfsa_answer(rows):
+def _sfsa_answer(rows, extend: bool = False):
     """What SFSA chooses from these trials' reports, replayed without Ray (the uninterrupted answer):
     the keys of the trials it trains and the key of its answer."""
     by_key = {trial_key(r): r for r in rows}
-    history, strategy = [], SFSA()  # the command line's rules are its defaults
+    history, strategy = [], SFSA(extend=extend)  # otherwise the command line's rules are its defaults
 
     def key(c):
         return "control" if c.control else "search", str(c.mask), c.round, c.extension
@@ -179,7 +179,7 @@ def test_signals_stop_cleanly_and_resume_gives_the_uninterrupted_answer(manifest
     storage, experiment = tmp_path / "runs", tmp_path / "runs" / "x"
     finished: dict = {}  # trial key -> row, of the candidates finished before each stop
     for command, signum, code in [
-        (tiny_search(manifest, storage, "x", tmp_path / "cache"), signal.SIGTERM, 143),
+        (tiny_search(manifest, storage, "x", tmp_path / "cache", extend=True), signal.SIGTERM, 143),
         (["resume", "x", "--storage", str(storage)], signal.SIGINT, 130),
     ]:
         run = subprocess.Popen([*CLI, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -205,7 +205,7 @@ def test_signals_stop_cleanly_and_resume_gives_the_uninterrupted_answer(manifest
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [r for r in load_result(str(experiment)).table.to_pylist() if r["role"] != "longer"]
     assert all(r["status"] == "ok" for r in rows) and len(rows) == len({trial_key(r) for r in rows})
-    trained, chosen = _sfsa_answer(rows)
+    trained, chosen = _sfsa_answer(rows, extend=True)
     assert {trial_key(r) for r in rows} == trained and [trial_key(r) for r in rows if r["chosen"]] == [chosen]
     for row in rows:  # finished before a signal: the same trial, not retrained
         if trial_key(row) in finished:
