@@ -50,7 +50,7 @@ def test_run_record_round_trips_and_reads_format_1(tmp_path):
     assert (old.searcher, old.settings, old.max_concurrent, old.default_trainable) == (
         "sfsa",
         SETTINGS,
-        16,
+        None,  # as many trials at once as the cluster holds
         True,
     )
     storage.write_json(str(tmp_path / RUN_FILE), {"format_version": 99})

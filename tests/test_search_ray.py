@@ -16,7 +16,7 @@ from fusionsearch.cli import main
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, BeamSearch, Outcome, best_outcome
-from fusionsearch.tune.driver import load_result, resume_search, run_search
+from fusionsearch.tune.driver import load_result, read_run, resume_search, run_search, trial_slots
 from processes import kill_tree
 from searchers import BeamSearcher, ExhaustiveSearcher, SFSASearcher
 from trainables.scripted import scripted_trainable
@@ -98,6 +98,25 @@ def test_beam_and_exhaustive_on_ray(tmp_path):
     exhaustive = search(tmp_path, ExhaustiveSearcher(), name="exhaustive", duration=0.1)
     assert sorted(exhaustive.table["mask"].to_pylist()) == sorted(LAND)
     assert str(exhaustive.best_mask) == "0110"
+
+
+def test_concurrency_follows_the_clusters_resources_not_the_number_of_masks(tmp_path):
+    # One fusion point (2 masks) on three folds: round 0 has three baselines, more than the 2**m
+    # trials a search once ran at most (with max_concurrent=2 the third never starts and this fails);
+    # the local Ray's 4 CPUs hold them all at once.
+    gather = {"dir": str(tmp_path / "gather"), "sizes": {"0": 3}, "timeout": 30}
+    result = run_search(SFSASearcher(num_points=1, folds=[0, 1, 2]), trainable=scripted_trainable,
+                        config={"landscape": {"0": 1.0, "1": 0.5}, "duration": 0.1, "gather": gather},
+                        storage_path=tmp_path, name="wide", resources={"cpu": 1}, max_failures=0)  # fmt: skip
+    rows = result.table.to_pylist()
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows)  # baseline, child, control per fold
+    assert sorted(p.name for p in (tmp_path / "gather" / "0").iterdir()) == ["0-0", "1-0", "2-0"]
+    assert read_run(str(tmp_path / "wide")).max_concurrent is None  # counted from the cluster on resume too
+    # What the cluster holds: the scarcest resource decides; a custom resource counts like the others.
+    assert trial_slots({"cpu": 1, "gpu": 1}, {"CPU": 64.0, "GPU": 32.0}) == 32
+    assert trial_slots({"cpu": 4, "gpu": 0.5}, {"CPU": 16.0, "GPU": 8.0}) == 4
+    assert trial_slots(None, {"CPU": 3.0}) == 3 and trial_slots({"cpu": 8}, {"CPU": 4.0}) == 1
+    assert trial_slots({"cpu": 1, "ssd": 1}, {"CPU": 8.0, "ssd": 2.0}) == 2
 
 
 def test_failing_candidate_does_not_stall_the_search(tmp_path):

@@ -22,7 +22,8 @@ def scripted_trainable(config: dict) -> None:
     Its checkpoint records its own mask, its process id and what it read from its parent's
     checkpoint, so tests can check warm-start plumbing and actor reuse end to end. With
     ``gather={"dir": ..., "sizes": {round: n}}``, a trial of such a round first waits until
-    all ``n`` trials of its round have started (so they provably run at once). With
+    all ``n`` trials of its round (over all folds) have started, so they provably run at once (it
+    fails after ``gather["timeout"]`` seconds, default 120). With
     ``started=DIR``, each trial touches ``DIR/<round>-<mask>`` as it begins (tests wait on it).
     With ``hold={"masks": [...], "seconds": s}``, a trial of such a mask first reports a
     resumable checkpoint (``partial``), then waits ``s`` seconds before it finishes. With
@@ -43,7 +44,9 @@ def scripted_trainable(config: dict) -> None:
         Path(config["started"]).mkdir(parents=True, exist_ok=True)
         Path(config["started"], f"{config.get('round')}-{mask}").touch()
     if size := config.get("gather", {}).get("sizes", {}).get(str(config.get("round"))):
-        _gather(Path(config["gather"]["dir"]) / str(config["round"]), mask, size)
+        gather = config["gather"]
+        _gather(Path(gather["dir"]) / str(config["round"]), f"{config.get('fold', 0)}-{mask}", size,
+                gather.get("timeout", 120.0))  # fmt: skip
     parent_seen = None
     if config.get("parent"):
         with tune.Checkpoint(config["parent"]).as_directory() as parent:
@@ -72,9 +75,9 @@ def scripted_trainable(config: dict) -> None:
         Path(config["finished"], f"{name}-{time.time_ns()}").touch()
 
 
-def _gather(directory: Path, mask: str, size: int, timeout: float = 120.0) -> None:
+def _gather(directory: Path, name: str, size: int, timeout: float = 120.0) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / mask).touch()
+    (directory / name).touch()
     deadline = time.monotonic() + timeout
     while len(list(directory.iterdir())) < size:
         if time.monotonic() > deadline:

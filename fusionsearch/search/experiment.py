@@ -52,7 +52,8 @@ class RunRecord:
 
     Attributes:
         resources: per-trial resources (``{"cpu": .., "gpu": ..}``), or ``None`` for Tune's default.
-        max_concurrent: most trials at once.
+        max_concurrent: most trials at once; ``None``: as many as the cluster's resources hold
+            (counted again on resume, which may run on another cluster).
         max_failures: retries of a failing trial.
         trainable: ``module.qualname`` of the trainable; :data:`DEFAULT_TRAINABLE` for the
             built-in one, which the CLI can resume, evaluate and report.
@@ -63,7 +64,7 @@ class RunRecord:
     """
 
     resources: dict[str, float] | None
-    max_concurrent: int
+    max_concurrent: int | None
     max_failures: int
     trainable: str = DEFAULT_TRAINABLE
     settings: RunSettings | None = None
@@ -116,7 +117,6 @@ def read_run(experiment_dir: str) -> RunRecord:
         metadata = dict(value.pop("metadata", {}))
         value["settings"] = metadata.pop("settings", None)
         value["searcher"] = metadata.get("searcher", "search")
-        value["max_concurrent"] = value["max_concurrent"] or 2**NUM_POINTS
         value["metadata"] = metadata
     elif version != RUN_FORMAT:
         raise UserError(

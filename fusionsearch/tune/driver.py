@@ -166,7 +166,8 @@ def run_search(
         storage_path: where results, checkpoints and state live (local, NFS, or a URI).
         name: the experiment's name; its folder is ``<storage_path>/<name>``.
         resources: per-trial resources for ``tune.with_resources``, e.g. ``{"cpu": 4, "gpu": 1}``.
-        max_concurrent: most trials at once (default: a whole round).
+        max_concurrent: most trials at once (default: as many as the cluster's resources hold, so
+            a wide round of several folds and replicates fills a large cluster).
         max_failures: retries of a failing trial before it counts as a failed candidate.
         metadata: anything JSON-able to keep beside the results (the CLI keeps its manifest).
     """
@@ -182,7 +183,6 @@ def run_search(
         settings = from_dict(RunSettings, config["settings"])
         config["settings"] = to_dict(settings)
     num_points = getattr(searcher, "num_points", NUM_POINTS)
-    max_concurrent = max_concurrent or 2**num_points
     run = RunRecord(
         resources=resources,
         max_concurrent=max_concurrent,
@@ -229,7 +229,25 @@ def run_search(
             verbose=0,
         ),
     )
-    return _fit(tuner, experiment_dir, max_concurrent)
+    return _fit(tuner, experiment_dir, _concurrency(max_concurrent, resources))
+
+
+def _concurrency(limit: int | None, per_trial: dict[str, float] | None) -> int:
+    """Trials pending or running at once: the user's ``limit``, else as many as the cluster holds, and
+    at least 16 (Tune's own floor), so an autoscaling cluster sees demand for nodes it has yet to start."""
+    return limit or max(16, trial_slots(per_trial, ray.cluster_resources()))
+
+
+def trial_slots(per_trial: dict[str, float] | None, cluster: dict[str, float]) -> int:
+    """How many trials, each needing ``per_trial`` (``{"cpu": 1, "gpu": 1}``; ``None``: one CPU), the
+    resources ``cluster`` (``ray.cluster_resources()``) hold at once; at least 1."""
+    needs = {"cpu": 1.0} if per_trial is None else per_trial
+    fits = [
+        int(cluster.get(key.upper() if key in ("cpu", "gpu") else key, 0.0) / amount + 1e-9)
+        for key, amount in needs.items()
+        if amount
+    ]
+    return max(1, min(fits, default=1))
 
 
 def resume_search(
@@ -245,13 +263,14 @@ def resume_search(
     experiment_dir = storage.normalise(experiment_dir)
     run = check_resumable(experiment_dir, own_trainable=trainable is not None)
     connect()
+    resources = resources or run.resources
     tuner = tune.Tuner.restore(
         experiment_dir,
         storage_filesystem=storage.tune_filesystem(experiment_dir),
-        trainable=_trainable(trainable, resources or run.resources),
+        trainable=_trainable(trainable, resources),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir, run.max_concurrent)
+    return _fit(tuner, experiment_dir, _concurrency(run.max_concurrent, resources))
 
 
 def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunRecord:
@@ -385,6 +404,7 @@ def _quiet_tune() -> Iterator[None]:
 
 
 def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchResult:
+    """``tuner.fit()`` with up to ``max_concurrent`` trials pending or running and as many actors kept."""
     # Keep the finished trials' actors for the next round instead of starting a fresh process
     # (with its imports) per trial.
     start = time.perf_counter()
