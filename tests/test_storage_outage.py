@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -12,9 +13,9 @@ import pytest
 
 from conftest import moto_server, tiny_search, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.tune import callbacks
 from proxy import OutageProxy
 
-pytestmark = pytest.mark.slow
 BUCKET = "outage"
 CLI = [sys.executable, "-m", "fusionsearch.cli"]
 
@@ -46,15 +47,48 @@ def s3_behind_a_proxy(tmp_path):
             proxy.close()
 
 
-def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_error(
+def test_a_trial_failing_on_an_unreachable_storage_is_retried_once_a_full_one_stops_at_once(
+    tmp_path, monkeypatch
+):
+    """StorageGuard's decisions, on trials as Tune hands them to callbacks (no Ray needed)."""
+    stops = []
+    monkeypatch.setattr(callbacks.signal, "getsignal", lambda signum: stops.append)
+    monkeypatch.setattr(callbacks.signal, "raise_signal", stops.append)
+    monkeypatch.setattr(callbacks, "storage_failure", {})
+
+    def trial(error: str, failed: int) -> SimpleNamespace:
+        (tmp_path / "error.txt").write_text(f"Traceback ...\n{error}\n")
+        return SimpleNamespace(trial_id="t1", error_file=str(tmp_path / "error.txt"),
+                               run_metadata=SimpleNamespace(num_failures=failed))  # fmt: skip
+
+    guard = callbacks.StorageGuard()
+    unreachable = "OSError: When reading 'runs/x': AWS Error NETWORK_CONNECTION during HeadObject"
+    guard.on_trial_recover(0, [], trial(unreachable, 1))  # a short outage: retried
+    guard.on_trial_recover(0, [], trial("RuntimeError: CUDA error", 2))  # not the storage: Tune's business
+    assert stops == [] and callbacks.storage_failure == {}
+    guard.on_trial_recover(0, [], trial(unreachable, 2))  # failed on it twice: stop, as Ctrl-C does
+    assert len(stops) == 1 and callbacks.storage_failure["kind"] == "unreachable"
+    callbacks.storage_failure.clear()
+    guard.on_trial_error(0, [], trial(unreachable, 1))  # out of retries: stop, the trial stays pending
+    assert len(stops) == 2
+    callbacks.storage_failure.clear()
+    guard.on_trial_recover(0, [], trial("OSError: [Errno 28] No space left on device", 1))  # full: at once
+    assert len(stops) == 3 and callbacks.storage_failure["kind"] == "full"
+    guard.on_trial_recover(0, [], trial(unreachable, 5))  # the search is already stopping: once is enough
+    assert len(stops) == 3
+
+
+@pytest.mark.slow
+def test_an_unreachable_endpoint_stops_the_search_with_a_clear_error_and_resume_finishes_it(
     s3_behind_a_proxy, tmp_path
 ):
     direct, proxy, env = s3_behind_a_proxy
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=1))
     storage = f"s3://{BUCKET}/runs"
-    # One retry: the trial's second failure on the unreachable storage stops the search.
+    # No retry (the retry of a short outage is the test above): the first trial failing on the
+    # unreachable storage stops the search, as its second failure would with --max-failures 1.
     argv = tiny_search(
-        manifest, storage, "out", tmp_path / "cache", "--checkpoint-interval", "0", "--max-failures", "1"
+        manifest, storage, "out", tmp_path / "cache", "--checkpoint-interval", "0", "--max-failures", "0"
     )
     run = subprocess.Popen([*CLI, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     table = f"{BUCKET}/runs/out/candidates.parquet"
@@ -65,8 +99,7 @@ def test_an_unreachable_endpoint_is_retried_then_stops_the_search_with_a_clear_e
     _, err = run.communicate(timeout=600)
     stopped_after = time.monotonic() - cut_at
     assert run.returncode == 2, err[-3000:]
-    # (A trial failing on it is retried once first; when the driver's own reads fail first, the stop
-    # comes from there: either way the same one-paragraph error.)
+    # (When the driver's own reads fail first, the stop comes from there: the same one-paragraph error.)
     assert f"the storage of {storage}/out could not be reached, also on retries" in err
     assert f"continue with 'fusionsearch resume out --storage s3://{BUCKET}/runs'" in err
     print(f"outage: the search stopped {stopped_after:.0f} s after the endpoint went away")
