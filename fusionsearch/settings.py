@@ -235,7 +235,7 @@ class TrainConfig:
         ),
     )
     schedule: str = field(
-        default="constant",
+        default="cosine",
         metadata=option(
             "learning-rate schedule; cosine: linear warm-up, then cosine decay", choices=SCHEDULES
         ),
@@ -352,7 +352,9 @@ class SearchConfig:
     Attributes:
         searcher: ``sfsa``, ``beam``, ``exhaustive``, or a rival at a fixed budget: ``random``
             (uniform over the fused masks) or ``optuna`` (Optuna's TPE over the m points).
-        min_delta: least decrease of the validation loss that counts as an improvement.
+        min_delta: least decrease of the validation loss that counts as an improvement: sfsa and
+            beam accept a child whose gain over its reference is above it at ``p < alpha``
+            (:mod:`fusionsearch.search.acceptance` says why 0.02).
         control: sfsa, beam: ``parent`` trains, beside each round's children, their parent
             continued with exactly their budget, and a child must beat that; ``none``: the
             paper's rule, a child must beat its parent's own loss.
@@ -383,7 +385,13 @@ class SearchConfig:
     """
 
     searcher: str = field(default="sfsa", metadata=option("search strategy", choices=SEARCHERS))
-    min_delta: float = field(default=0.0, metadata=option("least loss decrease that counts"))
+    min_delta: float = field(
+        default=0.02,
+        metadata=option(
+            "least loss decrease that counts (nats of mean cross-entropy); sfsa, beam: a child's gain "
+            "must be above it at p < alpha"
+        ),
+    )
     control: str = field(
         default="parent",
         metadata=option(

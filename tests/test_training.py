@@ -47,7 +47,10 @@ class Recorder:
 
 
 def test_a_round_tried_again_replays_its_first_attempt_then_trains_another_budget(tiny, tmp_path):
-    """An extension: the same trial from the same parent, twice the epochs, the first budget's batches."""
+    """An extension: the same trial from the same parent, twice the epochs, the first budget's batches
+    (at a constant rate a replay of the first attempt; a cosine schedule stretches over the doubled
+    budget, so there the first epochs see the same batches at other rates)."""
+    tiny = replace(tiny, train=replace(tiny.train, schedule="constant"))
     data = load_fold(tiny.data, 0)
     parent = Recorder(tmp_path / "parent")
     fit(CandidateConfig(Trial("0000"), tiny), parent, data=data)
