@@ -23,6 +23,7 @@ import numpy as np
 from fusionsearch.data.splits import validation_halves
 from fusionsearch.search import acceptance
 from fusionsearch.search.acceptance import Evidence
+from fusionsearch.settings import SearchConfig
 
 SIGMA = 0.1
 
@@ -59,16 +60,18 @@ def simulated_rounds(
 
 def accept_rate(
     m: int, epochs: int, rho: float, gain: float = 0.0, rounds: int = 1000, seed: int = 0,
-    control: bool = True, n: int = 80,
+    control: bool = True, n: int = 80, min_delta: float = 0.0,
 ) -> tuple[int, int]:  # fmt: skip
-    """(rounds that accepted a child, rounds); with a gain, only the child that has it counts."""
+    """(rounds that accepted a child, rounds); with a gain, only the child that has it counts.
+    ``min_delta``: the least gain that counts (the searchers' default is ``SearchConfig().min_delta``)."""
     rng = np.random.default_rng(seed)
     select = validation_halves(rng.integers(0, 2, n), [f"s{i}" for i in range(n)], seed)
     accepted = 0
     for children, control_evidence in simulated_rounds(rng, select, rounds, m, epochs, rho, gain):
         reference = control_evidence if control else None
         i = acceptance.pick([(c, reference) for c in children])
-        accepted += acceptance.judge(children[i], reference).accepted and (gain == 0 or i == 0)
+        verdict = acceptance.judge(children[i], reference, min_delta=min_delta)
+        accepted += verdict.accepted and (gain == 0 or i == 0)
     return accepted, rounds
 
 
@@ -90,9 +93,11 @@ def main() -> None:
             print(f"{m:>3} {epochs:>6} {rho:>4} " + " ".join(f"{a / r:>10.4f}" for a, r in rates))
     print(f"\npower: one child gains `gain` over its siblings and the control (epochs 12, rho 0.5, "
           f"{args.rounds // 4} rounds each):")  # fmt: skip
-    print(f"{'gain / sigma':>12} {'m = 4':>7} {'m = 8':>7}")
-    for ratio in (0.3, 0.5, 0.6, 0.7, 1.0):
-        rates = [accept_rate(m, 12, 0.5, ratio * SIGMA, args.rounds // 4, seed=m, n=args.n) for m in (4, 8)]
+    margin = SearchConfig().min_delta
+    print(f"{'gain / sigma':>12} {'m = 4':>7} {'m = 8':>7}   with the default min_delta = {margin}: m = 4, m = 8")
+    for ratio in (0.3, 0.5, 0.6, 0.7, 1.0, 1.2):
+        rates = [accept_rate(m, 12, 0.5, ratio * SIGMA, args.rounds // 4, seed=m, n=args.n, min_delta=delta)
+                 for delta in (0.0, margin) for m in (4, 8)]  # fmt: skip
         print(f"{ratio:>12} " + " ".join(f"{a / r:>7.3f}" for a, r in rates))
 
 

@@ -17,6 +17,7 @@ from fusionsearch.search import acceptance
 from fusionsearch.search.acceptance import Evidence
 from fusionsearch.search.records import FoldSearch
 from fusionsearch.search.strategies import SFSA, Outcome
+from fusionsearch.settings import SearchConfig
 
 _spec = importlib.util.spec_from_file_location(
     "acceptance_calibration",
@@ -53,6 +54,28 @@ def test_a_gain_of_0_7_of_the_per_sample_spread_is_found_at_least_80_percent_of_
     """Power: one child's losses 0.07 (0.7 sigma) below its siblings' and the control's; 40 test subjects."""
     accepted, rounds = accept_rate(m, 12, 0.5, gain=0.7 * SIGMA, rounds=400, seed=m)
     assert accepted / rounds >= 0.8
+
+
+@pytest.mark.parametrize("m", [4, 8])
+def test_at_the_default_margin_a_gain_of_one_sigma_is_found_and_noise_stays_below_alpha(m):
+    """The searchers test a gain against min_delta (0.02): power for 0.1 (1 sigma), and no more false
+    accepts than against 0."""
+    margin = SearchConfig().min_delta
+    assert margin > 0 and SFSA().min_delta == margin
+    accepted, rounds = accept_rate(m, 12, 0.5, gain=SIGMA, rounds=400, seed=m, min_delta=margin)
+    assert accepted / rounds >= 0.8
+    assert at_most_alpha(*accept_rate(m, 30, 0.5, seed=m + 1, min_delta=margin))
+
+
+def test_a_negligible_but_consistent_gain_is_not_a_fusion_effect():
+    """On a task one modality solves, a child's losses sat a hair below its control's on every subject
+    (gains 0.0002-0.02 nats at p = 2e-10 to 0.03): significant against 0, not above the margin."""
+    control = tuple(np.linspace(0.001, 0.05, 60))
+    child = tuple(x - 0.005 + 0.002 * np.sin(i) for i, x in enumerate(control))
+    reference, candidate = Evidence(0.02, 0.1, 5, control, START), Evidence(0.015, 0.1, 5, child, START)
+    assert acceptance.judge(candidate, reference, min_delta=0.0).accepted  # p < 1e-10 against 0
+    verdict = acceptance.judge(candidate, reference, min_delta=SearchConfig().min_delta)
+    assert not verdict.accepted and verdict.p_value > 0.5 and verdict.gain == pytest.approx(0.005, abs=1e-3)
 
 
 def test_a_child_whose_best_epoch_is_zero_is_never_an_improvement():
