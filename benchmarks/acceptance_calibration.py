@@ -94,7 +94,8 @@ def main() -> None:
     print(f"\npower: one child gains `gain` over its siblings and the control (epochs 12, rho 0.5, "
           f"{args.rounds // 4} rounds each):")  # fmt: skip
     margin = SearchConfig().min_delta
-    print(f"{'gain / sigma':>12} {'m = 4':>7} {'m = 8':>7}   with the default min_delta = {margin}: m = 4, m = 8")
+    print(f"{'gain / sigma':>12} {'m = 4':>7} {'m = 8':>7}   "
+          f"with the default min_delta = {margin}: m = 4, m = 8")  # fmt: skip
     for ratio in (0.3, 0.5, 0.6, 0.7, 1.0, 1.2):
         rates = [accept_rate(m, 12, 0.5, ratio * SIGMA, args.rounds // 4, seed=m, n=args.n, min_delta=delta)
                  for delta in (0.0, margin) for m in (4, 8)]  # fmt: skip
