@@ -17,7 +17,8 @@ from ray import tune
 
 
 def scripted_trainable(config: dict) -> None:
-    """Reports ``landscape[mask]`` after ``duration`` seconds; fails for masks in ``fail``.
+    """Reports ``landscape[mask]`` after ``duration`` seconds (or ``durations[duration_key(config)]``);
+    fails for masks in ``fail``.
 
     Its checkpoint records its own mask, its process id and what it read from its parent's
     checkpoint, so tests can check warm-start plumbing and actor reuse end to end. With
@@ -62,7 +63,7 @@ def scripted_trainable(config: dict) -> None:
                 {"val_loss": config["landscape"][mask]}, checkpoint=tune.Checkpoint.from_directory(directory)
             )
         time.sleep(hold["seconds"])
-    time.sleep(config.get("duration", 0.0))
+    time.sleep(config.get("durations", {}).get(duration_key(config), config.get("duration", 0.0)))
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][mask], "started_at": started, "finished_at": time.time(),
                    "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}  # fmt: skip
@@ -73,6 +74,11 @@ def scripted_trainable(config: dict) -> None:
         name = f"{config.get('role')}-{config.get('round')}-{mask}-{config.get('extension')}-{os.getpid()}"
         Path(config["finished"]).mkdir(parents=True, exist_ok=True)
         Path(config["finished"], f"{name}-{time.time_ns()}").touch()
+
+
+def duration_key(config: dict) -> str:
+    """The key of ``config["durations"]`` (seconds per trial) for a trial: role, parent mask, mask."""
+    return f"{config.get('role', 'search')}:{config.get('parent_mask')}>{config['mask']}"
 
 
 def _gather(directory: Path, name: str, size: int, timeout: float = 120.0) -> None:

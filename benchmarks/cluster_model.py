@@ -1,0 +1,194 @@
+"""A search's wall time and GPU-busy fraction on N GPUs, from its parts; checked against a real Ray run.
+
+    python benchmarks/cluster_model.py --gpus 1 8 16 32 --folds 5 --epochs 30 \\
+        --epoch-seconds 0.67 --setup 1.7                     # ds004199-sized trials on an H200
+    python benchmarks/cluster_model.py --validate --gpus 8 --folds 3 --epochs 4 --epoch-seconds 1
+
+The model drives the project's own searcher (``searchers.REGISTRY``: the same rounds, controls,
+unimodal baselines and proposal order as a real search, through its Tune interface, without Ray).
+Proposed trials queue in that order for N slots, one GPU each; a slot's first trial waits
+``--actor-start`` seconds (its process starting and importing), every trial ``--overhead`` more
+(Tune's bookkeeping, reports, checkpoint); a fold's next round is proposed when its round has
+finished, and folds do not wait for each other. A trial trains ``--setup`` + epochs x
+``--epoch-seconds``: the full ``--epochs`` when it keeps improving (the baselines, unimodal
+networks, a child better than its parent), ``--patience`` epochs when it stops early (every
+other trial: a child no better than its parent, the control). Losses come from a landscape of
+random masks (seeded by ``--seed``, the same for every fold). The GPUs' busy fraction is
+training seconds / (N x wall time).
+
+``--validate`` runs the same search for real: a local Ray with N logical GPUs, every candidate
+the scripted trainable sleeping its modelled seconds, and prints measured against modelled wall
+time (the model's ``--actor-start`` and ``--overhead`` are then what this machine's Ray costs:
+measure them with ``round_overhead.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusionsearch.mask import FusionMask
+from fusionsearch.settings import SearchConfig
+from searchers import REGISTRY
+from trainables.scripted import duration_key
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a trial costs: seconds per epoch, per trial and per slot's first trial; the epoch budget."""
+
+    epoch_seconds: float
+    setup: float = 1.7
+    epochs: int = 30
+    patience: int = 8
+    overhead: float = 0.1
+    actor_start: float = 3.0
+
+    def seconds(self, config: dict, landscape: dict[str, float]) -> float:
+        """Training seconds of a proposed trial (its config as the searcher proposes it)."""
+        parent = config.get("parent_mask")
+        improving = (
+            config["role"] == "unimodal"
+            or parent is None
+            or (config["role"] == "search" and landscape[config["mask"]] < landscape[parent])
+        )
+        return self.setup + self.epoch_seconds * (
+            self.epochs if improving else min(self.patience, self.epochs)
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    wall: float  # seconds from the first proposal to the last finish
+    busy: float  # training seconds / (GPUs x wall)
+    trials: int
+    training: float  # training seconds, all trials
+
+
+def landscape(num_points: int, seed: int) -> dict[str, float]:
+    """A random loss per mask (0000 worst: fusing somewhere helps)."""
+    rng = random.Random(seed)
+    losses = {str(m): rng.uniform(0.2, 0.9) for m in FusionMask.all_masks(num_points)}
+    losses[str(FusionMask.empty(num_points))] = 1.0
+    return losses
+
+
+def make_searcher(args: argparse.Namespace):
+    """The searcher a ``fusionsearch run`` with these options would use (every fold searched)."""
+    search = SearchConfig(searcher=args.searcher, folds=args.folds, unimodal=args.modalities > 1)
+    unimodal = [f"m{i}" for i in range(args.modalities)] if args.modalities > 1 else ()
+    return REGISTRY[args.searcher].from_config(search, folds=list(range(args.folds)), unimodal=unimodal,
+                                               num_points=args.points, pooled=False, ensemble=False,
+                                               repeats=1, seed=0)  # fmt: skip
+
+
+def simulate(searcher, gpus: int, parts: Parts, losses: dict[str, float], scratch: str) -> Prediction:
+    """Run ``searcher`` against N modelled slots; see the module's docstring."""
+    searcher.set_experiment_dir(scratch)
+    slots = [(0.0, False)] * gpus  # (free from, has a warm actor)
+    heapq.heapify(slots)
+    running: list[tuple[float, str, dict]] = []
+    queue: deque[tuple[str, dict]] = deque()
+    now, training, trials, ids = 0.0, 0.0, 0, 0
+    while True:
+        while isinstance(config := searcher.suggest(f"t{ids}"), dict):
+            queue.append((f"t{ids}", config))
+            ids += 1
+        while queue and slots and slots[0][0] <= now:
+            _, warm = heapq.heappop(slots)
+            trial_id, config = queue.popleft()
+            seconds = parts.seconds(config, losses)
+            end = now + (0.0 if warm else parts.actor_start) + parts.overhead + seconds
+            heapq.heappush(running, (end, trial_id, config))
+            training, trials = training + seconds, trials + 1
+        if not running:
+            break
+        now, trial_id, config = heapq.heappop(running)
+        heapq.heappush(slots, (now, True))
+        Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
+        searcher.on_trial_complete(trial_id, {
+            "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",
+            **{f"config/{k}": v for k, v in config.items() if k != "parent"},
+        })  # fmt: skip
+    return Prediction(now, training / (gpus * now) if now else 0.0, trials, training)
+
+
+def validate(args: argparse.Namespace, parts: Parts, losses: dict[str, float]) -> None:
+    """The modelled search run on a local Ray with ``args.gpus[0]`` logical GPUs, scripted trainables."""
+    import ray
+
+    from fusionsearch.tune.driver import run_search
+    from trainables.scripted import scripted_trainable
+
+    gpus = args.gpus[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        modelled = simulate(make_searcher(args), gpus, parts, losses, scratch)
+    durations = {}
+    for mask in FusionMask.all_masks(args.points):
+        for parent in [None, *FusionMask.all_masks(args.points)]:
+            for role in ("search", "control", "unimodal"):
+                config = {"role": role, "mask": str(mask), "parent_mask": parent and str(parent)}
+                durations[duration_key(config)] = parts.seconds(config, losses)
+    ray.init(address="local", num_cpus=gpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as storage:
+        start = time.perf_counter()
+        config = {"landscape": losses, "durations": durations}
+        result = run_search(make_searcher(args), trainable=scripted_trainable, config=config,
+                            storage_path=storage, name="model", resources={"cpu": 1, "gpu": 1},
+                            max_failures=0)  # fmt: skip
+        elapsed = time.perf_counter() - start
+    rows = result.table.to_pylist()
+    measured = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
+    print(f"real Ray, {gpus} logical GPUs, scripted trials: {len(rows)} trials (model: {modelled.trials}); "
+          f"wall {measured:.2f} s from the first trial's start to the last finish ({elapsed:.1f} s with "
+          f"Tune's start and end); model {modelled.wall:.2f} s, "
+          f"measured/model - 1 = {measured / modelled.wall - 1:+.1%}")  # fmt: skip
+    ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--gpus", type=int, nargs="+", default=[1, 8, 16, 32], help="cluster sizes (default: 1 8 16 32)"
+    )
+    parser.add_argument("--searcher", default="sfsa", choices=sorted(REGISTRY), help="(default: sfsa)")
+    parser.add_argument("--folds", type=int, default=5, help="(default: 5)")
+    parser.add_argument("--points", type=int, default=4, help="fusion points m (default: 4)")
+    parser.add_argument("--modalities", type=int, default=2, help="unimodal baselines per fold (default: 2)")
+    parser.add_argument("--epochs", type=int, default=30, help="(default: 30)")
+    parser.add_argument("--patience", type=int, default=8, help="(default: 8)")
+    parser.add_argument(
+        "--epoch-seconds", type=float, default=0.67, help="(default: 0.67, ds004199 on an H200)"
+    )
+    parser.add_argument(
+        "--setup", type=float, default=1.7, help="seconds per trial before training (default: 1.7)"
+    )
+    parser.add_argument("--overhead", type=float, default=0.1, help="Tune's seconds per trial (default: 0.1)")
+    parser.add_argument(
+        "--actor-start", type=float, default=3.0, help="a slot's first trial waits (default: 3)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the landscape's seed (default: 0)")
+    parser.add_argument("--validate", action="store_true", help="also run it on a local Ray (first --gpus)")
+    args = parser.parse_args()
+    parts = Parts(args.epoch_seconds, args.setup, args.epochs, args.patience, args.overhead, args.actor_start)
+    losses = landscape(args.points, args.seed)
+    print(f"{args.searcher}, {args.folds} folds, m = {args.points}, {args.modalities} modalities; {parts}")
+    print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6}")
+    for gpus in args.gpus:
+        with tempfile.TemporaryDirectory() as scratch:
+            p = simulate(make_searcher(args), gpus, parts, losses, scratch)
+        print(f"{gpus:>5} {p.trials:>7} {p.wall:>9.1f} {p.wall / 60:>9.2f} {p.busy:>6.2f}")
+    if args.validate:
+        validate(args, parts, losses)
+
+
+if __name__ == "__main__":
+    main()
