@@ -6,8 +6,9 @@
 
 The model drives the project's own searcher (``searchers.REGISTRY``: the same rounds, controls,
 unimodal baselines and proposal order as a real search, through its Tune interface, without Ray).
-Proposed trials queue in that order for N slots, one GPU each; a slot's first trial waits
-``--actor-start`` seconds (its process starting and importing), every trial ``--overhead`` more
+Proposed trials queue in that order for N slots, one GPU each; a trial takes an idle warm
+actor if there is one (Tune reuses actors), else a slot's first trial waits ``--actor-start``
+seconds (its process starting and importing); every trial waits ``--overhead`` more
 (Tune's bookkeeping, reports, checkpoint); a fold's next round is proposed when its round has
 finished, and folds do not wait for each other. A trial trains ``--setup`` + epochs x
 ``--epoch-seconds``: the full ``--epochs`` when it keeps improving (the baselines, unimodal
@@ -91,8 +92,7 @@ def make_searcher(args: argparse.Namespace):
 def simulate(searcher, gpus: int, parts: Parts, losses: dict[str, float], scratch: str) -> Prediction:
     """Run ``searcher`` against N modelled slots; see the module's docstring."""
     searcher.set_experiment_dir(scratch)
-    slots = [(0.0, False)] * gpus  # (free from, has a warm actor)
-    heapq.heapify(slots)
+    idle, cold = 0, gpus  # slots with a warm actor free now; slots whose actor has not started
     running: list[tuple[float, str, dict]] = []
     queue: deque[tuple[str, dict]] = deque()
     now, training, trials, ids = 0.0, 0.0, 0, 0
@@ -100,17 +100,17 @@ def simulate(searcher, gpus: int, parts: Parts, losses: dict[str, float], scratc
         while isinstance(config := searcher.suggest(f"t{ids}"), dict):
             queue.append((f"t{ids}", config))
             ids += 1
-        while queue and slots and slots[0][0] <= now:
-            _, warm = heapq.heappop(slots)
+        while queue and (idle or cold):  # a warm actor takes the next trial before a new one starts
+            start = 0.0 if idle else parts.actor_start
+            idle, cold = (idle - 1, cold) if idle else (idle, cold - 1)
             trial_id, config = queue.popleft()
             seconds = parts.seconds(config, losses)
-            end = now + (0.0 if warm else parts.actor_start) + parts.overhead + seconds
-            heapq.heappush(running, (end, trial_id, config))
+            heapq.heappush(running, (now + start + parts.overhead + seconds, trial_id, config))
             training, trials = training + seconds, trials + 1
         if not running:
             break
         now, trial_id, config = heapq.heappop(running)
-        heapq.heappush(slots, (now, True))
+        idle += 1
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
         searcher.on_trial_complete(trial_id, {
             "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -145,3 +146,42 @@ def test_trial_efficiency_prints_a_row_per_interval_and_eval_every_and_counts_ch
     assert float(rows["3600", "1"][9]) < float(rows["0", "1"][9])  # fewer bytes per epoch
     parts = re.search(r"network and optimizer ([\d.]+) s, the fold's parts ([\d.]+) s", out)
     assert parts and float(parts[1]) > 0 and float(parts[2]) >= 0
+
+
+def _cluster_model():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_model", BENCHMARKS / "cluster_model.py")
+    module = sys.modules["cluster_model"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cluster_model_schedules_the_searchers_trials_on_n_slots(tmp_path):
+    model = _cluster_model()
+    args = SimpleNamespace(searcher="sfsa", folds=3, points=4, modalities=2)
+    parts = model.Parts(epoch_seconds=1.0, setup=0.5, epochs=4, patience=2, overhead=0.1, actor_start=3.0)
+    losses = model.landscape(4, seed=1)
+
+    def on(gpus):
+        return model.simulate(model.make_searcher(args), gpus, parts, losses, str(tmp_path / f"g{gpus}"))
+
+    one, eight, many, more = on(1), on(8), on(64), on(128)
+    assert one.trials == eight.trials == many.trials > 3 * 3  # baselines and rounds of every fold
+    # One GPU: every trial in turn, after one actor start.
+    assert one.wall == pytest.approx(parts.actor_start + one.trials * parts.overhead + one.training)
+    assert one.busy == pytest.approx(one.training / one.wall)
+    # More GPUs: never slower; past the widest round the wall time is the chain of rounds.
+    assert one.wall > eight.wall >= many.wall == more.wall and more.busy == pytest.approx(many.busy / 2)
+    alone = SimpleNamespace(**{**vars(args), "folds": 3, "modalities": 1})
+    chain = model.simulate(model.make_searcher(alone), 64, parts, losses, str(tmp_path / "chain"))
+    assert many.wall == pytest.approx(chain.wall)  # folds run side by side, none waits for another
+
+
+def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():
+    out = run("cluster_model.py", "--validate", "--gpus", "4", "--folds", "3", "--modalities", "1",
+              "--epochs", "3", "--patience", "1", "--epoch-seconds", "1.5", "--setup", "0.5")  # fmt: skip
+    found = re.search(r"(\d+) trials \(model: (\d+)\).*measured/model - 1 = ([-+][0-9.]+)%", out)
+    assert found, out
+    assert found.group(1) == found.group(2)  # the model proposes what the searcher proposed on Ray
+    assert -20 < float(found.group(3)) < 40, out  # a loaded CI machine only adds time
