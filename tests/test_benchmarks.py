@@ -179,8 +179,8 @@ def test_the_cluster_model_schedules_the_searchers_trials_on_n_slots(tmp_path):
 
 
 def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():
-    out = run("cluster_model.py", "--validate", "--gpus", "4", "--folds", "3", "--modalities", "1",
-              "--epochs", "3", "--patience", "1", "--epoch-seconds", "1.5", "--setup", "0.5")  # fmt: skip
+    options = "--gpus 4 --folds 3 --modalities 1 --points 2 --epochs 3 --patience 1 --epoch-seconds 1.5"
+    out = run("cluster_model.py", "--validate", *options.split(), "--setup", "0.5")
     found = re.search(r"(\d+) trials \(model: (\d+)\).*measured/model - 1 = ([-+][0-9.]+)%", out)
     assert found, out
     assert found.group(1) == found.group(2)  # the model proposes what the searcher proposed on Ray
