@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusionsearch import pipeline
 from fusionsearch.mask import FusionMask
 from fusionsearch.settings import SearchConfig
 from searchers import REGISTRY
@@ -83,10 +84,7 @@ def landscape(num_points: int, seed: int) -> dict[str, float]:
 def make_searcher(args: argparse.Namespace):
     """The searcher a ``fusionsearch run`` with these options would use (every fold searched)."""
     search = SearchConfig(searcher=args.searcher, folds=args.folds, unimodal=args.modalities > 1)
-    unimodal = [f"m{i}" for i in range(args.modalities)] if args.modalities > 1 else ()
-    return REGISTRY[args.searcher].from_config(search, folds=list(range(args.folds)), unimodal=unimodal,
-                                               num_points=args.points, pooled=False, ensemble=False,
-                                               repeats=1, seed=0)  # fmt: skip
+    return pipeline.make_searcher(search, [f"m{i}" for i in range(args.modalities)], args.points)
 
 
 def simulate(searcher, gpus: int, parts: Parts, losses: dict[str, float], scratch: str) -> Prediction:
