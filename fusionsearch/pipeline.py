@@ -240,6 +240,7 @@ def run(
         name=name,
         resources=per_trial,
         max_failures=resources.max_failures,
+        max_concurrent=resources.max_concurrent,
         callbacks=[tracking(name)] if tracking else (),
         metadata={
             "command": "run",

@@ -522,6 +522,8 @@ class ResourceConfig:
         gpus_per_trial: GPUs per candidate (fractions share a GPU) when GPUs are used.
         cpus_per_trial: CPUs per candidate.
         max_failures: retries of a failing trial, each from its own last checkpoint.
+        max_concurrent: trials at once at most (to leave part of a shared machine to others);
+            ``None``: as many as the cluster's resources hold.
     """
 
     gpus: int | None = field(
@@ -530,6 +532,9 @@ class ResourceConfig:
     gpus_per_trial: float = field(default=1.0, metadata=option("GPUs per candidate (fractions share a GPU)"))
     cpus_per_trial: float = field(default=1.0, metadata=option("CPUs per candidate"))
     max_failures: int = field(default=2, metadata=option("retries of a failing trial"))
+    max_concurrent: int | None = field(
+        default=None, metadata=option("trials at once at most", unset="as many as the cluster holds")
+    )
 
     def __post_init__(self) -> None:
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 0):
@@ -541,6 +546,10 @@ class ResourceConfig:
             )
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"max_failures={self.max_failures!r} must be a non-negative integer")
+        if self.max_concurrent is not None and (
+            not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
+        ):
+            raise ConfigError(f"max_concurrent={self.max_concurrent!r} must be a positive integer")
 
     def per_trial(self, gpus: int) -> dict[str, float]:
         """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only)."""

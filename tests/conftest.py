@@ -1,9 +1,13 @@
 """Shared fixtures and helpers: tiny settings, a local Ray, free ports, scripted driver scripts."""
 
 import contextlib
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,11 @@ TINY_EVERY_FOLD = [
     "3",
     "--gpus",
     "0",
+    # One trial at a time, all in one warm actor: a 2-epoch candidate takes less time than a new
+    # actor takes to start (its imports, about 10 CPU-seconds here), so a second actor would only
+    # compete for the 2 cores (concurrency is tested with the scripted trainable and on the cluster).
+    "--max-concurrent",
+    "1",
     # Nothing learns in 2 epochs, so every round would be extended once (twice the trials): the
     # extension through Ray and the CLI is tested once, in test_interruptions (tiny_search(extend=True)).
     "--no-extend",
@@ -109,12 +118,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_ray():
+    """One Ray (a head with 4 logical CPUs, in its own folder) for all the tests of an xdist worker.
+
+    ``RAY_ADDRESS`` names it, so every ``fusionsearch`` command, in this process or a subprocess,
+    joins it instead of starting a Ray of its own (about 10 s and six daemons on 2 cores). Its trial
+    workers have this process's environment as it was at the start: a test whose trials need other
+    variables (an S3 endpoint) runs them on a Ray of its own (:func:`own_ray_env`), as do tests of
+    what a Ray of one's own does (``ray.init(address="local")``) and the cluster tests.
+    """
+    port, temp_dir = free_port(), tempfile.mkdtemp(prefix="rss", dir="/tmp")
+    # Without a mode, a Ray started in this process turns token authentication on for it (and for
+    # the commands it starts later) as soon as ~/.ray/auth_token exists (the cluster tests write one).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run(
+        [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "4",
+         "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir,
+         "--object-store-memory", str(512 * 2**20)],
+        env=own_ray_env(), check=True, timeout=180, capture_output=True,
+    )  # fmt: skip
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    try:
+        yield os.environ["RAY_ADDRESS"]
+    finally:
+        del os.environ["RAY_ADDRESS"]
+        from processes import cluster_processes
+
+        for pid in cluster_processes(temp_dir, port):  # its own daemons only ('ray stop' ends every Ray)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def own_ray_env(**extra: str) -> dict[str, str]:
+    """This process's environment without ``RAY_ADDRESS`` (plus ``extra``): a ``fusionsearch``
+    command run with it starts a local Ray of its own, whose workers inherit ``extra``."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | extra
+
+
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray with 4 logical CPUs for the tests of one module."""
+def local_ray(session_ray):
+    """This process joined to the session's Ray for the tests of one module."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address=session_ray, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from conftest import TINY_RUN, free_port, parent_row, scripted_driver, trial_key, wait_for
+from conftest import TINY_RUN, free_port, own_ray_env, parent_row, scripted_driver, trial_key, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, Outcome
@@ -31,7 +31,7 @@ def cluster():
     """One cluster for the module (starting one costs about half a minute); the test that kills a
     worker node comes last."""
     port, temp_dir = free_port(), tempfile.mkdtemp(prefix="rcl", dir="/tmp")
-    env = os.environ | {
+    env = own_ray_env() | {
         "RAY_AUTH_MODE": "token",
         # Its own temporary folder: a plain ray.init() elsewhere (a parallel test) does not find
         # and join it, and its processes can be told apart from other Ray instances'.

@@ -290,3 +290,12 @@ def test_paired_comparisons_and_the_too_small_warning():
     assert result.warnings == ["only 0 of 40 test subjects are classified differently by the chosen mask and "
                                "unimodal T1: too few to tell the two apart"]  # fmt: skip
     assert {i["method"] for i in result.intervals} == {"chosen", "late fusion", "unimodal T1"}
+
+
+def test_the_held_out_predictions_are_made_in_the_driver_only_for_a_cpu_search_on_one_node():
+    from fusionsearch.tune.driver import in_driver
+
+    one, dead = {"Alive": True}, {"Alive": False}
+    assert in_driver({"cpu": 1, "gpu": 0}, [one, dead]) and in_driver({}, [one])
+    assert not in_driver({"cpu": 1, "gpu": 1}, [one])  # a GPU: a Ray task that Ray gives one
+    assert not in_driver({"cpu": 1}, [one, one])  # a cluster: one task per fold, on its nodes

@@ -1,7 +1,6 @@
 """The S3 endpoint unreachable mid-search: retried, then a clear one-paragraph error (moto server)."""
 
 import io
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import moto_server, tiny_search, wait_for
+from conftest import moto_server, own_ray_env, tiny_search, wait_for
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.tune import callbacks
 from proxy import OutageProxy
@@ -34,13 +33,13 @@ def s3_behind_a_proxy(tmp_path):
         )
         direct.create_dir(BUCKET)
         proxy = OutageProxy(port)
-        env = os.environ | {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "FUSIONSEARCH_MIRROR": str(tmp_path / "mirror"),
-        }
+        env = own_ray_env(  # the trial workers must reach the S3 endpoint too
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+            FUSIONSEARCH_MIRROR=str(tmp_path / "mirror"),
+        )
         try:
             yield direct, proxy, env
         finally:

@@ -138,12 +138,14 @@ def predict_fold(
     methods: dict[str, tuple[str, list[str]]],
     landscape: dict[str, str] | None = None,
     repeat: int = 0,
+    device: str | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Test-part probabilities on ``fold`` of every method, and of every mask of ``landscape``
-    (method ``candidate``), of replicate ``repeat``: two :data:`PREDICTIONS` tables. A plain
-    function; the driver runs it remotely."""
+    (method ``candidate``), of replicate ``repeat``: two :data:`PREDICTIONS` tables, predicted on
+    ``device`` (default: a GPU if one is visible). A plain function; the driver runs it remotely
+    or itself."""
     test = load_fold(data, fold, parts=("test",))
-    policy = DevicePolicy.select()
+    policy = DevicePolicy.select(device)
     predicted: dict[str, np.ndarray] = {}
 
     def probabilities_of(location: str) -> np.ndarray:

@@ -62,6 +62,7 @@ __all__ = [
     "check_resumable",
     "connect",
     "evaluate_search",
+    "in_driver",
     "load_result",
     "read_run",
     "resume_search",
@@ -428,19 +429,27 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchR
     return load_result(experiment_dir, time.perf_counter() - start)
 
 
+def in_driver(resources: dict[str, float], nodes: list[dict[str, Any]]) -> bool:
+    """Whether the held-out predictions are made in the driver's process: trials without a GPU
+    on a Ray of one node (``nodes`` as :func:`ray.nodes` lists them)."""
+    return not resources.get("gpu") and sum(1 for node in nodes if node["Alive"]) == 1
+
+
 def evaluate_search(
     experiment_dir: str, candidates: pa.Table, data: DataConfig, resources: dict[str, float] | None = None
 ) -> pa.Table:
-    """Predict every fold's test part with every method (one Ray task per fold); store and return it,
-    and store every trained mask's predictions as the landscape."""
+    """Predict every fold's test part with every method; store and return it, and store every
+    trained mask's predictions as the landscape.
+
+    On a cluster, or with GPUs, each fold is a Ray task with a trial's resources. A CPU search on
+    one machine predicts here, fold after fold: a fresh Ray worker would spend longer importing
+    torch and MONAI (about 10 s on 2 cores) than a CPU spends on a test part.
+    """
     searches = sorted({replicate(r) for r in candidates.to_pylist()})
     num_points = len(candidates["mask"][0].as_py())
     resources = resources or {}
-    task = ray.remote(predict_fold).options(
-        num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0)
-    )
     jobs = [
-        task.remote(
+        (
             data,
             fold,
             method_checkpoints(candidates, fold, num_points, repeat),
@@ -449,9 +458,21 @@ def evaluate_search(
         )
         for fold, repeat in searches
     ]
-    folds = {fold for fold, _ in searches}
-    log.info("evaluating on the test parts of %d fold(s), %d search(es)", len(folds), len(searches))
-    predictions, landscape = (pa.concat_tables(part) for part in zip(*ray.get(jobs), strict=True))
+    here = in_driver(resources, ray.nodes())
+    log.info(
+        "evaluating on the test parts of %d fold(s), %d search(es)%s",
+        len({fold for fold, _ in searches}),
+        len(searches),
+        " in this process" if here else "",
+    )
+    if here:
+        parts = [predict_fold(*job, device="cpu") for job in jobs]  # --gpus 0 holds here too
+    else:
+        task = ray.remote(predict_fold).options(
+            num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0)
+        )
+        parts = ray.get([task.remote(*job) for job in jobs])
+    predictions, landscape = (pa.concat_tables(part) for part in zip(*parts, strict=True))
     if data.layout == "reserved":  # every fold tested the reserved part: one prediction per subject
         predictions, landscape = ensemble_folds(predictions), ensemble_folds(landscape)
     storage.write_table(storage.join(experiment_dir, LANDSCAPE_FILE), landscape)
