@@ -482,11 +482,13 @@ class SearchConfig:
                 f"budget={self.budget}: a budget applies to the random and optuna searchers; "
                 f"{self.searcher} decides how many candidates to train"
             )
-        if self.beam_width < 1 or self.beam_patience < 0 or self.min_delta < 0:
-            raise ConfigError(
-                f"beam_width={self.beam_width} must be >= 1, beam_patience={self.beam_patience} >= 0, "
-                f"min_delta={self.min_delta} >= 0"
-            )
+        for name, value, least in (
+            ("beam_width", self.beam_width, 1),
+            ("beam_patience", self.beam_patience, 0),
+            ("min_delta", self.min_delta, 0),
+        ):
+            if value < least:
+                raise ConfigError(f"{name}={value} must be >= {least}")
         check_choice("control", self.control, CONTROLS)
         check_alpha(self.alpha)
         _positive_ints(self, "repeats")

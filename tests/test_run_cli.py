@@ -13,7 +13,7 @@ from conftest import TINY_RUN as TINY
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.settings import ModelConfig, PreprocessConfig, RunSettings, TrainConfig, to_dict
-from fusionsearch.tune.driver import load_result, run_search
+from fusionsearch.tune.driver import load_result, read_run, run_search
 from searchers import RoundSearcher
 
 
@@ -75,6 +75,7 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest
     ]
     chosen = sorted((r["fold"], r["mask"]) for r in table if r["chosen"])
     assert [f for f, _ in chosen] == [0, 1, 2]  # one chosen mask per fold
+    assert read_run(str(runs / "cli")).max_concurrent == 1  # --max-concurrent, kept for a resume
     for method in ("unimodal T1", "unimodal FLAIR", "late fusion (0000)", "sfsa: chosen mask"):
         assert method in out
     assert "chosen mask: " in out and "exhaustive search: candidates" in out
@@ -128,6 +129,8 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest
         (["run", "--data", "{manifest}", "--alpha", "0"], "alpha=0.0 must be a false-accept rate"),
         (["run", "--data", "{manifest}", "--control", "both"], "control='both' is not allowed"),
         (["run", "--data", "{manifest}", "--augment", "heavy"], "augment='heavy' is not allowed"),
+        (["run", "--data", "{manifest}", "--max-concurrent", "0"], "max_concurrent=0 must be a positive"),
+        (["run", "--data", "{manifest}", "--min-delta", "-1"], "error: min_delta=-1.0 must be >= 0"),
         (["run", "--data", "{manifest}", "--weight-decay", "-1"], "weight_decay=-1.0 must be >= 0"),
     ],
 )
