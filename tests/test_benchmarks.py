@@ -102,7 +102,8 @@ def test_warm_vs_scratch_prints_a_row_per_child_and_the_median_ratio():
 def test_search_cost_compares_the_searchers():
     out = run("search_cost.py", "--n", "24", "--synth-size", "16", "--searchers", "sfsa", "beam",
               "--size", "16", "--width", "0.125", "--epochs", "1", "--patience", "1", "--batch-size", "8",
-              "--folds", "3", "--fold", "0", "--gpus", "0", "--no-extend", timeout=900)  # fmt: skip
+              "--folds", "3", "--fold", "0", "--gpus", "0", "--no-extend", "--max-concurrent", "1",
+              timeout=900)  # fmt: skip
     row = rf"^xor +0 +(sfsa|beam) +([0-9]+) +{NUMBER} +{NUMBER} +{NUMBER} ± {NUMBER}"
     candidates = dict(re.findall(row, out, re.MULTILINE))
     assert 5 <= int(candidates["sfsa"]) <= 11 and int(candidates["beam"]) >= int(candidates["sfsa"])
