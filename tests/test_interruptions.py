@@ -74,8 +74,8 @@ def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_pa
     assert not cache.exists() and not (tmp_path / "runs").exists()  # nothing built, nothing searched
 
 
-def test_a_deterministic_failure_in_a_trial_fails_once_with_its_message(tmp_path):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def test_a_deterministic_failure_in_a_trial_fails_once_with_its_message(tmp_path, session_ray):
+    ray.init(address=session_ray, log_to_driver=False)
     try:
         settings = RunSettings(data=DataConfig(index="nowhere", cache="nowhere", folds=3))
         # Fold 4 of 3: every trial's config is rejected, the same way on every try.
@@ -131,13 +131,13 @@ class CorruptParent(tune.Callback):
 
 
 @pytest.mark.slow
-def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifest, tmp_path):
+def test_a_corrupt_parent_checkpoint_fails_its_child_naming_the_location(manifest, tmp_path, session_ray):
     settings = RunSettings(
         data=cached_data(manifest, tmp_path / "cache", PreprocessConfig(shape=16)),
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=1, patience=1, batch_size=8),
     )
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address=session_ray, log_to_driver=False)
     try:
         result = run_search(
             RoundSearcher(BaselineThenOne()),
