@@ -30,7 +30,9 @@ LAND |= {"0000": 1.0, "1000": 0.9, "0100": 0.5, "0010": 0.7, "0001": 0.8, "0110"
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
-def search(tmp_path, searcher, name="search", **config):
+def search(tmp_path, searcher, name="search", max_concurrent=1, **config):
+    """A scripted search; one trial at a time unless ``max_concurrent`` says otherwise: half-second
+    trials end before a second actor has started, which Tune then starts only to stop it again."""
     return run_search(
         searcher,
         trainable=scripted_trainable,
@@ -39,6 +41,7 @@ def search(tmp_path, searcher, name="search", **config):
         name=name,
         resources={"cpu": 1},
         max_failures=0,
+        max_concurrent=max_concurrent,
     )
 
 
@@ -60,7 +63,7 @@ def test_sfsa_rounds_parents_and_checkpoints(tmp_path):
     # A round's trials wait for each other, so they provably run at once (round 1 in 4 actors).
     # Each round has its control beside the children: 4 + 1, 3 + 1, 2 + 1 trials, 4 CPUs.
     gather = {"dir": str(tmp_path / "gather"), "sizes": {"1": 4, "2": 4, "3": 3}}
-    result = search(tmp_path, SFSASearcher(), duration=0.5, gather=gather)
+    result = search(tmp_path, SFSASearcher(), max_concurrent=None, duration=0.5, gather=gather)
     expected = simulated(SFSA())
     assert rows_by_round(result.table) == rows_by_round_from(expected)
     assert str(result.best_mask) == str(best_outcome(expected).candidate.mask) == "0110"
