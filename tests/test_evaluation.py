@@ -123,8 +123,10 @@ def test_selection_never_reads_the_test_part_and_the_ensemble_is_the_mean_of_its
         entry = tmp_path / "cache" / key[:2] / f"{key}.npy"
         hidden[entry] = entry.read_bytes()
         os.remove(entry)
+    # One warm actor: cheaper than four starting (their imports) for trials of a second each.
     result = run_search(ExhaustiveSearcher(folds=[0]), config={"settings": to_dict(settings)},
-                        storage_path=tmp_path / "runs", name="ex", resources={"cpu": 1})  # fmt: skip
+                        storage_path=tmp_path / "runs", name="ex", resources={"cpu": 1},
+                        max_concurrent=1)  # fmt: skip
     table = result.table
     assert set(table["status"].to_pylist()) == {"ok"}
     roles = table["role"].to_pylist()
