@@ -458,7 +458,8 @@ def evaluate_search(
         )
         for fold, repeat in searches
     ]
-    here = in_driver(resources, ray.nodes())
+    # (Through Ray Client, ray://, this process is on another machine than the cluster.)
+    here = in_driver(resources, ray.nodes()) and not ray.util.client.ray.is_connected()
     log.info(
         "evaluating on the test parts of %d fold(s), %d search(es)%s",
         len({fold for fold, _ in searches}),
