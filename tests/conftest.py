@@ -133,12 +133,14 @@ def session_ray():
     # the commands it starts later) as soon as ~/.ray/auth_token exists (the cluster tests write one).
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run(
+    started = subprocess.run(
         [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "4",
          "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir,
          "--object-store-memory", str(512 * 2**20)],
-        env=own_ray_env(), check=True, timeout=180, capture_output=True,
+        env=own_ray_env(), timeout=180, capture_output=True, text=True,
     )  # fmt: skip
+    if started.returncode != 0:
+        pytest.exit(f"the session's Ray did not start:\n{started.stdout}{started.stderr}", returncode=3)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     try:
         yield os.environ["RAY_ADDRESS"]
