@@ -548,10 +548,8 @@ class ResourceConfig:
             )
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"max_failures={self.max_failures!r} must be a non-negative integer")
-        if self.max_concurrent is not None and (
-            not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
-        ):
-            raise ConfigError(f"max_concurrent={self.max_concurrent!r} must be a positive integer")
+        if self.max_concurrent is not None:
+            _positive_ints(self, "max_concurrent")
 
     def per_trial(self, gpus: int) -> dict[str, float]:
         """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only)."""

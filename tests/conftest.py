@@ -2,8 +2,6 @@
 
 import contextlib
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -146,12 +144,9 @@ def session_ray():
         yield os.environ["RAY_ADDRESS"]
     finally:
         del os.environ["RAY_ADDRESS"]
-        from processes import cluster_processes
+        from processes import stop_cluster
 
-        for pid in cluster_processes(temp_dir, port):  # its own daemons only ('ray stop' ends every Ray)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_cluster(temp_dir, port)
 
 
 def own_ray_env(**extra: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -56,3 +57,12 @@ def name_of(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path("/proc", str(pid), "comm").read_text().strip()
     return ""
+
+
+def stop_cluster(temp_dir: str, port: int) -> None:
+    """Kill the Ray cluster of ``temp_dir`` and ``port`` (its own processes only: ``ray stop`` would
+    end every Ray on the machine) and remove its folder."""
+    for pid in cluster_processes(temp_dir, port):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)

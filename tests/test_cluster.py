@@ -1,10 +1,7 @@
 """A real 3-node Ray cluster on 127.0.0.1 (head + 2 workers, token auth) running a search."""
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +16,7 @@ from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.mask import FusionMask
 from fusionsearch.search.strategies import SFSA, Outcome
 from fusionsearch.tune.driver import load_result
-from processes import cluster_processes, kill_tree, name_of
+from processes import cluster_processes, kill_tree, name_of, stop_cluster
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
 TINY = [*TINY_RUN, "--epochs", "1", "--patience", "1"]
@@ -47,11 +44,8 @@ def cluster():
                    stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         yield f"127.0.0.1:{port}", env
-    finally:  # its own nodes only ('ray stop' would end every Ray on the machine)
-        for pid in cluster_processes(temp_dir, port):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    finally:
+        stop_cluster(temp_dir, port)
 
 
 def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp_path):
