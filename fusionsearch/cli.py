@@ -304,6 +304,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_saliency(args: argparse.Namespace) -> int:
+    """Where each modality looked: occlusion maps of one fold's chosen mask and late fusion."""
+    from fusionsearch import pipeline
+    from fusionsearch.report.pages import SALIENCY_HEADER, saliency_rows
+    from fusionsearch.report.summary import text_table
+
+    maps = pipeline.saliency(
+        args.name, args.storage, fold=args.fold, subjects=args.subjects, patch=args.patch, device=args.device
+    )
+    print(f"mapped {len(maps.sample_ids)} test subjects of fold {maps.fold} with {', '.join(maps.methods)}")
+    if maps.score_rows:
+        print(text_table(SALIENCY_HEADER, saliency_rows(maps)))
+    print(f"the report shows them: {args.storage}/{args.name}/report/report.html")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Several searches side by side: results, chosen masks and cost."""
     from fusionsearch import storage
@@ -487,6 +503,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--fold", type=int, default=None, help="this fold's model only (default: every fold's)"
     )
     export.set_defaults(func=cmd_export)
+
+    saliency = commands.add_parser(
+        "saliency", help="where each modality looked: occlusion maps of a fold's chosen mask and late fusion"
+    )
+    add_experiment_arguments(saliency, name_required=True, address=False)
+    saliency.add_argument("--fold", type=int, default=0, help="whose models and test subjects (default: 0)")
+    saliency.add_argument(
+        "--subjects",
+        type=int,
+        default=8,
+        help="test subjects mapped per class, the first in order (default: 8)",
+    )
+    saliency.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="occlusion patch edge in voxels (default: about a sixth of the edge, at least 4)",
+    )
+    saliency.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    saliency.set_defaults(func=cmd_saliency)
 
     compare = commands.add_parser("compare", help="put several searches side by side")
     compare.add_argument("names", nargs="+", help="experiment names under --storage")

@@ -29,6 +29,7 @@ from fusionsearch.report.export import export as export_models
 from fusionsearch.report.pages import write_report
 from fusionsearch.report.predict import Prediction
 from fusionsearch.report.predict import predict as predict_new
+from fusionsearch.report.saliency import Saliency, compute_saliency
 from fusionsearch.search.experiment import PREDICTIONS_FILE, SearchResult, read_run
 from fusionsearch.settings import (
     DEFAULT_STORAGE,
@@ -287,6 +288,16 @@ def export(
     """``fusionsearch export``: the chosen models as a folder that runs with plain PyTorch
     (:mod:`fusionsearch.report.export`)."""
     return export_models(experiment_dir(name, storage_path), out, fold=fold)
+
+
+def saliency(name: str, storage_path: str | Path = DEFAULT_STORAGE, **options: Any) -> Saliency:
+    """``fusionsearch saliency``: where each modality looked, for one fold's chosen mask and late
+    fusion (options: :func:`fusionsearch.report.saliency.compute_saliency`'s); the report is
+    rewritten with the maps."""
+    directory = experiment_dir(name, storage_path)
+    maps = compute_saliency(directory, **options)
+    write_report(directory)
+    return maps
 
 
 def finish(result: SearchResult) -> Evaluation | None:

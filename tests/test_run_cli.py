@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -52,15 +53,17 @@ def test_a_search_started_from_python_is_reported_and_resumed_from_the_cli(manif
 
 @pytest.fixture(scope="module")
 def every_fold(manifest, tmp_path_factory):
-    """One finished 3-fold search with unimodal baselines (``cli``), shared by the tests that only read
-    it: (its storage, what the command printed)."""
+    """One finished 3-fold search with unimodal baselines (``cli``), its fold 0 mapped by
+    ``fusionsearch saliency``, shared by the tests that only read it: (its storage, what the two
+    commands printed)."""
     storage = tmp_path_factory.mktemp("every-fold") / "runs"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(
             ["run", "--data", str(manifest), "--storage", str(storage), "--name", "cli", *TINY_EVERY_FOLD]
         )
-    assert code == 0
+        assert code == 0
+        assert main(["saliency", "cli", "--storage", str(storage), "--subjects", "2", "--device", "cpu"]) == 0
     return storage, printed.getvalue()
 
 
@@ -81,7 +84,7 @@ def test_cli_run_evaluates_every_fold_and_writes_the_report(every_fold, manifest
     assert "chosen mask: " in out and "exhaustive search: candidates" in out
     report = runs / "cli" / "report"
     page = (report / "report.html").read_text()
-    assert page.count("<img") == 4 and page.count("data:image/png;base64,") == 4
+    assert page.count("<img") == 5 and page.count("data:image/png;base64,") == 5  # with the saliency maps
     assert all(mask in page for _, mask in chosen) and "sfsa: chosen mask" in page
     for name in ("results", "metrics_per_fold", "candidates", "cost", "landscape"):
         assert (report / f"{name}.csv").is_file() and (report / f"{name}.parquet").is_file()
@@ -257,9 +260,10 @@ PROBE = """<script>
 window.addEventListener("load", () => {
   const images = [...document.images].map((img) => img.naturalWidth);
   const tables = [...document.querySelectorAll("table")].map((t) => t.rows.length);
+  const headings = [...document.querySelectorAll("h2")].map((h) => h.textContent);
   const out = document.createElement("pre");
   out.id = "probe";
-  out.textContent = JSON.stringify({images, tables});
+  out.textContent = JSON.stringify({images, tables, headings});
   document.body.appendChild(out);
 });
 </script>"""
@@ -284,7 +288,8 @@ def test_the_report_renders_in_headless_chromium(every_fold, tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
     assert found, dom.stderr[-2000:]
     seen = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(seen["images"]) == 4 and all(width > 0 for width in seen["images"])  # every figure decodes
+    assert len(seen["images"]) == 5 and all(width > 0 for width in seen["images"])  # every figure decodes
+    assert "Where each modality looked" in seen["headings"]  # the saliency maps among them
     assert len(seen["tables"]) >= 3 and all(rows > 1 for rows in seen["tables"])  # header and rows
     screenshot = tmp_path / "report.png"
     subprocess.run([*browser, f"--screenshot={screenshot}", "--window-size=1280,2400", report.as_uri()],
@@ -309,6 +314,49 @@ def _manifest_of(source: Path, name: str, rows: list[str] | None = None, drop=()
         table = table.append_column(column, table[copied])
     pacsv.write_csv(table, source.parent / name)
     return source.parent / name
+
+
+@pytest.mark.slow
+def test_saliency_maps_each_modality_of_the_chosen_mask_and_late_fusion_into_the_report(every_fold, capsys):
+    from fusionsearch.report.saliency import read_saliency
+
+    runs, out = every_fold
+    maps = read_saliency(str(runs / "cli"))
+    chosen = next(
+        r["mask"] for r in load_result(str(runs / "cli")).table.to_pylist() if r["chosen"] and r["fold"] == 0
+    )
+    assert maps.methods == ("chosen", "late fusion") and maps.masks == (chosen, "0000")
+    assert (
+        maps.modalities == ("T1", "FLAIR")
+        and len(maps.sample_ids) == 4
+        and sorted(maps.labels) == [0, 0, 1, 1]
+    )
+    assert maps.maps.shape == (2, 4, 2, 16, 16) and maps.projections.shape == (2, 4, 2, 16, 16)
+    assert np.abs(maps.maps.astype(np.float32)).max() > 0  # occluding something changed a prediction
+    # Planted XOR data: every subject's findings, where it has them, scored for both models.
+    assert maps.findings is not None and maps.findings.shape == (2 * 2, 2, 16, 16)
+    rows = maps.score_rows
+    assert rows and {r["method"] for r in rows} == {"chosen", "late fusion"}
+    assert all(0 <= r["mass_inside"] <= 1 and 0 < r["volume_share"] < 0.2 for r in rows)
+    assert "mapped 4 test subjects of fold 0 with chosen, late fusion" in out and "pointing-game hits" in out
+    markdown = (runs / "cli" / "report" / "report.md").read_text()
+    assert (
+        "## Where each modality looked" in markdown
+        and "![Where each modality looked](saliency.png)" in markdown
+    )
+    assert "| model | modality | subjects with findings |" in markdown
+    for argv, message in (
+        (
+            ["--fold", "7"],
+            "--fold 7: the search has no chosen configuration on that fold; choose one of [0, 1, 2]",
+        ),
+        (["--subjects", "0"], "--subjects 0: give at least 1 subject per class"),
+        (["--patch", "17"], "--patch 17: the patch edge must be 1-16 voxels"),
+    ):
+        assert main(["saliency", "cli", "--storage", str(runs), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert read_saliency(str(runs / "cli")).sample_ids == maps.sample_ids  # a refused call changes nothing
 
 
 @pytest.mark.slow

@@ -195,6 +195,12 @@ def _colocalized_centres(
 
 def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.ndarray], dict]:
     """The volumes and ground truth of sample ``index`` in XOR cell / colocalisation class ``cell``."""
+    volumes, truth, _ = _planted(config, index, cell)
+    return volumes, truth
+
+
+def _planted(config: SynthConfig, index: int, cell: int) -> tuple[list[np.ndarray], dict, list[np.ndarray]]:
+    """:func:`make_sample`, and each modality's findings as a boolean ``(S, S, S)`` mask."""
     rng = np.random.default_rng([config.seed, index])
     tissues, wm = _anatomy(rng, config.size)
     radius = (config.lesion_radius or LESION_RADIUS[config.task]) * config.size
@@ -209,12 +215,14 @@ def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.nda
         parenchyma = tissues[1:].sum(0) > 0.5
         a, b = _colocalized_centres(rng, parenchyma, radius, COLOCALIZED_FINDINGS, label)
         (a_centre, b_centre), findings = (a[0], b[0]), {0: a, 1: b}
-    volumes = []
+    volumes, masks = [], []
     for m, name in enumerate(config.modality_names):
         image = np.tensordot(np.asarray(_contrast(name, m), np.float32), tissues, axes=1)
+        spheres = np.zeros_like(image)
         if findings.get(m):
             spheres = np.max([_sphere(config.size, c, radius) for c in findings[m]], axis=0)
             image = image + config.lesion_contrast * spheres * (image > 0.05)
+        masks.append(spheres > 0.5)
         axis = np.linspace(-1, 1, config.size)
         bias = np.exp(
             sum(c * g for c, g in zip(rng.normal(0, 0.12, 3), np.ix_(axis, axis, axis), strict=True))
@@ -230,7 +238,7 @@ def make_sample(config: SynthConfig, index: int, cell: int) -> tuple[list[np.nda
     }
     for finding, centre in (("a", a_centre), ("b", b_centre)):
         truth |= {f"{finding}_{axis}": round(float(c), 2) for axis, c in zip("xyz", centre, strict=True)}
-    return volumes, truth
+    return volumes, truth, masks
 
 
 def scanner_volume(
@@ -261,6 +269,49 @@ def scanner_volume(
     return resampled.astype(np.float32), target
 
 
+def _cells(config: SynthConfig) -> np.ndarray:
+    """Each sample's XOR cell / colocalisation class."""
+    cells = np.resize(np.arange(4), config.n)
+    np.random.default_rng(config.seed).shuffle(cells)
+    return cells
+
+
+def _cube_affine(config: SynthConfig) -> np.ndarray:
+    """Voxel -> mm of the ``cube`` grid: ``size``^3 voxels over the field of view, centred."""
+    voxel = FIELD_OF_VIEW_MM / config.size
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = -FIELD_OF_VIEW_MM / 2
+    return affine
+
+
+def write_findings(root: str | Path, sample_ids: list[str], out: str | Path) -> dict[str, dict[str, Path]]:
+    """The planted findings of samples of the benchmark in ``root`` (a folder :func:`generate`
+    wrote), as NIfTI masks on their images' grids under ``out``: ``{sample_id: {modality: path}}``,
+    for the modalities in which the sample has a finding. Empty when ``root`` is not a planted
+    benchmark (no ``synth.json``)."""
+    settings = Path(root) / "synth.json"
+    if not settings.is_file():
+        return {}
+    config = SynthConfig(**json.loads(settings.read_text()))
+    cells, affine = _cells(config), _cube_affine(config)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, Path]] = {}
+    for sample_id in sample_ids:
+        index = int(sample_id.rsplit("-", 1)[-1])
+        _, _, masks = _planted(config, index, int(cells[index]))
+        for m, (name, mask) in enumerate(zip(config.modality_names, masks, strict=True)):
+            if not mask.any():
+                continue
+            volume, grid = mask.astype(np.float32), affine
+            if config.grid == "scanner":
+                rng = np.random.default_rng([config.seed, index, m])  # the tilt the images got
+                volume, grid = scanner_volume(volume, affine, m, rng)
+            path = Path(out) / f"{sample_id}_{name}_findings.nii.gz"
+            nib.save(nib.Nifti1Image((volume > 0.5).astype(np.uint8), grid), path)
+            written.setdefault(sample_id, {})[name] = path
+    return written
+
+
 def generate(out: str | Path, config: SynthConfig, workers: int | None = None) -> Path:
     """Write the benchmark's NIfTI volumes, ``manifest.csv`` and ``truth.csv`` under ``out``.
 
@@ -270,11 +321,7 @@ def generate(out: str | Path, config: SynthConfig, workers: int | None = None) -
     out = Path(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    cells = np.resize(np.arange(4), config.n)
-    np.random.default_rng(config.seed).shuffle(cells)
-    voxel = FIELD_OF_VIEW_MM / config.size
-    affine = np.diag([voxel, voxel, voxel, 1.0])
-    affine[:3, 3] = -FIELD_OF_VIEW_MM / 2
+    cells, affine = _cells(config), _cube_affine(config)
 
     def write(index: int) -> dict:
         volumes, truth = make_sample(config, index, int(cells[index]))

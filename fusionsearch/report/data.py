@@ -19,6 +19,7 @@ from fusionsearch.errors import UserError
 from fusionsearch.report.cost import Cost, search_cost
 from fusionsearch.report.metrics import fold_metrics, mean_and_std
 from fusionsearch.report.replicates import Replicates, replicates
+from fusionsearch.report.saliency import Saliency, read_saliency
 from fusionsearch.report.statistics import Uncertainty, uncertainty
 from fusionsearch.search.experiment import LANDSCAPE_FILE, PREDICTIONS_FILE, read_candidates, read_run
 from fusionsearch.settings import to_dict
@@ -42,6 +43,7 @@ class Evaluation:
     uncertainty: Uncertainty
     landscape: pa.Table  # every trained mask's test metrics per fold (empty: evaluated before it existed)
     replicates: Replicates | None = None  # --repeats R > 1: answers and accuracy over the replicates
+    saliency: Saliency | None = None  # fusionsearch saliency: where each modality looked
 
 
 def load_evaluation(experiment_dir: str) -> Evaluation:
@@ -88,6 +90,7 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
             "searcher": run.searcher,
             "settings": to_dict(run.settings) if run.settings else None,
         },
+        saliency=read_saliency(experiment_dir),
     )
 
 

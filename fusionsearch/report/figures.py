@@ -1,4 +1,5 @@
-"""The report's figures, drawn without pyplot (no GUI backend): ROC curves, search trees, losses per round."""
+"""The report's figures, drawn without pyplot (no GUI backend): ROC curves, search trees, losses per
+round, landscapes, saliency maps."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fusionsearch.search.records import parent_row, replicate, row_key
 
 if TYPE_CHECKING:
     from fusionsearch.report.data import Evaluation
+    from fusionsearch.report.saliency import Saliency
 
 
 def method_title(method: str, searcher: str) -> str:
@@ -221,4 +223,50 @@ def landscape_figure(evaluation: Evaluation) -> bytes:
     )
     axes.title.set_fontsize(10)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(figure)
+
+
+def shown_subjects(saliency: Saliency, count: int = 2) -> list[int]:
+    """The subjects the saliency figure draws: up to ``count`` the chosen model classified correctly
+    and up to ``count`` it did not, in test order."""
+    right = saliency.predicted[0] == saliency.labels
+    return [*np.flatnonzero(right)[:count], *np.flatnonzero(~right)[:count]]
+
+
+def saliency_figure(saliency: Saliency) -> bytes:
+    """Each modality's occlusion map over its input plane, per model, for a few test subjects (right
+    and wrong), planted findings outlined; then the class-mean maps (axial maximum projections)."""
+    methods, modalities = saliency.methods, saliency.modalities
+    subjects = shown_subjects(saliency)
+    classes = [int(c) for c in np.unique(saliency.labels)]
+    columns = [(k, m) for m in range(len(modalities)) for k in range(len(methods))]
+    figure = Figure(figsize=(2.1 * len(columns), 2.2 * (len(subjects) + len(classes))))
+    grid = figure.subplots(len(subjects) + len(classes), len(columns), squeeze=False)
+    for row, s in enumerate(subjects):
+        top = max(float(saliency.maps[:, s].max()), 1e-6)  # one scale per subject: models comparable
+        for col, (k, m) in enumerate(columns):
+            axes = grid[row, col]
+            axes.imshow(np.rot90(saliency.images[s, m].astype(np.float32)), cmap="gray")
+            heat = np.rot90(np.clip(saliency.maps[k, s, m].astype(np.float32), 0, None))
+            axes.imshow(np.ma.masked_less_equal(heat, 0.05 * top), cmap="hot", alpha=0.6, vmin=0, vmax=top)
+            if saliency.findings is not None and saliency.findings[s, m].any():
+                axes.contour(np.rot90(saliency.findings[s, m]), levels=[0.5], colors="cyan", linewidths=0.8)
+            verdict = "right" if saliency.predicted[k, s] == saliency.labels[s] else "wrong"
+            axes.set_title(f"{modalities[m]}, {methods[k]} ({saliency.masks[k]}): {verdict}", fontsize=6)
+        grid[row, 0].set_ylabel(f"{saliency.sample_ids[s]}\nlabel {saliency.labels[s]}", fontsize=7)
+    for offset, c in enumerate(classes):
+        row, members = len(subjects) + offset, saliency.labels == c
+        for col, (k, m) in enumerate(columns):
+            mean = np.clip(saliency.projections[k, members, m].astype(np.float32), 0, None).mean(axis=0)
+            grid[row, col].imshow(np.rot90(mean), cmap="hot")
+            grid[row, col].set_title(f"{modalities[m]}, {methods[k]}: class mean", fontsize=6)
+        grid[row, 0].set_ylabel(f"class {c}\n(mean of {members.sum()})", fontsize=7)
+    for axes in grid.flat:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    figure.suptitle(
+        f"where each modality looked (fold {saliency.fold}): occlusion sensitivity for the predicted class,"
+        f" {saliency.patch}-voxel patches; findings in cyan",
+        fontsize=8,
+    )
     return _png(figure)

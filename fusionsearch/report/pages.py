@@ -28,9 +28,11 @@ from fusionsearch.report.figures import (
     method_title,
     roc_figure,
     rounds_figure,
+    saliency_figure,
     tree_figure,
 )
 from fusionsearch.report.metrics import METRICS, mean_and_std
+from fusionsearch.report.saliency import Saliency
 from fusionsearch.search.experiment import REPORT_DIR
 from fusionsearch.search.records import PER_SAMPLE
 
@@ -163,8 +165,19 @@ def replicate_rows(evaluation: Evaluation) -> tuple[list[list[str]], list[list[s
     return points, accuracy
 
 
+SALIENCY_HEADER = ["model", "modality", "subjects with findings", "map mass inside the findings",
+                   "their share of the volume", "pointing-game hits"]  # fmt: skip
 DECISIONS_HEADER = ["fold", "round", "tested child", "against", "gain on the test half", "p (one-sided)",
                     "accepted"]  # fmt: skip
+
+
+def saliency_rows(saliency: Saliency) -> list[list[str]]:
+    """Per model and modality: subjects, mass inside the findings, their volume share, hit rate."""
+    return [
+        [r["method"], r["modality"], str(r["subjects"]), f"{r['mass_inside']:.3f}",
+         f"{r['volume_share']:.3f}", f"{r['hit_rate']:.2f}"]
+        for r in saliency.summary()
+    ]  # fmt: skip
 
 
 def decision_rows(candidates: pa.Table) -> list[list[str]]:
@@ -219,6 +232,8 @@ def write_report(experiment_dir: str) -> Evaluation:
     }
     if evaluation.landscape.num_rows:
         figures["landscape"] = landscape_figure(evaluation)
+    if evaluation.saliency is not None:
+        figures["saliency"] = saliency_figure(evaluation.saliency)
     for name, png in figures.items():
         storage.write_bytes(storage.join(out, f"{name}.png"), png)
     tables = {
@@ -297,6 +312,26 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
                 "landscape",
             )
         )
+    looked = []
+    if (saliency := evaluation.saliency) is not None:
+        looked.append(
+            (
+                "Where each modality looked",
+                f"Occlusion sensitivity (MONAI) of fold {saliency.fold}'s chosen mask and of late fusion on "
+                f"{len(saliency.sample_ids)} test subjects (the first of each class): for each modality, how "
+                "much the probability of the predicted class falls when a patch of that modality alone is "
+                f"occluded ({saliency.patch}-voxel patches). "
+                + (
+                    "The table scores the whole 3D maps against the planted findings: the share of each "
+                    "map's positive mass inside them (a map blind to them scores their share of the volume) "
+                    "and how often the map's maximum lies inside one (the pointing game)."
+                    if saliency.score_rows
+                    else "The findings' positions are not known for these data, so the maps are not scored."
+                ),
+                (SALIENCY_HEADER, saliency_rows(saliency)) if saliency.score_rows else None,
+                "saliency",
+            )
+        )
     return [
         (
             "Results on the held-out test folds",
@@ -324,6 +359,7 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
         ),
         *replicated,
         *landscape,
+        *looked,
         *(
             [
                 (
