@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 #: Bytes read at a time when hashing an entry.
 _CHUNK = 8 << 20
+#: Entries of a remote cache copied into a node's mirror at once (each copy waits on 3 requests).
+MIRROR_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,11 @@ class PreprocessCache:
         or the node's mirror copy, which was hashed when it was made): no request per entry to a
         remote cache, and a damaged entry is an error naming the sample.
         """
-        local = [self._local(k) for k in keys]
+        if storage.is_uri(self.root):  # the first open on a node copies entries: requests, in parallel
+            with ThreadPoolExecutor(MIRROR_THREADS) as pool:
+                local = list(pool.map(self._local, keys))
+        else:
+            local = [self._local(k) for k in keys]
         damaged = [(s, d) for s, path in zip(ids, local, strict=True) if (d := _length_damage(path))]
         if damaged:
             sample, what = damaged[0]
