@@ -252,35 +252,28 @@ def compute_saliency(
             f"--patch {patch}: the patch edge must be 1-{edge} voxels (the volumes' smallest edge)"
         )
     policy = DevicePolicy.select(device)
-    maps, predicted = [], []
-    for method in mapped:
+    findings = _findings(run, ids, images.shape)  # (S, N, X, Y, Z) or None
+    modalities = tuple(run.metadata.get("modalities") or [f"M{m}" for m in range(images.shape[1])])
+    count, shape = len(ids), images.shape[1:-1]  # shape: (N, X, Y)
+    planes = np.zeros(count, dtype=np.int64)
+    drawn = np.zeros((len(mapped), count, *shape), dtype=np.float16)
+    projections = np.zeros_like(drawn)
+    predicted, scores = np.zeros((len(mapped), count), dtype=np.int64), []
+    for k, method in enumerate(mapped):
         with storage.local_copy(methods[method][1][0]) as folder:
             model = policy.module(load_model(folder)).eval()
-        classes = network_probabilities(model, chosen, policy).argmax(1)
-        log.info("mapping %s (%s) on %d test subjects of fold %d", method, methods[method][0], len(ids), fold)
-        maps.append([
-            [occlusion_map(model, policy.batch(torch.from_numpy(image[None])), m, int(c), patch)
-             for m in range(image.shape[0])]
-            for image, c in zip(images, classes, strict=True)
-        ])  # fmt: skip
-        predicted.append(classes)
-    volumes = np.asarray(maps, dtype=np.float32)  # (methods, S, N, X, Y, Z)
-    findings = _findings(run, ids, images.shape)
-    modalities = tuple(run.metadata.get("modalities") or [f"M{m}" for m in range(images.shape[1])])
-    scores = []
-    if findings is not None:
-        for k, method in enumerate(mapped):
-            for s, sample in enumerate(ids):
-                for m, modality in enumerate(modalities):
-                    if findings[s, m].any():
-                        score = localisation(volumes[k, s, m], findings[s, m])
-                        scores.append({"method": method, "sample_id": sample, "modality": modality,
-                                       **dataclasses.asdict(score)})  # fmt: skip
-    planes = np.clip(volumes[0], 0, None).sum(axis=(1, 2, 3)).argmax(axis=1)  # (S,)
-
-    def on_planes(subjects_first: np.ndarray) -> np.ndarray:  # (S, ..., Z) -> (S, ...) at each one's plane
-        return np.stack([subject[..., z] for subject, z in zip(subjects_first, planes, strict=True)])
-
+        predicted[k] = network_probabilities(model, chosen, policy).argmax(1)
+        log.info("mapping %s (%s) on %d test subjects of fold %d", method, methods[method][0], count, fold)
+        for s, image in enumerate(images):  # one subject's 3D maps at a time: 128^3 volumes add up
+            batch, target = policy.batch(torch.from_numpy(image[None])), int(predicted[k, s])
+            volume = np.stack([occlusion_map(model, batch, m, target, patch) for m in range(len(modalities))])
+            if k == 0:  # the plane drawn: where the chosen model's maps hold most mass
+                planes[s] = np.clip(volume, 0, None).sum(axis=(0, 1, 2)).argmax()
+            drawn[k, s], projections[k, s] = volume[..., planes[s]], volume.max(axis=-1)
+            for m, modality in enumerate(modalities):
+                if findings is not None and findings[s, m].any():
+                    score = dataclasses.asdict(localisation(volume[m], findings[s, m]))
+                    scores.append({"method": method, "sample_id": ids[s], "modality": modality, **score})
     saliency = Saliency(
         fold=fold,
         modalities=modalities,
@@ -288,12 +281,14 @@ def compute_saliency(
         masks=tuple(methods[m][0] for m in mapped),
         sample_ids=tuple(ids),
         labels=labels[rows],
-        predicted=np.asarray(predicted),
+        predicted=predicted,
         planes=planes,
-        images=on_planes(images).astype(np.float16),
-        maps=np.moveaxis(on_planes(np.moveaxis(volumes, 1, 0)), 0, 1).astype(np.float16),
-        findings=None if findings is None else on_planes(findings),
-        projections=volumes.max(axis=-1).astype(np.float16),
+        images=np.stack([image[..., z] for image, z in zip(images, planes, strict=True)]).astype(np.float16),
+        maps=drawn,
+        findings=None
+        if findings is None
+        else np.stack([f[..., z] for f, z in zip(findings, planes, strict=True)]),
+        projections=projections,
         patch=patch,
         score_rows=tuple(scores),
     )
