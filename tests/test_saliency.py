@@ -7,7 +7,7 @@ import torch
 from fusionsearch.data.manifest import read_manifest
 from fusionsearch.data.preprocess import preprocess_masks, preprocess_sample
 from fusionsearch.data.synth import SynthConfig, generate, write_findings
-from fusionsearch.report.saliency import localisation, occlusion_map
+from fusionsearch.report.saliency import Saliency, localisation, occlusion_map
 from fusionsearch.settings import PreprocessConfig
 
 #: The region the model below reads: modality 0, voxels 4-7 on every axis of a 16^3 volume.
@@ -68,3 +68,32 @@ def test_planted_findings_reach_the_preprocessed_grid_where_the_images_show_them
             # Findings are hyperintense: inside the mask the image is far above the brain elsewhere.
             assert values[mask].mean() > values[~mask & (values != 0)].mean() + 2
     assert write_findings(tmp_path / "findings", ["synth-00000"], tmp_path / "none") == {}  # not planted data
+
+
+def test_the_summary_pairs_late_fusion_with_the_chosen_mask_on_the_same_subjects():
+    def row(method, sample, modality, mass):
+        return {"method": method, "sample_id": sample, "modality": modality, "mass_inside": mass,
+                "volume_share": 0.01, "hit": mass > 0.2}  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    chosen = rng.uniform(0.3, 0.5, 12)
+    rows = [row("chosen", f"s{i}", "T1", m) for i, m in enumerate(chosen)]
+    rows += [
+        row("late fusion", f"s{i}", "T1", m - 0.1 - 0.01 * i) for i, m in enumerate(chosen)
+    ]  # always less
+    rows += [row(method, f"s{i}", "FLAIR", 0.3) for method in ("chosen", "late fusion") for i in range(12)]
+    blank = np.zeros((2, 12))
+    saliency = Saliency(
+        fold=0, modalities=("T1", "FLAIR"), methods=("chosen", "late fusion"), masks=("1000", "0000"),
+        sample_ids=tuple(f"s{i}" for i in range(12)), labels=blank[0], predicted=blank, planes=blank[0],
+        images=blank, maps=blank, findings=None, projections=blank, patch=4, score_rows=tuple(rows),
+    )  # fmt: skip
+    summary = {(r["method"], r["modality"]): r for r in saliency.summary()}
+    assert "difference" not in summary["chosen", "T1"]  # the reference itself
+    late = summary["late fusion", "T1"]
+    assert (
+        late["difference"] == pytest.approx(0.1 + 0.01 * 5.5) and late["p"] < 0.001
+    )  # 12 of 12 the same way
+    assert late["mass_inside"] == pytest.approx(chosen.mean() - late["difference"])
+    assert summary["chosen", "T1"]["hit_rate"] == 1.0 and summary["late fusion", "FLAIR"]["difference"] == 0.0
+    assert np.isnan(summary["late fusion", "FLAIR"]["p"])  # no difference at all: no test

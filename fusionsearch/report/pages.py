@@ -166,7 +166,8 @@ def replicate_rows(evaluation: Evaluation) -> tuple[list[list[str]], list[list[s
 
 
 SALIENCY_HEADER = ["model", "modality", "subjects with findings", "map mass inside the findings",
-                   "their share of the volume", "pointing-game hits"]  # fmt: skip
+                   "their share of the volume", "pointing-game hits",
+                   "chosen mask's mass inside minus this one's", "Wilcoxon p"]  # fmt: skip
 DECISIONS_HEADER = ["fold", "round", "tested child", "against", "gain on the test half", "p (one-sided)",
                     "accepted"]  # fmt: skip
 
@@ -175,7 +176,8 @@ def saliency_rows(saliency: Saliency) -> list[list[str]]:
     """Per model and modality: subjects, mass inside the findings, their volume share, hit rate."""
     return [
         [r["method"], r["modality"], str(r["subjects"]), f"{r['mass_inside']:.3f}",
-         f"{r['volume_share']:.3f}", f"{r['hit_rate']:.2f}"]
+         f"{r['volume_share']:.3f}", f"{r['hit_rate']:.2f}",
+         f"{r['difference']:+.3f}" if "difference" in r else "-", f"{r['p']:.2g}" if "p" in r else "-"]
         for r in saliency.summary()
     ]  # fmt: skip
 
@@ -324,7 +326,9 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
                 + (
                     "The table scores the whole 3D maps against the planted findings: the share of each "
                     "map's positive mass inside them (a map blind to them scores their share of the volume) "
-                    "and how often the map's maximum lies inside one (the pointing game)."
+                    "and how often the map's maximum lies inside one (the pointing game); late fusion's "
+                    "row compares its mass inside with the chosen mask's on the same subjects (the mean "
+                    "paired difference, and the Wilcoxon signed-rank test of the differences)."
                     if saliency.score_rows
                     else "The findings' positions are not known for these data, so the maps are not scored."
                 ),

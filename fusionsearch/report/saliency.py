@@ -171,17 +171,31 @@ class Saliency:
 
     def summary(self) -> list[dict]:
         """Per method and modality: subjects scored, mean mass inside the findings, mean volume
-        share, pointing-game hit rate."""
-        groups: dict[tuple[str, str], list[dict]] = {}
+        share, pointing-game hit rate; for the methods after the first, ``difference``: the first's
+        mass inside minus theirs, mean over the same subjects, and ``p``: the Wilcoxon signed-rank
+        test of those paired differences (two-sided; ``nan`` when every difference is 0)."""
+        from scipy.stats import wilcoxon
+
+        groups: dict[tuple[str, str], dict[str, float]] = {}
+        rows: dict[tuple[str, str], list[dict]] = {}
         for row in self.score_rows:
-            groups.setdefault((row["method"], row["modality"]), []).append(row)
-        return [
-            {"method": method, "modality": modality, "subjects": len(rows),
-             "mass_inside": float(np.mean([r["mass_inside"] for r in rows])),
-             "volume_share": float(np.mean([r["volume_share"] for r in rows])),
-             "hit_rate": float(np.mean([r["hit"] for r in rows]))}
-            for (method, modality), rows in groups.items()
-        ]  # fmt: skip
+            groups.setdefault((row["method"], row["modality"]), {})[row["sample_id"]] = row["mass_inside"]
+            rows.setdefault((row["method"], row["modality"]), []).append(row)
+        summary = []
+        for (method, modality), group in rows.items():
+            entry = {"method": method, "modality": modality, "subjects": len(group),
+                     "mass_inside": float(np.mean([r["mass_inside"] for r in group])),
+                     "volume_share": float(np.mean([r["volume_share"] for r in group])),
+                     "hit_rate": float(np.mean([r["hit"] for r in group]))}  # fmt: skip
+            first = groups.get((self.methods[0], modality), {})
+            if method != self.methods[0] and first:
+                differences = np.array(
+                    [first[s] - v for s, v in groups[method, modality].items() if s in first]
+                )
+                entry["difference"] = float(differences.mean())
+                entry["p"] = float(wilcoxon(differences).pvalue) if differences.any() else float("nan")
+            summary.append(entry)
+        return summary
 
     def to_bytes(self) -> bytes:
         names = ("fold", "modalities", "methods", "masks", "sample_ids", "patch", "score_rows")
