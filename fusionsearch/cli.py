@@ -279,6 +279,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.data,
         storage_path=args.storage,
         fold=args.fold,
+        folds=args.folds,
         cache=args.cache,
         device=args.device,
         batch_size=args.batch_size,
@@ -287,10 +288,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pacsv.write_csv(prediction.table, args.out)
-    models = ", ".join(f"fold {m.fold} ({m.mask})" for m in prediction.models)
+    models = ", ".join(str(m) for m in prediction.models)
     print(f"predicted {prediction.table.num_rows} samples with the chosen configuration of {models}")
     for metric, (value, low, high) in (prediction.metrics or {}).items():
         print(f"{metric}: {value:.3f} (95% CI {low:.3f}-{high:.3f})")
+    if prediction.trained_on:
+        print(
+            f"note: the final model trained on {prediction.trained_on} of these samples: figures on them "
+            "are not held-out (the report's cross-validated figures are; --folds uses the folds' models)"
+        )
     print(f"wrote {args.out}")
     return 0
 
@@ -299,8 +305,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A finished search's chosen models as a folder that runs with plain PyTorch."""
     from fusionsearch import pipeline
 
-    out = pipeline.export(args.name, args.out, storage_path=args.storage, fold=args.fold)
+    out = pipeline.export(args.name, args.out, storage_path=args.storage, fold=args.fold, folds=args.folds)
     print(f"exported to {out}: predict.py, preprocessing.json, MODEL_CARD.md and the models")
+    return 0
+
+
+def cmd_final(args: argparse.Namespace) -> int:
+    """Train the chosen mask on every development subject: the model predict and export then use."""
+    from fusionsearch import pipeline
+
+    final = pipeline.final(args.name, args.storage, mask=args.mask, device=args.device)
+    stages = " -> ".join(f"{s.mask} ({s.epochs} epochs)" for s in final.plan.stages)
+    chosen = ", ".join(f"{m} on {n}" for m, n in final.plan.chosen)
+    print(f"final model {final.mask} (chosen: {chosen} fold(s)): {stages}")
+    print(f"trained on {len(final.samples)} development samples in {final.seconds:.0f} s")
+    if final.includes_test_parts:
+        print(
+            "these are all the samples, every fold's test part included (every sample validated some "
+            "fold): no sample is held out from this model; the report's cross-validated held-out figures "
+            "estimate its performance"
+        )
+    for name, (value, low, high) in final.held_out.items():
+        print(
+            f"reserved test part ({final.held_out_n} samples) {name}: {value:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f})"
+        )
+    print(f"predict and export now use it: {final.checkpoint}")
     return 0
 
 
@@ -372,6 +402,19 @@ def add_experiment_arguments(
     )
     if address:
         parser.add_argument("--address", default=None, help="Ray cluster to use (default: start a local one)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--fold`` and ``--folds``: which of a finished search's models predict (or are exported)."""
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="this fold's model only (default: the final model, else every fold's, their mean)",
+    )
+    parser.add_argument(
+        "--folds", action="store_true", help="every fold's model even when the search has a final model"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -481,12 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--out", type=Path, default=Path("predictions.csv"), help="(default: predictions.csv)"
     )
-    predict.add_argument(
-        "--fold",
-        type=int,
-        default=None,
-        help="use this fold's model only (default: the mean over every fold's model)",
-    )
+    add_model_arguments(predict)
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     predict.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
     add_data_root_argument(predict)
@@ -499,10 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="the chosen models as a folder that runs with plain PyTorch")
     add_experiment_arguments(export, name_required=True, address=False)
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
-    export.add_argument(
-        "--fold", type=int, default=None, help="this fold's model only (default: every fold's)"
-    )
+    add_model_arguments(export)
     export.set_defaults(func=cmd_export)
+
+    final = commands.add_parser(
+        "final", help="train the chosen mask on every development subject (used by predict and export)"
+    )
+    add_experiment_arguments(final, name_required=True, address=False)
+    final.add_argument(
+        "--mask", default=None, help="another mask some fold chose (default: the one most folds chose)"
+    )
+    final.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    final.set_defaults(func=cmd_final)
 
     saliency = commands.add_parser(
         "saliency", help="where each modality looked: occlusion maps of a fold's chosen mask and late fusion"

@@ -26,6 +26,7 @@ from fusionsearch.model.network import FusionNet
 from fusionsearch.model.pretrained import load_streams, stream_state_dict
 from fusionsearch.report.data import Evaluation
 from fusionsearch.report.export import export as export_models
+from fusionsearch.report.final import FinalModel, train_final
 from fusionsearch.report.pages import write_report
 from fusionsearch.report.predict import Prediction
 from fusionsearch.report.predict import predict as predict_new
@@ -283,11 +284,21 @@ def predict(
 
 
 def export(
-    name: str, out: str | Path, storage_path: str | Path = DEFAULT_STORAGE, fold: int | None = None
+    name: str,
+    out: str | Path,
+    storage_path: str | Path = DEFAULT_STORAGE,
+    fold: int | None = None,
+    folds: bool = False,
 ) -> Path:
     """``fusionsearch export``: the chosen models as a folder that runs with plain PyTorch
     (:mod:`fusionsearch.report.export`)."""
-    return export_models(experiment_dir(name, storage_path), out, fold=fold)
+    return export_models(experiment_dir(name, storage_path), out, fold=fold, folds=folds)
+
+
+def final(name: str, storage_path: str | Path = DEFAULT_STORAGE, **options: Any) -> FinalModel:
+    """``fusionsearch final``: the chosen mask trained on every development subject (options:
+    :func:`fusionsearch.report.final.train_final`'s)."""
+    return train_final(experiment_dir(name, storage_path), **options)
 
 
 def saliency(name: str, storage_path: str | Path = DEFAULT_STORAGE, **options: Any) -> Saliency:
@@ -322,4 +333,14 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-__all__ = ["DEFAULT_STORAGE", "PipelineResult", "export", "finish", "predict", "report", "resume", "run"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "PipelineResult",
+    "export",
+    "final",
+    "finish",
+    "predict",
+    "report",
+    "resume",
+    "run",
+]

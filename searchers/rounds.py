@@ -24,7 +24,7 @@ from fusionsearch.search.records import (
     Trial,
     as_float,
     candidate_key,
-    parent_row,
+    lineage,
     replicate,
     row_key,
 )
@@ -309,9 +309,9 @@ class RoundSearcher(Searcher):
         empty = str(FusionMask.empty(self.num_points))
         trials = []
         for fold in group.folds:
-            lineage = self._lineage((fold, group.repeat), candidate_key(chosen.candidate))
-            epochs = [r.get("epochs_trained") for r in lineage]
-            if not lineage or None in epochs or lineage[-1]["mask"] != empty or lineage[-1]["round"] != 0:
+            chain = self._lineage((fold, group.repeat), candidate_key(chosen.candidate))
+            epochs = [r.get("epochs_trained") for r in chain]
+            if not chain or None in epochs or chain[-1]["mask"] != empty or chain[-1]["round"] != 0:
                 continue  # a trainable that does not report its epochs, or a lineage not from 0000
             extra = int(sum(epochs) - epochs[-1])
             if extra > 0:
@@ -322,11 +322,7 @@ class RoundSearcher(Searcher):
         """The finished trial ``key`` = (role, mask, round, extension) of ``search`` = (fold, repeat) and
         its ancestors, newest first, down to the trial trained from scratch."""
         rows = [r for r in self._records if replicate(r) == search and r["status"] == "ok"]
-        lineage, row = [], next((r for r in rows if row_key(r) == key), None)
-        while row is not None and len(lineage) <= len(rows):
-            lineage.append(row)
-            row = parent_row(row, rows)
-        return lineage
+        return lineage(next((r for r in rows if row_key(r) == key), None), rows)
 
     def _ensemble_trials(self, group: FoldSearch) -> list[Trial]:
         baseline = FusionMask.empty(self.num_points)

@@ -447,16 +447,6 @@ def test_predict_refuses_bad_input_in_seconds_before_any_model_loads(every_fold,
 def test_export_runs_without_fusionsearch_and_predicts_as_predict_does(
     every_fold, manifest, tmp_path, capsys
 ):
-    import subprocess
-    import sys
-
-    import numpy as np
-    import pyarrow.csv as pacsv
-
-    from fusionsearch.data.cache import PreprocessCache
-    from fusionsearch.data.manifest import read_manifest
-    from fusionsearch.search.experiment import read_run
-
     runs, _ = every_fold
     export = tmp_path / "export"
     assert main(["export", "cli", "--storage", str(runs), "--out", str(export)]) == 0
@@ -468,17 +458,30 @@ def test_export_runs_without_fusionsearch_and_predicts_as_predict_does(
     }
     card = (export / "MODEL_CARD.md").read_text()
     assert "Held-out performance (chosen configuration).** accuracy" in card and "Intended use" in card
+    assert "Each fold's model was trained on its fold's training part only" in card
     assert main(["export", "cli", "--storage", str(runs), "--out", str(export)]) == 2  # never overwritten
     capsys.readouterr()
+    _check_export_predicts_as_predict(runs, export, manifest, tmp_path)
+
+
+def _check_export_predicts_as_predict(runs: Path, export: Path, manifest: Path, tmp_path: Path) -> None:
+    """The export at ``export``, run where fusionsearch cannot be imported, gives the class
+    probabilities ``fusionsearch predict`` gives (with the models it chooses by default)."""
+    import subprocess
+    import sys
+
+    import pyarrow.csv as pacsv
+
+    from fusionsearch.data.cache import PreprocessCache
+    from fusionsearch.data.manifest import read_manifest
+    from fusionsearch.search.experiment import read_run
+
     # fusionsearch's own prediction of a few samples ...
     few = _manifest_of(manifest, "few.csv", rows=["synth-00000", "synth-00001", "synth-00002"])
-    assert (
-        main(["predict", "cli", "--storage", str(runs), "--data", str(few), "--out", str(tmp_path / "p.csv")])
-        == 0
-    )
+    out = tmp_path / "p.csv"
+    assert main(["predict", "cli", "--storage", str(runs), "--data", str(few), "--out", str(out)]) == 0
     expected = {
-        r["sample_id"]: [r["probability_0"], r["probability_1"]]
-        for r in pacsv.read_csv(tmp_path / "p.csv").to_pylist()
+        r["sample_id"]: [r["probability_0"], r["probability_1"]] for r in pacsv.read_csv(out).to_pylist()
     }
     # ... and the export's, from the same preprocessed arrays, where fusionsearch cannot be imported.
     cache = PreprocessCache(
@@ -505,3 +508,122 @@ def test_export_runs_without_fusionsearch_and_predicts_as_predict_does(
     for line in lines[1:]:
         path, *values = line.split()
         assert [float(v) for v in values] == pytest.approx(expected[Path(path).stem], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_final_model_trains_on_every_development_sample_and_predict_and_export_use_it(
+    every_fold, manifest, tmp_path, capsys
+):
+    import math
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import torch
+
+    from fusionsearch.data.splits import make_folds
+    from fusionsearch.model.checkpoint import load_state_dict, read_meta
+    from fusionsearch.report.final import Stage, plan_final, read_final
+    from fusionsearch.search.experiment import read_candidates
+    from fusionsearch.search.records import SCHEMA
+
+    shared, _ = every_fold
+    runs = tmp_path / "runs"  # a copy: the shared search keeps no final model
+    shutil.copytree(shared / "cli", runs / "cli")
+    # Its 2-epoch candidates learn nothing, so every fold chose 0000; as if folds 0 and 1 had
+    # accepted their child 1000 at its first epoch (a lineage of two stages to retrace):
+    table = pq.read_table(runs / "cli" / "candidates.parquet").to_pylist()
+    for r in (r for r in table if r["fold"] < 2 and r["role"] == "search"):
+        r["chosen"] = r["mask"] == "1000"
+        r["best_epoch"] = 1.0 if r["mask"] == "1000" else r["best_epoch"]
+    pq.write_table(pa.Table.from_pylist(table, schema=SCHEMA), runs / "cli" / "candidates.parquet")
+    storage = ["--storage", str(runs)]
+    (runs / "unfinished").mkdir()  # a search stopped before its evaluation
+    for kept in ("fusionsearch-run.json", "candidates.parquet"):
+        shutil.copy(runs / "cli" / kept, runs / "unfinished" / kept)
+    for name, argv, message in [
+        ("cli", ["--mask", "0110"], "--mask 0110: no fold chose it; choose one of the chosen masks"),
+        ("unfinished", [], "has not finished"),
+        ("nope", [], "is not a fusionsearch experiment"),
+    ]:
+        assert main(["final", name, *storage, "--device", "cpu", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert not (runs / "cli" / "final").exists()
+    assert main(["final", "cli", *storage, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    final = read_final(str(runs / "cli"))
+    rows = read_candidates(str(runs / "cli")).to_pylist()
+    assert final.plan == plan_final(rows) and final.plan.chosen == (("1000", 2), ("0000", 1))
+    best = {r["fold"]: r["best_epoch"] for r in rows if r["role"] == "search" and r["mask"] == "0000"}
+    epochs = math.floor(np.median([best[0], best[1]]) + 0.5)  # the median over the folds that chose 1000
+    assert final.plan.stages == (Stage("0000", epochs, (best[0], best[1])), Stage("1000", 1, (1, 1)))
+    assert f"final model {final.mask}" in out and "every fold's test part included" in out
+    # Every sample is a development sample with the rotating layout; nothing held out was left.
+    assert sorted(final.samples) == sorted(f"synth-{i:05d}" for i in range(24))
+    assert final.includes_test_parts and final.held_out_n == 0
+    meta = read_meta(final.checkpoint)
+    assert meta["mask"] == "1000" and meta["parent_mask"] == "0000" and meta["role"] == "final"
+    assert meta["fold"] is None
+    assert meta["metrics"]["epochs_trained"] == final.plan.stages[-1].epochs and meta["samples"] == 24
+    # It trained: its weights are none of the folds' chosen models'.
+    weights = load_state_dict(final.checkpoint)
+    for row in (r for r in rows if r["chosen"] and r["mask"] == "1000"):
+        fold_weights = load_state_dict(row["checkpoint"])
+        assert any(not torch.equal(weights[k], fold_weights[k]) for k in weights)
+    # Run again: nothing trains, nothing is overwritten.
+    assert main(["final", "cli", *storage, "--device", "cpu"]) == 0
+    assert read_final(str(runs / "cli")) == final
+    # Interrupted before its record was written: only the missing stages train again.
+    stored = sorted((runs / "cli" / "final").glob("stage*"))
+    kept = stored[0] / "model.pt"
+    before = kept.stat().st_mtime_ns
+    (runs / "cli" / "final" / "final.json").unlink()
+    assert [p.name for p in stored] == ["stage0-0000", "stage1-1000"]
+    shutil.rmtree(stored[-1])
+    assert main(["final", "cli", *storage, "--device", "cpu"]) == 0
+    assert kept.stat().st_mtime_ns == before
+    again = read_final(str(runs / "cli"))
+    retrained = load_state_dict(again.checkpoint)  # the same seeds and batches: the same weights
+    assert again.plan == final.plan and all(torch.equal(retrained[k], weights[k]) for k in weights)
+    capsys.readouterr()
+    # predict uses the final model, and says which samples it trained on; --folds the folds' models.
+    out_csv = tmp_path / "final.csv"
+    assert main(["predict", "cli", *storage, "--data", str(manifest), "--out", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert f"the final model ({final.mask})" in printed and "trained on 24 of these samples" in printed
+    table = pacsv.read_csv(out_csv)
+    assert "final_probability_1" in table.column_names and "fold0_probability_1" not in table.column_names
+    assert table["spread_1"].to_numpy() == pytest.approx(0.0)
+    assert main(["predict", "cli", *storage, "--data", str(manifest), "--out", str(out_csv), "--folds"]) == 0
+    assert "fold0_probability_1" in pacsv.read_csv(out_csv).column_names
+    assert "trained on" not in capsys.readouterr().out
+    # export takes the final model too; it runs without fusionsearch and predicts as predict does.
+    export = tmp_path / "export"
+    assert main(["export", "cli", *storage, "--out", str(export)]) == 0
+    assert (export / "final.pt2").is_file() and not (export / "fold0.pt2").exists()
+    card = (export / "MODEL_CARD.md").read_text()
+    assert "The final model (`fusionsearch final`) was trained on 24 development samples" in card
+    assert "no sample is held out from this model" in card
+    _check_export_predicts_as_predict(runs, export, manifest, tmp_path)
+    # Had the search been pooled (the reserved layout), part 0 would stay out and test the model.
+    shutil.copytree(runs / "cli", runs / "pooled", ignore=shutil.ignore_patterns("final"))
+    record = json.loads((runs / "pooled" / "fusionsearch-run.json").read_text())
+    record["settings"]["data"]["layout"] = "reserved"
+    (runs / "pooled" / "fusionsearch-run.json").write_text(json.dumps(record))
+    assert main(["final", "pooled", *storage, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    pooled = read_final(str(runs / "pooled"))
+    index = pq.read_table(record["settings"]["data"]["index"]).to_pydict()
+    part0 = {
+        index["sample_id"][i]
+        for i in make_folds(index["label"], index["subject_id"], 3, 0, "reserved")[0].test
+    }
+    assert pooled.held_out_n == len(part0) > 0 and not part0 & set(pooled.samples)
+    assert len(pooled.samples) + len(part0) == 24 and not pooled.includes_test_parts
+    assert (
+        set(pooled.held_out) == {"accuracy", "auc"}
+        and f"reserved test part ({len(part0)} samples)" in printed
+    )
+    value, low, high = pooled.held_out["accuracy"]
+    assert 0 <= low <= value <= high <= 1

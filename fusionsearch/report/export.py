@@ -28,6 +28,7 @@ from fusionsearch.data.preprocess import build_transforms
 from fusionsearch.errors import UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.report.data import load_evaluation
+from fusionsearch.report.final import FinalModel, read_final
 from fusionsearch.report.predict import FoldModel, fold_models
 from fusionsearch.search.experiment import read_run
 from fusionsearch.settings import to_dict
@@ -78,15 +79,18 @@ if __name__ == "__main__":
 '''
 
 
-def export(experiment_dir: str, out: str | os.PathLike, *, fold: int | None = None) -> Path:
+def export(
+    experiment_dir: str, out: str | os.PathLike, *, fold: int | None = None, folds: bool = False
+) -> Path:
     """Write the export folder of the search at ``experiment_dir`` to ``out`` (which must not exist
-    or be empty); returns it."""
+    or be empty); returns it. The models: as :func:`~fusionsearch.report.predict.fold_models`
+    chooses them (the final model when there is one)."""
     run = read_run(experiment_dir)
     if run.settings is None:
         raise UserError(
             f"the search {experiment_dir} trained {run.trainable}: its models are not fusionsearch's"
         )
-    models = fold_models(experiment_dir, fold)
+    models = fold_models(experiment_dir, fold, folds)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty; choose a new folder (nothing was overwritten)")
@@ -102,7 +106,7 @@ def export(experiment_dir: str, out: str | os.PathLike, *, fold: int | None = No
         with storage.local_copy(model.checkpoint) as folder:
             network = load_model(folder).eval()
         program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
-        files.append({"fold": model.fold, "mask": model.mask, "file": f"fold{model.fold}.pt2"})
+        files.append({"fold": model.fold, "mask": model.mask, "file": f"{model.name}.pt2"})
         torch.export.save(program, out / files[-1]["file"])
     spec = {
         "format_version": EXPORT_FORMAT,
@@ -141,21 +145,24 @@ def model_card(experiment_dir: str, run, models: list[FoldModel], spec: dict) ->
             f"{chosen['auc_high']:.3f}), over {chosen['n']} held-out test subjects pooled across folds"
         )
     model = run.settings.model
-    masks = ", ".join(f"fold {m.fold}: {m.mask}" for m in models)
+    final = read_final(experiment_dir) if models[0].fold is None else None
+    masks = f"{final.mask}" if final else ", ".join(f"fold {m.fold}: {m.mask}" for m in models)
+    points = "the final model's fusion mask" if final else "each fold's chosen fusion mask"
+    combined = (
+        "" if final else "\nThe prediction is the mean of the folds' class probabilities (`predict.py`)."
+    )
     return f"""# Model card: {evaluation.name}
 
 **Model.** A multi-stream 3D ResNet-{model.depth} (width {model.width:g}), one stream per
 modality ({", ".join(spec["modalities"])}), fused by {model.fusion} modules at the points of
-each fold's chosen fusion mask ({masks}), the streams' logits averaged; {spec["classes"]} classes.
-The prediction is the mean of the folds' class probabilities (`predict.py`).
+{points} ({masks}), the streams' logits averaged; {spec["classes"]} classes.{combined}
 
 **Data.** Trained on the manifest {run.metadata.get("manifest", "(not recorded)")}, preprocessed as
 `preprocessing.json` says (input {spec["input"]["shape"]}).
 
 **How the configuration was chosen.** {run.searcher} search, {search.get("folds", "?")}-fold protocol
 (train, validation and test parts per fold; the mask selected on validation subjects only),
-control {search.get("control", "?")}, false-accept rate alpha {search.get("alpha", "?")}. Each fold's
-model was trained on its fold's training part only.
+control {search.get("control", "?")}, false-accept rate alpha {search.get("alpha", "?")}. {training(final)}
 
 **Held-out performance (chosen configuration).** {held_out}. Full report: the experiment's
 `report/report.html`.
@@ -170,3 +177,25 @@ predict` with labels gives one). The inputs must be preprocessed exactly as
 `preprocessing.json` says; with no fixed spacing, scans must have the training scans' voxel
 size. Small cohorts give wide intervals: read the interval, not the point estimate.
 """
+
+
+def training(final: FinalModel | None) -> str:
+    """The model card's sentences on what the exported model(s) trained on."""
+    if final is None:
+        return "Each fold's model was trained on its fold's training part only."
+    stages = " then ".join(f"{s.mask} for {s.epochs} epochs" for s in final.plan.stages)
+    text = (
+        f"The final model (`fusionsearch final`) was trained on {len(final.samples)} development samples "
+        f"(every fold's training and validation parts), retracing the search's lineage: {stages}."
+    )
+    if final.includes_test_parts:
+        text += (
+            " These include every fold's test part: no sample is held out from this model, and the "
+            "held-out figures below are the cross-validated estimate of the procedure that made it."
+        )
+    for name, (value, low, high) in final.held_out.items():
+        text += (
+            f" On the {final.held_out_n} reserved test samples, never trained or selected on: "
+            f"{name} {value:.3f} (95 % CI {low:.3f}-{high:.3f})."
+        )
+    return text

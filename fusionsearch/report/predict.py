@@ -1,10 +1,12 @@
 """A finished search applied to new subjects: ``fusionsearch predict``.
 
-The chosen configuration of each fold (replicate 0) predicts every sample of a new manifest;
-the prediction is the mean of the folds' class probabilities (the folds' models as an
-ensemble), with each fold's probabilities and their spread (standard deviation over folds)
-kept. ``fold=K`` uses fold K's model alone: on that fold's test subjects it reproduces the
-report's held-out predictions exactly.
+The search's final model (``fusionsearch final``, :mod:`fusionsearch.report.final`) predicts
+every sample of a new manifest when it has one; otherwise (or with ``folds=True``) the chosen
+configuration of each fold (replicate 0) does, and the prediction is the mean of the folds'
+class probabilities (the folds' models as an ensemble), with each fold's probabilities and their
+spread (standard deviation over folds) kept. ``fold=K`` uses fold K's model alone: on that
+fold's test subjects it reproduces the report's held-out predictions exactly. With labels, the
+samples the final model trained on are counted (their metrics are no held-out figures).
 
 The new samples are preprocessed exactly as the search's were: the run record's preprocessing
 settings and modality order, through the same cache code (an entry per sample and setting, so
@@ -35,9 +37,9 @@ from fusionsearch.errors import DataError, UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.report.evaluation import predict as network_probabilities
+from fusionsearch.report.final import chosen_rows, read_final
 from fusionsearch.report.statistics import METRIC_FUNCTIONS, bootstrap_interval
-from fusionsearch.search.experiment import PREDICTIONS_FILE, RunRecord, read_candidates, read_run
-from fusionsearch.search.records import replicate
+from fusionsearch.search.experiment import RunRecord, read_run
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,19 @@ VOXEL_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class FoldModel:
-    """The chosen configuration of one fold: its mask and checkpoint location."""
+    """A model that predicts: one fold's chosen configuration, or the final model (``fold=None``)."""
 
-    fold: int
+    fold: int | None
     mask: str
     checkpoint: str
+
+    @property
+    def name(self) -> str:
+        """``fold<k>`` or ``final``: its column prefix and file name."""
+        return "final" if self.fold is None else f"fold{self.fold}"
+
+    def __str__(self) -> str:
+        return f"the final model ({self.mask})" if self.fold is None else f"fold {self.fold} ({self.mask})"
 
 
 @dataclass(frozen=True)
@@ -61,30 +71,27 @@ class Prediction:
     Attributes:
         table: one row per sample: ``sample_id``, ``predicted`` (class), ``probability_<c>`` (mean
             over the models) and ``spread_<c>`` (their standard deviation) per class, and each
-            model's ``fold<k>_probability_<c>``; ``label`` when the manifest has labels.
-        models: the fold models that predicted.
+            model's ``<name>_probability_<c>``; ``label`` when the manifest has labels.
+        models: the models that predicted.
         metrics: with labels: ``{metric: (value, low, high)}`` (95 % bootstrap intervals).
+        trained_on: how many of the samples the final model trained on (their metrics are not
+            held-out figures); 0 for the folds' models.
     """
 
     table: pa.Table
     models: list[FoldModel]
     metrics: dict[str, tuple[float, float, float]] | None
+    trained_on: int = 0
 
 
-def fold_models(experiment_dir: str, fold: int | None = None) -> list[FoldModel]:
-    """Each fold's chosen configuration of a finished search (``fold``: that one only)."""
-    rows = [
-        r
-        for r in read_candidates(experiment_dir).to_pylist()
-        if r["chosen"] and replicate(r)[1] == 0 and r["status"] == "ok" and r["checkpoint"]
-    ]
-    models = sorted((FoldModel(r["fold"], r["mask"], r["checkpoint"]) for r in rows), key=lambda m: m.fold)
-    name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    if not models or not storage.exists(storage.join(experiment_dir, PREDICTIONS_FILE)):
-        raise UserError(
-            f"the search {experiment_dir} has not finished (no evaluated chosen configuration); finish "
-            f"it with 'fusionsearch resume {name}', then predict"
-        )
+def fold_models(experiment_dir: str, fold: int | None = None, folds: bool = False) -> list[FoldModel]:
+    """The models of a finished search that predict: its final model when it has one (unless
+    ``folds``), else each fold's chosen configuration (``fold``: that one only)."""
+    rows = chosen_rows(experiment_dir)
+    final = read_final(experiment_dir) if fold is None and not folds else None
+    if final is not None:
+        return [FoldModel(None, final.mask, final.checkpoint)]
+    models = [FoldModel(r["fold"], r["mask"], r["checkpoint"]) for r in rows]
     if fold is not None:
         models = [m for m in models if m.fold == fold]
         if not models:
@@ -137,6 +144,7 @@ def predict(
     manifest_path: str | os.PathLike,
     *,
     fold: int | None = None,
+    folds: bool = False,
     cache: str | None = None,
     device: str | None = None,
     batch_size: int = 16,
@@ -154,7 +162,7 @@ def predict(
         raise UserError(
             f"the search {experiment_dir} trained {run.trainable}: its models are not fusionsearch's"
         )
-    models = fold_models(experiment_dir, fold)
+    models = fold_models(experiment_dir, fold, folds)
     manifest = check_modalities(run, read_manifest(manifest_path, labelled=False))
     labelled = manifest.table["label"].null_count == 0
     classes = run.settings.model.num_classes
@@ -189,7 +197,9 @@ def predict(
             name: (METRIC_FUNCTIONS[name](truth, mean), *bootstrap_interval(truth, mean, name))
             for name in ("accuracy", "auc")
         }
-    return Prediction(table, models, metrics)
+    final = read_final(experiment_dir) if models[0].fold is None else None
+    trained_on = len(set(manifest.sample_ids) & set(final.samples)) if final else 0
+    return Prediction(table, models, metrics, trained_on)
 
 
 def model_probabilities(
@@ -219,7 +229,7 @@ def _table(
     columns |= {f"probability_{c}": pa.array(mean[:, c], pa.float64()) for c in classes}
     columns |= {f"spread_{c}": pa.array(spread[:, c], pa.float64()) for c in classes}
     for model, each in zip(models, probabilities, strict=True):
-        columns |= {f"fold{model.fold}_probability_{c}": pa.array(each[:, c], pa.float64()) for c in classes}
+        columns |= {f"{model.name}_probability_{c}": pa.array(each[:, c], pa.float64()) for c in classes}
     return pa.table(columns)
 
 

@@ -21,8 +21,9 @@ from fusionsearch.search.strategies import Candidate, Outcome
 from fusionsearch.settings import ConfigError, check_choice
 
 #: What a trial trains: a search candidate, a round's control (its parent continued), a unimodal
-#: baseline, an ensemble member, or late fusion continued to the chosen lineage's epochs.
-ROLES = ("search", "control", "unimodal", "ensemble", "longer")
+#: baseline, an ensemble member, late fusion continued to the chosen lineage's epochs, or a stage
+#: of the final model (``fusionsearch final``, trained outside Tune).
+ROLES = ("search", "control", "unimodal", "ensemble", "longer", "final")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class Trial:
     Attributes:
         role: ``search`` (a search candidate), ``control`` (the round's parent continued with
             the children's budget), ``unimodal`` (a single-stream baseline of ``modality``) or
-            ``ensemble`` (a fusion configuration for the brute-force ensemble).
+            ``ensemble`` (a fusion configuration for the brute-force ensemble); ``final``: a stage
+            of the final model (:mod:`fusionsearch.report.final`; its ``fold`` only seeds it).
         modality: for unimodal baselines, the one modality to train on.
         extension: 1 for the second attempt of a round that learned nothing: the same trial from
             the same parent, with twice the budget (epochs and patience), its first budget on the
@@ -111,6 +113,16 @@ def parent_row(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Map
     earlier = [r for r in rows if r["role"] == "search" and r["mask"] == row["parent_mask"]
                and r["round"] < row["round"]]  # fmt: skip
     return max(earlier, key=lambda r: (r["round"], r.get("extension") or 0), default=None)
+
+
+def lineage(row: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``row`` and the rows it descends from (of the same replicate's ``rows``), newest first, down
+    to the trial trained from scratch (``[]`` for ``None``)."""
+    chain = []
+    while row is not None and len(chain) <= len(rows):
+        chain.append(row)
+        row = parent_row(row, rows)
+    return chain
 
 
 TRIAL_FIELDS = tuple(f.name for f in dataclasses.fields(Trial))

@@ -66,6 +66,33 @@ def load_fold(config: DataConfig, fold: int, parts: tuple[str, ...] = ("train", 
     return FoldData(modalities=modalities, val_select=select, **opened)
 
 
+def development_rows(
+    config: DataConfig, labels: list[int], subjects: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the development samples (every fold's training and validation parts) and of
+    the rest, the samples no fold ever trained or selected on (the reserved layout's part 0;
+    none with the rotating layout, where every sample is some fold's validation sample)."""
+    folds = make_folds(labels, subjects, config.folds, config.split_seed, config.layout)
+    development = np.unique(np.concatenate([np.concatenate([f.train, f.val]) for f in folds]))
+    return development, np.setdiff1d(np.arange(len(labels)), development)
+
+
+def load_development(config: DataConfig) -> FoldData:
+    """The development samples as ``train`` and the samples outside them as ``test`` (empty with
+    the rotating layout), from the preprocessing cache; ``val`` is empty: a final model trains a
+    fixed number of epochs and selects nothing."""
+    table = read_index(config.index)
+    index = table.to_pydict()
+    development, held_out = development_rows(config, index["label"], index["subject_id"])
+    cache = PreprocessCache(config.cache, config.preprocess)
+    columns = ("key", "label", "sample_id")
+    train, test = (
+        cache.open_keys(*([index[c][r] for r in rows] for c in columns)) for rows in (development, held_out)
+    )
+    modalities = tuple(json.loads(table.schema.metadata[b"modalities"]))
+    return FoldData(modalities=modalities, train=train, val=CachedDataset([], [], []), test=test)
+
+
 class Batches:
     """One part's samples in batches on the device, prepared once per trial.
 

@@ -243,6 +243,38 @@ def fit(
     return final
 
 
+def train_epochs(
+    candidate: CandidateConfig,
+    epochs: int,
+    data: FoldData,
+    out: Path,
+    *,
+    parent: Path | None = None,
+    policy: DevicePolicy | None = None,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``candidate`` on ``data.train`` for exactly ``epochs`` epochs, validating and selecting
+    nothing, and save its last weights as a checkpoint in ``out``; return its metrics.
+
+    A stage of a final model (:mod:`fusionsearch.report.final`): warm-started from ``parent`` (a
+    checkpoint) or from scratch, with the search's recipe, learning-rate schedule and seeds, as
+    :func:`fit` would train it, minus the validation. ``meta`` is added to the checkpoint's
+    metadata; ``on_epoch`` gets each epoch's metrics.
+    """
+    started = time.time()
+    run = _prepare(candidate, None, None, parent, data, policy or DevicePolicy.select())
+    metrics: dict[str, Any] = {"epoch": 0}
+    for epoch in range(1, epochs + 1):
+        metrics = _train_epoch(run, epoch)
+        run.state.epoch = epoch
+        if on_epoch is not None:
+            on_epoch(metrics)
+    metrics |= {"epochs_trained": epochs, "train_seconds": time.time() - started, "final": True}
+    save_checkpoint(out, run.model, run.meta | (meta or {}) | {"metrics": metrics})
+    return metrics
+
+
 def _prepare(
     candidate: CandidateConfig,
     resume: Path | None,
