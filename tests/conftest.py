@@ -82,16 +82,6 @@ def pytest_xdist_make_scheduler(config, log):
     return SharedFixtureScheduling(config, log)
 
 
-def pytest_collection_modifyitems(config, items):
-    """In an xdist worker, the slow tests first (a stable sort; the modules of
-    :data:`SHARED_FIXTURE_MODULES` keep their order): xdist queues the shared modules, then one test
-    at a time in this order, so the long ones start early and the two workers end together rather
-    than one waiting on the other's last long test."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: Path(item.path).stem not in SHARED_FIXTURE_MODULES
-                   and item.get_closest_marker("slow") is None)  # fmt: skip
-
-
 @pytest.fixture(autouse=True)
 def _torch_threads():
     torch.set_num_threads(2)
