@@ -4,7 +4,9 @@
     python benchmarks/data_throughput.py --manifest my/manifest.csv --size 128
 
 Prints volumes/s of preprocessing (one process, and the parallel cache build), samples/s of
-reading the memory-mapped cache through a DataLoader, and their ratio.
+reading the memory-mapped cache through a DataLoader, and their ratio. With ``--ray-workers 1 2``
+also the cluster build (``--cache-build cluster``: Ray's ``Pool`` on a local Ray with that many
+worker processes), its start-up (the workers' imports) apart from its steady rate.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="cache-build processes (default: CPUs)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="passes over the cache (default: 3)")
+    parser.add_argument(
+        "--ray-workers", type=int, nargs="*", default=[], help="cluster builds with these pool sizes"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -66,6 +71,9 @@ def main() -> None:
             samples = sum(len(labels) for _, labels in loader)
             rates.append(samples / (time.perf_counter() - start))
         loading = sorted(rates)[len(rates) // 2]
+        clusters = [
+            (k, *cluster_build(manifest, config, Path(scratch) / f"ray{k}", k)) for k in args.ray_workers
+        ]
 
     modalities = len(manifest.modalities)
     print(f"samples={len(manifest)} modalities={modalities} shape={args.size}^3 dtype={config.dtype}")
@@ -74,6 +82,34 @@ def main() -> None:
     print(f"cache size:                   {cached_mb / len(manifest):8.1f} MB per sample")
     print(f"cached loading (DataLoader):  {loading:8.1f} samples/s (median of {args.epochs} epochs)")
     print(f"ratio cached / preprocessing: {loading / (serial / modalities):8.1f}x")
+    for workers, total, start_up in clusters:
+        steady = volumes / max(total - start_up, 1e-9)
+        print(f"cluster build, {workers} Ray worker(s): {volumes / total:8.1f} volumes/s with start-up "
+              f"({start_up:.1f} s), {steady:.1f} volumes/s after it")  # fmt: skip
+
+
+def cluster_build(manifest, config: PreprocessConfig, root: Path, workers: int) -> tuple[float, float]:
+    """Seconds of a cluster build with ``workers`` pool processes, and of the pool's start-up alone
+    (the same pool size running an empty job per worker first)."""
+    import ray
+
+    from fusionsearch.tune.cluster_cache import cluster_map
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        start = time.perf_counter()
+        list(cluster_map(_nothing, list(range(workers)), workers=workers))
+        start_up = time.perf_counter() - start
+        cache = PreprocessCache(root, config)
+        start = time.perf_counter()
+        cache.build(manifest, map_jobs=lambda f, jobs: cluster_map(f, jobs, workers=workers))
+        return time.perf_counter() - start, start_up
+    finally:
+        ray.shutdown()
+
+
+def _nothing(job: int) -> None:
+    from fusionsearch.data import cache  # noqa: F401  (what a build's worker imports)
 
 
 if __name__ == "__main__":

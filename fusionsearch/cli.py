@@ -109,7 +109,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, demo: str | None =
         default=None,
         help="cache folder or URI (default: beside the manifest; under --storage when that is a URI)",
     )
-    group.add_argument("--workers", type=int, default=None, help="preprocessing threads (default: CPUs)")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="preprocessing threads; when the cluster builds the cache, its worker processes (default: CPUs)",
+    )
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -192,7 +197,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     validate_manifest(manifest, folds=2, data_root=args.data_root)
     preprocess = PreprocessConfig(**given(args, PreprocessConfig))
     cache = PreprocessCache(args.cache or args.manifest.parent / ".fusionsearch-cache", preprocess)
-    stats = cache.build(manifest, workers=args.workers, verify=args.verify)
+    map_jobs = None
+    if args.address:  # the cluster's workers build it
+        from fusionsearch.tune.cluster_cache import cache_map
+        from fusionsearch.tune.driver import connect
+
+        connect(args.address)
+        map_jobs = cache_map("cluster", manifest, cache.root, args.workers)
+    stats = cache.build(manifest, workers=args.workers, verify=args.verify, map_jobs=map_jobs)
     verified = (
         f"; verified {stats.verified_bytes / 1e9:.3f} GB (SHA-256) in {stats.verify_seconds:.1f} s"
         if args.verify
@@ -589,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also check every entry's SHA-256 against its record (always: its length), rebuilding a damaged "
         "one from its source volume ('fusionsearch run' does this too on a local or shared folder)",
+    )
+    cache.add_argument(
+        "--address",
+        default=None,
+        help="build with a worker per CPU of this Ray cluster ('auto': the one running here); every node "
+        "must see the images and the cache at the same paths (default: this machine's threads)",
     )
     cache.set_defaults(func=cmd_cache)
     for sub in _subparsers(parser):  # -q and -v after the command too (``run ... -q``)

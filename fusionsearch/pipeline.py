@@ -44,6 +44,7 @@ from fusionsearch.settings import (
     check_choice,
     to_dict,
 )
+from fusionsearch.tune.cluster_cache import cache_map
 from fusionsearch.tune.driver import (
     check_resources,
     check_resumable,
@@ -224,13 +225,15 @@ def run(
     per_trial = resources.per_trial(gpus)
     connect(address, num_gpus=None if address else gpus)  # an unreachable cluster: before any build
     check_resources(per_trial, whole_cluster=address is None)
+    cache = PreprocessCache(cache, preprocess).root
     data = cache_manifest(
         samples,
-        PreprocessCache(cache, preprocess).root,
+        cache,
         preprocess,
         folds=search.folds,
         split_seed=train.seed,
         workers=workers,
+        map_jobs=cache_map(resources.cache_build, samples, cache, workers),
     )
     settings = RunSettings(data=replace(data, layout=search.layout), model=model, train=train)
     name = name or f"{search.searcher}-{time.strftime('%Y%m%d-%H%M%S')}"

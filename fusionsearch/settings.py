@@ -28,6 +28,12 @@ SEARCHERS = ("sfsa", "beam", "exhaustive", "random", "optuna")
 #: What a round's children are compared with: the parent continued for their budget, or the parent.
 CONTROLS = ("parent", "none")
 AUGMENTS = ("none", "standard")
+#: Where the preprocessing cache is built: this process's threads, the cluster's workers, or the
+#: cluster's when the search runs on several nodes that all see the data and the cache.
+CACHE_BUILDS = ("auto", "driver", "cluster")
+#: ``auto`` has the cluster build only a cache of at least this many samples: below, the workers'
+#: start-up (seconds of imports each) costs more than a second node saves.
+AUTO_MIN_SAMPLES = 100
 SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -526,6 +532,8 @@ class ResourceConfig:
         max_failures: retries of a failing trial, each from its own last checkpoint.
         max_concurrent: trials at once at most (to leave part of a shared machine to others);
             ``None``: as many as the cluster's resources hold.
+        cache_build: where the preprocessing cache is built (:data:`CACHE_BUILDS`;
+            :mod:`fusionsearch.tune.cluster_cache`).
     """
 
     gpus: int | None = field(
@@ -536,6 +544,15 @@ class ResourceConfig:
     max_failures: int = field(default=2, metadata=option("retries of a failing trial"))
     max_concurrent: int | None = field(
         default=None, metadata=option("trials at once at most", unset="as many as the cluster holds")
+    )
+    cache_build: str = field(
+        default="auto",
+        metadata=option(
+            "where the preprocessing cache is built: driver (this machine's threads), cluster (a worker "
+            f"per CPU on every node), auto (cluster for {AUTO_MIN_SAMPLES} samples or more when the search "
+            "runs on several nodes that all see the data and the cache)",
+            choices=CACHE_BUILDS,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -550,6 +567,7 @@ class ResourceConfig:
             raise ConfigError(f"max_failures={self.max_failures!r} must be a non-negative integer")
         if self.max_concurrent is not None:
             _positive_ints(self, "max_concurrent")
+        check_choice("cache_build", self.cache_build, CACHE_BUILDS)
 
     def per_trial(self, gpus: int) -> dict[str, float]:
         """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only)."""

@@ -52,9 +52,12 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
     address, env = cluster
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=2))
     command = [sys.executable, "-m", "fusionsearch.cli", "run", "--address", address, "--data", str(manifest),
-               "--storage", str(tmp_path / "runs"), "--name", "cluster", *TINY, "--gpus", "2"]  # fmt: skip
+               "--storage", str(tmp_path / "runs"), "--name", "cluster", *TINY, "--gpus", "2",
+               "--cache-build", "cluster", "--workers", "2"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    # Every node saw the data and the cache, so the cluster's workers built it.
+    assert "the cache is built by the workers of 3 node(s)" in run.stdout + run.stderr
     experiment = tmp_path / "runs" / "cluster"
     rows = load_result(str(experiment)).table.to_pylist()
     assert all(r["status"] == "ok" for r in rows) and len(rows) > 1

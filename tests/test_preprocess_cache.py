@@ -175,3 +175,47 @@ def test_an_entry_without_its_record_is_unfinished_and_rebuilt(tmp_path):
     Path(cache.record(key)).unlink()  # a builder killed between the array and its record
     assert cache.damage(key) == "unfinished (no record)"
     assert cache.build(manifest, workers=1).repaired == 1 and cache.damage(key) is None
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_the_cluster_builds_the_same_cache_bytes_as_the_driver(tmp_path, session_ray):
+    manifest = small_dataset(tmp_path, n=6)
+    # The CLI's --address: a worker per CPU of the running Ray (the session's) builds every entry.
+    command = [sys.executable, "-m", "fusionsearch.cli", "data", "cache", str(tmp_path / "manifest.csv"),
+               "--cache", str(tmp_path / "cluster"), "--size", "16", "--address", session_ray,
+               "--workers", "2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "built 6 (repaired 0), reused 0" in done.stdout
+    PreprocessCache(tmp_path / "driver", PreprocessConfig(shape=16)).build(manifest, workers=2)
+    cluster, driver = _files(tmp_path / "cluster"), _files(tmp_path / "driver")
+    assert len(driver) == 12 and cluster == driver  # 6 entries and 6 records, byte for byte
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_cluster_build_names_the_node_that_cannot_see_the_cache_and_a_failed_sample(tmp_path):
+    from fusionsearch.errors import UserError
+    from fusionsearch.tune.cluster_cache import cache_map, cluster_map
+
+    manifest = small_dataset(tmp_path, n=2)
+    assert cache_map("auto", manifest, str(tmp_path / "cache")) is None  # one node: the driver's threads
+    built = cache_map("cluster", manifest, str(tmp_path / "cache"), workers=3)
+    assert built.func is cluster_map and built.keywords == {"workers": 3}
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(
+        UserError, match=r"--cache-build cluster: not every node sees .*node [0-9.]+: --cache"
+    ):
+        cache_map("cluster", manifest, str(tmp_path / "a-file" / "cache"))
+
+    def fails_on_s9(sample: str) -> None:  # a local function: Ray ships it by value
+        if sample == "s9":
+            raise DataError(f"sample {sample}: preprocessing failed (a test)")
+
+    # A job's error comes back as itself, not wrapped by Ray.
+    with pytest.raises(DataError, match=r"^sample s9: preprocessing failed \(a test\)$"):
+        list(cluster_map(fails_on_s9, ["s1", "s9", "s2"], workers=1))

@@ -32,7 +32,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +126,14 @@ class PreprocessCache:
         """The entry key of every sample of ``manifest``, in row order."""
         return [self.key(manifest.paths(row)) for row in range(len(manifest))]
 
-    def build(self, manifest: Manifest, workers: int | None = None, *, verify: bool = False) -> CacheStats:
+    def build(
+        self,
+        manifest: Manifest,
+        workers: int | None = None,
+        *,
+        verify: bool = False,
+        map_jobs: MapJobs | None = None,
+    ) -> CacheStats:
         """Preprocess every sample of ``manifest`` whose entry is missing or damaged.
 
         Every existing entry's length is checked against its record; with ``verify`` its SHA-256
@@ -137,6 +144,10 @@ class PreprocessCache:
             workers: threads to preprocess (and hash) with (default: one per CPU). Threads, not
                 processes: decompression, resampling, numpy and hashlib release the GIL, and a
                 process pool pays seconds of imports per worker (measured slower for small datasets).
+            map_jobs: runs the preprocessing elsewhere instead of in these threads: called with
+                :func:`build_job` and the jobs, it yields once per finished job, in any order (a
+                cluster's workers: :func:`fusionsearch.tune.cluster_cache.cluster_map`). Every
+                worker must see the source volumes at the manifest's paths and the cache's root.
         """
         keys, ids = self.keys(manifest), manifest.sample_ids
         workers = workers or os.cpu_count() or 1
@@ -156,9 +167,13 @@ class PreprocessCache:
         jobs = [(ids[row], manifest.paths(row), self.config, self.entry(keys[row]), self.record(keys[row]))
                 for row in todo]  # fmt: skip
         progress = Progress("preprocessing", len(jobs))
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(lambda job: _build_entry(*job), jobs):
+        if map_jobs is not None and jobs:
+            for _ in map_jobs(build_job, jobs):
                 progress.step()
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(build_job, jobs):
+                    progress.step()
         progress.close()
         return CacheStats(len(todo), len(keys) - len(todo), len(repaired), verified, seconds)
 
@@ -241,16 +256,18 @@ def cache_manifest(
     split_seed: int = 0,
     workers: int | None = None,
     verify: bool | None = None,
+    map_jobs: MapJobs | None = None,
 ) -> DataConfig:
     """Build (and check) ``manifest``'s cache under ``root``; the :class:`DataConfig` trials open it with.
 
     ``verify``: check every entry's SHA-256 too (default: on a local or shared folder, where it
     costs about a second per GB; on a URI only the lengths are checked, and each node's mirror
-    copy is hashed when it is made).
+    copy is hashed when it is made). ``map_jobs``: where the entries are built
+    (:meth:`PreprocessCache.build`; default: this process's threads).
     """
     cache = PreprocessCache(root, preprocess)
     verify = not storage.is_uri(cache.root) if verify is None else verify
-    stats = cache.build(manifest, workers=workers, verify=verify)
+    stats = cache.build(manifest, workers=workers, verify=verify, map_jobs=map_jobs)
     checked = (
         f"; {stats.verified_bytes / 1e9:.2f} GB verified in {stats.verify_seconds:.1f} s" if verify else ""
     )
@@ -295,6 +312,17 @@ def _sha256(location: str) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: One entry to build: (sample id, its volumes by modality, settings, entry location, record location).
+BuildJob = tuple[str, Mapping[str, Path], PreprocessConfig, str, str]
+#: Runs a function over jobs elsewhere, yielding once per finished job (see :meth:`PreprocessCache.build`).
+MapJobs = Callable[[Callable[[BuildJob], None], Sequence[BuildJob]], Iterable[None]]
+
+
+def build_job(job: BuildJob) -> None:
+    """Preprocess one sample into its cache entry, then write its record (any process, any node)."""
+    _build_entry(*job)
 
 
 def _build_entry(

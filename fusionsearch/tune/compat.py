@@ -30,6 +30,7 @@ NAMES = (
     ("ray.tune.execution.tune_controller", "_ObjectCache"),  # where the controller builds it from
     ("ray.train._internal.checkpoint_manager", "_CheckpointManager"),  # a trial's checkpoints
     ("ray.tune.experiment", "Trial"),  # trial status names
+    ("ray.util.multiprocessing.pool", "PoolTaskError"),  # how a Pool's imap returns a job's exception
 )
 #: Ray's logger of the storage's upload messages (quietened for trials).
 STORAGE_LOGGER = "ray.train._internal.storage"
@@ -86,6 +87,7 @@ ObjectCache: type = _FOUND["ray.tune.utils.object_cache:_ObjectCache"]
 CheckpointManager: type = _FOUND["ray.train._internal.checkpoint_manager:_CheckpointManager"]
 Trial: type = _FOUND["ray.tune.experiment:Trial"]
 TERMINATED: str = Trial.TERMINATED
+PoolTaskError: type = _FOUND["ray.util.multiprocessing.pool:PoolTaskError"]
 
 
 @contextlib.contextmanager
