@@ -10,9 +10,10 @@ exists), decided as follows.
 - **How long, and from what.** It retraces the chosen mask's lineage as the search trained it:
   the no-fusion network from scratch, then each accepted extension warm-started from the stage
   before (its new fusion modules initialised, a fresh optimizer, the search's recipe, schedule
-  and seeds), each stage trained for the epochs at which the search kept that stage's weights
-  (its best epoch), the median over the folds whose search reached the mask by that lineage
-  (the most common lineage; half rounded up). Epochs, not steps: an epoch passes over more
+  and seeds; a round's control, the chosen mask continued, is a stage too), each stage trained
+  for the epochs at which the search kept that stage's weights (its best epoch), the median
+  over the folds whose search reached the mask by that lineage (the most common lineage; half
+  rounded up). Epochs, not steps: an epoch passes over more
   subjects here than in a fold (with the rotating layout, k/(k-2) times as many). Nothing is
   validated or selected: no subject is left to select on.
 - **On what.** Every development sample: the union of the folds' training and validation
