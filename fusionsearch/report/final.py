@@ -4,8 +4,9 @@ A k-fold search ends with one model per fold, each trained on its fold's trainin
 The final model is the one to use afterwards (``predict`` and ``export`` take it when it
 exists), decided as follows.
 
-- **Which mask.** The mask chosen on most folds (replicate 0); a tie goes to the mask with
-  fewer fusion points (the simpler network), then to the one chosen on the earliest fold.
+- **Which mask.** The mask chosen on most folds (replicate 0); a tie goes to the mask whose
+  folds' models had the lower mean validation loss (each on its own fold's selection half:
+  selection data, never test data), then to fewer fusion points, then to the earliest fold.
   ``mask=`` takes another of the masks some fold chose (the epochs come from its lineage).
 - **How long, and from what.** It retraces the chosen mask's lineage as the search trained it:
   the no-fusion network from scratch, then each accepted extension warm-started from the stage
@@ -150,7 +151,8 @@ def plan_final(rows: Sequence[Mapping[str, Any]], mask: str | None = None) -> Fi
         raise UserError("the search has no chosen configuration: finish it first")
     counts = Counter(r["mask"] for r in chosen)
     first = {m: min(r["fold"] for r in chosen if r["mask"] == m) for m in counts}
-    ranked = sorted(counts, key=lambda m: (-counts[m], len(FusionMask.parse(m).active), first[m]))
+    loss = {m: _mean_loss([r for r in chosen if r["mask"] == m]) for m in counts}
+    ranked = sorted(counts, key=lambda m: (-counts[m], loss[m], len(FusionMask.parse(m).active), first[m]))
     if mask is None:
         mask = ranked[0]
     elif mask not in counts:
@@ -184,6 +186,14 @@ def plan_final(rows: Sequence[Mapping[str, Any]], mask: str | None = None) -> Fi
     return FinalPlan(
         mask, tuple(stages), tuple(f for f, _ in followed), tuple((m, counts[m]) for m in ranked)
     )
+
+
+def _mean_loss(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The mean validation loss of chosen rows (their folds' selection halves); inf if unknown."""
+    losses = [r.get("val_loss") for r in rows]
+    if any(x is None or math.isnan(x) for x in losses):
+        return math.inf
+    return float(np.mean(losses))
 
 
 def read_final(experiment_dir: str) -> FinalModel | None:
