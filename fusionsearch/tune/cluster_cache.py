@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayTaskError
@@ -31,11 +31,13 @@ from ray.util.multiprocessing import Pool
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fusionsearch import storage
-from fusionsearch.data.cache import MapJobs
-from fusionsearch.data.manifest import Manifest
 from fusionsearch.errors import UserError
 from fusionsearch.settings import AUTO_MIN_SAMPLES
-from fusionsearch.tune.compat import PoolTaskError
+
+if TYPE_CHECKING:  # not imported at run time: the node checks import this module in fresh workers,
+    # which then need neither torch nor MONAI nor Ray Tune
+    from fusionsearch.data.cache import MapJobs
+    from fusionsearch.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def cluster_map(
     exception is raised here as itself (the Pool returns it wrapped as a result), after the pool is
     shut down.
     """
+    from fusionsearch.tune.compat import PoolTaskError  # imports Ray Tune: only where a pool runs
+
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = max(1, min(workers or cpus, len(jobs)))
     chunk = max(1, math.ceil(len(jobs) / (CHUNKS_PER_WORKER * workers)))
