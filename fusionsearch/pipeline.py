@@ -300,8 +300,11 @@ def export(
 
 def final(name: str, storage_path: str | Path = DEFAULT_STORAGE, **options: Any) -> FinalModel:
     """``fusionsearch final``: the chosen mask trained on every development subject (options:
-    :func:`fusionsearch.report.final.train_final`'s)."""
-    return train_final(experiment_dir(name, storage_path), **options)
+    :func:`fusionsearch.report.final.train_final`'s); the report is rewritten with it."""
+    directory = experiment_dir(name, storage_path)
+    model = train_final(directory, **options)
+    write_report(directory)
+    return model
 
 
 def saliency(name: str, storage_path: str | Path = DEFAULT_STORAGE, **options: Any) -> Saliency:

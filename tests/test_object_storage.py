@@ -10,6 +10,7 @@ import ray
 from conftest import TINY_RUN, moto_server, plain_tune_search
 from fusionsearch.cli import main
 from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.report.final import read_final
 from fusionsearch.tune.driver import load_result
 from searchers import SFSASearcher
 
@@ -65,6 +66,17 @@ def test_search_with_s3_storage_keeps_everything_in_the_bucket(s3, tmp_path):
     assert len(list(Path(os.environ["FUSIONSEARCH_MIRROR"]).rglob("*.npy"))) == 24
     # The held-out predictions and the report went to the bucket as well.
     assert f"{experiment}predictions.parquet" in objects and f"{experiment}report/report.html" in objects
+    # So does the final model, stage by stage, and predict reads it from there.
+    assert main(["final", "s3run", "--storage", storage, "--device", "cpu"]) == 0
+    objects = [i.path for i in s3.get_file_info(pafs.FileSelector(BUCKET, recursive=True)) if i.is_file]
+    final = read_final(f"{storage}/s3run")
+    assert f"{experiment}final/final.json" in objects and final.checkpoint.startswith(
+        f"s3://{experiment}final/"
+    )
+    assert f"{final.checkpoint.removeprefix('s3://')}/model.pt" in objects
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "s3run", "--storage", storage, "--data", str(manifest), "--out", str(out)]) == 0
+    assert "final_probability_1" in out.read_text().splitlines()[0]
 
 
 def test_searcher_in_a_plain_tuner_on_s3_hands_children_their_parents_checkpoint(s3):

@@ -603,7 +603,13 @@ def test_final_model_trains_on_every_development_sample_and_predict_and_export_u
     assert main(["export", "cli", *storage, "--out", str(export)]) == 0
     assert (export / "final.pt2").is_file() and not (export / "fold0.pt2").exists()
     card = (export / "MODEL_CARD.md").read_text()
-    assert "The final model (`fusionsearch final`) was trained on 24 development samples" in card
+    assert (
+        "The final model (`fusionsearch final`), 1000 (chosen: 1000 on 2 fold(s), 0000 on 1 fold(s)), "
+        in card
+    )
+    assert "was trained on 24 development samples" in card
+    report = (runs / "cli" / "report" / "report.html").read_text()  # rewritten with the final model
+    assert "The final model</h2>" in report and "was trained on 24 development samples" in report
     assert "no sample is held out from this model" in card
     _check_export_predicts_as_predict(runs, export, manifest, tmp_path)
     # Had the search been pooled (the reserved layout), part 0 would stay out and test the model.

@@ -17,6 +17,7 @@ import pyarrow as pa
 from fusionsearch import storage
 from fusionsearch.errors import UserError
 from fusionsearch.report.cost import Cost, search_cost
+from fusionsearch.report.final import FinalModel, read_final
 from fusionsearch.report.metrics import fold_metrics, mean_and_std
 from fusionsearch.report.replicates import Replicates, replicates
 from fusionsearch.report.saliency import Saliency, read_saliency
@@ -44,6 +45,7 @@ class Evaluation:
     landscape: pa.Table  # every trained mask's test metrics per fold (empty: evaluated before it existed)
     replicates: Replicates | None = None  # --repeats R > 1: answers and accuracy over the replicates
     saliency: Saliency | None = None  # fusionsearch saliency: where each modality looked
+    final: FinalModel | None = None  # fusionsearch final: the chosen mask on every development subject
 
 
 def load_evaluation(experiment_dir: str) -> Evaluation:
@@ -91,6 +93,7 @@ def load_evaluation(experiment_dir: str) -> Evaluation:
             "settings": to_dict(run.settings) if run.settings else None,
         },
         saliency=read_saliency(experiment_dir),
+        final=read_final(experiment_dir),
     )
 
 

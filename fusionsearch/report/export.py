@@ -28,7 +28,7 @@ from fusionsearch.data.preprocess import build_transforms
 from fusionsearch.errors import UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.report.data import load_evaluation
-from fusionsearch.report.final import FinalModel, read_final
+from fusionsearch.report.final import read_final
 from fusionsearch.report.predict import FoldModel, fold_models
 from fusionsearch.search.experiment import read_run
 from fusionsearch.settings import to_dict
@@ -151,6 +151,9 @@ def model_card(experiment_dir: str, run, models: list[FoldModel], spec: dict) ->
     combined = (
         "" if final else "\nThe prediction is the mean of the folds' class probabilities (`predict.py`)."
     )
+    training = (
+        final.describe() if final else "Each fold's model was trained on its fold's training part only."
+    )
     return f"""# Model card: {evaluation.name}
 
 **Model.** A multi-stream 3D ResNet-{model.depth} (width {model.width:g}), one stream per
@@ -162,7 +165,7 @@ modality ({", ".join(spec["modalities"])}), fused by {model.fusion} modules at t
 
 **How the configuration was chosen.** {run.searcher} search, {search.get("folds", "?")}-fold protocol
 (train, validation and test parts per fold; the mask selected on validation subjects only),
-control {search.get("control", "?")}, false-accept rate alpha {search.get("alpha", "?")}. {training(final)}
+control {search.get("control", "?")}, false-accept rate alpha {search.get("alpha", "?")}. {training}
 
 **Held-out performance (chosen configuration).** {held_out}. Full report: the experiment's
 `report/report.html`.
@@ -177,25 +180,3 @@ predict` with labels gives one). The inputs must be preprocessed exactly as
 `preprocessing.json` says; with no fixed spacing, scans must have the training scans' voxel
 size. Small cohorts give wide intervals: read the interval, not the point estimate.
 """
-
-
-def training(final: FinalModel | None) -> str:
-    """The model card's sentences on what the exported model(s) trained on."""
-    if final is None:
-        return "Each fold's model was trained on its fold's training part only."
-    stages = " then ".join(f"{s.mask} for {s.epochs} epochs" for s in final.plan.stages)
-    text = (
-        f"The final model (`fusionsearch final`) was trained on {len(final.samples)} development samples "
-        f"(every fold's training and validation parts), retracing the search's lineage: {stages}."
-    )
-    if final.includes_test_parts:
-        text += (
-            " These include every fold's test part: no sample is held out from this model, and the "
-            "held-out figures below are the cross-validated estimate of the procedure that made it."
-        )
-    for name, (value, low, high) in final.held_out.items():
-        text += (
-            f" On the {final.held_out_n} reserved test samples, never trained or selected on: "
-            f"{name} {value:.3f} (95 % CI {low:.3f}-{high:.3f})."
-        )
-    return text

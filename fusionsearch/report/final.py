@@ -124,6 +124,28 @@ class FinalModel:
     def epochs(self) -> int:
         return sum(s.epochs for s in self.plan.stages)
 
+    def describe(self) -> str:
+        """What it is and what it trained on, in sentences (the report's and the model card's)."""
+        stages = ", then ".join(f"{s.mask} for {s.epochs} epochs" for s in self.plan.stages)
+        chosen = ", ".join(f"{m} on {n} fold(s)" for m, n in self.plan.chosen)
+        text = (
+            f"The final model (`fusionsearch final`), {self.mask} (chosen: {chosen}), was trained on "
+            f"{len(self.samples)} development samples (every fold's training and validation parts), "
+            f"retracing the search's lineage: {stages} (each stage's epochs: the median over folds of "
+            "the epoch the search kept)."
+        )
+        if self.includes_test_parts:
+            text += (
+                " These include every fold's test part: no sample is held out from this model, and the "
+                "cross-validated held-out figures are the estimate of the procedure that made it."
+            )
+        for name, (value, low, high) in self.held_out.items():
+            text += (
+                f" On the {self.held_out_n} reserved test samples, never trained or selected on: {name} "
+                f"{value:.3f} (95 % CI {low:.3f}-{high:.3f})."
+            )
+        return text
+
 
 def chosen_rows(experiment_dir: str) -> list[dict[str, Any]]:
     """Each fold's chosen configuration (replicate 0) of a finished search; refused if unfinished."""

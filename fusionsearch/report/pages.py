@@ -336,6 +336,8 @@ def _sections(evaluation: Evaluation, frequency: Counter) -> list[tuple[str, str
                 "saliency",
             )
         )
+    if (final := evaluation.final) is not None:
+        looked.append(("The final model", final.describe() + " `predict` and `export` use it.", None, None))
     return [
         (
             "Results on the held-out test folds",
