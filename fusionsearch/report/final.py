@@ -225,7 +225,10 @@ def read_final(experiment_dir: str) -> FinalModel | None:
         return None
     value = storage.read_json(path)
     if value.pop("format_version", None) != FINAL_FORMAT:
-        raise UserError(f"{path} is of another fusionsearch version (format {FINAL_FORMAT} expected)")
+        raise UserError(
+            f"{path} was written by another fusionsearch version (format {FINAL_FORMAT} expected); move "
+            f"{storage.join(experiment_dir, FINAL_DIR)} elsewhere and train the final model again"
+        )
     plan = value.pop("plan")
     plan = FinalPlan(
         plan["mask"],
