@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -102,7 +103,7 @@ def cluster_build(manifest, config: PreprocessConfig, root: Path, workers: int) 
         start_up = time.perf_counter() - start
         cache = PreprocessCache(root, config)
         start = time.perf_counter()
-        cache.build(manifest, map_jobs=lambda f, jobs: cluster_map(f, jobs, workers=workers))
+        cache.build(manifest, map_jobs=partial(cluster_map, workers=workers))
         return time.perf_counter() - start, start_up
     finally:
         ray.shutdown()

@@ -167,13 +167,9 @@ class PreprocessCache:
         jobs = [(ids[row], manifest.paths(row), self.config, self.entry(keys[row]), self.record(keys[row]))
                 for row in todo]  # fmt: skip
         progress = Progress("preprocessing", len(jobs))
-        if map_jobs is not None and jobs:
-            for _ in map_jobs(build_job, jobs):
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in (map_jobs or pool.map)(build_job, jobs):
                 progress.step()
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(build_job, jobs):
-                    progress.step()
         progress.close()
         return CacheStats(len(todo), len(keys) - len(todo), len(repaired), verified, seconds)
 

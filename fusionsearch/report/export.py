@@ -28,7 +28,6 @@ from fusionsearch.data.preprocess import build_transforms
 from fusionsearch.errors import UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.report.data import load_evaluation
-from fusionsearch.report.final import read_final
 from fusionsearch.report.predict import FoldModel, fold_models
 from fusionsearch.search.experiment import read_run
 from fusionsearch.settings import to_dict
@@ -145,7 +144,7 @@ def model_card(experiment_dir: str, run, models: list[FoldModel], spec: dict) ->
             f"{chosen['auc_high']:.3f}), over {chosen['n']} held-out test subjects pooled across folds"
         )
     model = run.settings.model
-    final = read_final(experiment_dir) if models[0].fold is None else None
+    final = models[0].final
     masks = f"{final.mask}" if final else ", ".join(f"fold {m.fold}: {m.mask}" for m in models)
     points = "the final model's fusion mask" if final else "each fold's chosen fusion mask"
     combined = (

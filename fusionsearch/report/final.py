@@ -53,7 +53,7 @@ from fusionsearch import storage
 from fusionsearch.console import Progress
 from fusionsearch.errors import UserError
 from fusionsearch.mask import FusionMask
-from fusionsearch.model.checkpoint import load_model, read_meta
+from fusionsearch.model.checkpoint import META_FILE, load_model
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.report.evaluation import predict as network_probabilities
 from fusionsearch.report.statistics import METRIC_FUNCTIONS, bootstrap_interval
@@ -93,6 +93,11 @@ class FinalPlan:
     folds: tuple[int, ...]
     chosen: tuple[tuple[str, int], ...]
 
+    @property
+    def epochs(self) -> int:
+        """Epochs over all stages."""
+        return sum(s.epochs for s in self.stages)
+
 
 @dataclass(frozen=True)
 class FinalModel:
@@ -120,10 +125,6 @@ class FinalModel:
     def mask(self) -> str:
         return self.plan.mask
 
-    @property
-    def epochs(self) -> int:
-        return sum(s.epochs for s in self.plan.stages)
-
     def describe(self) -> str:
         """What it is and what it trained on, in sentences (the report's and the model card's)."""
         stages = ", then ".join(f"{s.mask} for {s.epochs} epochs" for s in self.plan.stages)
@@ -147,28 +148,31 @@ class FinalModel:
         return text
 
 
-def chosen_rows(experiment_dir: str) -> list[dict[str, Any]]:
-    """Each fold's chosen configuration (replicate 0) of a finished search; refused if unfinished."""
-    rows = [
-        r
-        for r in read_candidates(experiment_dir).to_pylist()
-        if r["chosen"] and replicate(r)[1] == 0 and r["status"] == "ok" and r["checkpoint"]
-    ]
+def chosen_of(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each fold's chosen, finished trial (replicate 0) among a search's candidate ``rows``, by fold."""
+    chosen = (r for r in rows if r["chosen"] and replicate(r)[1] == 0 and r["status"] == "ok")
+    return sorted(chosen, key=lambda r: r["fold"])
+
+
+def chosen_rows(
+    experiment_dir: str, rows: Sequence[Mapping[str, Any]] | None = None
+) -> list[Mapping[str, Any]]:
+    """Each fold's chosen configuration with its checkpoint (replicate 0) of a finished search (its
+    candidate ``rows``, read when not given); refused if unfinished."""
+    rows = read_candidates(experiment_dir).to_pylist() if rows is None else rows
+    chosen = [r for r in chosen_of(rows) if r["checkpoint"]]
     name = experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    if not rows or not storage.exists(storage.join(experiment_dir, PREDICTIONS_FILE)):
+    if not chosen or not storage.exists(storage.join(experiment_dir, PREDICTIONS_FILE)):
         raise UserError(
             f"the search {experiment_dir} has not finished (no evaluated chosen configuration); finish "
             f"it with 'fusionsearch resume {name}', then try again"
         )
-    return sorted(rows, key=lambda r: r["fold"])
+    return chosen
 
 
 def plan_final(rows: Sequence[Mapping[str, Any]], mask: str | None = None) -> FinalPlan:
     """The final model's mask and stages from a finished search's candidate rows (module docstring)."""
-    chosen = sorted(
-        (r for r in rows if r["chosen"] and replicate(r)[1] == 0 and r["status"] == "ok"),
-        key=lambda r: r["fold"],
-    )
+    chosen = chosen_of(rows)
     if not chosen:
         raise UserError("the search has no chosen configuration: finish it first")
     counts = Counter(r["mask"] for r in chosen)
@@ -197,7 +201,7 @@ def plan_final(rows: Sequence[Mapping[str, Any]], mask: str | None = None) -> Fi
     key, followed = max(lineages.items(), key=lambda item: len(item[1]))
     stages = []
     for k, (stage_mask, extension) in enumerate(key):
-        epochs = [r["best_epoch"] for _, chain in followed for r in chain[k : k + 1]]
+        epochs = [chain[k]["best_epoch"] for _, chain in followed]
         if any(e is None or math.isnan(e) for e in epochs):
             raise UserError(
                 f"the search's trials of {stage_mask} reported no best epoch (a trainable other than "
@@ -250,7 +254,7 @@ def train_final(
             f"the search {experiment_dir} trained {run.trainable}: its models are not fusionsearch's"
         )
     rows = read_candidates(experiment_dir).to_pylist()
-    chosen_rows(experiment_dir)  # finished?
+    chosen_rows(experiment_dir, rows)  # finished?
     plan = plan_final(rows, mask)
     existing = read_final(experiment_dir)
     if existing is not None:
@@ -264,7 +268,7 @@ def train_final(
     data = load_development(run.settings.data)  # refused here if the cache is gone
     policy = DevicePolicy.select(device)
     started = time.time()
-    progress = Progress("final model", sum(s.epochs for s in plan.stages))
+    progress = Progress("final model", plan.epochs)
     location = None
     with tempfile.TemporaryDirectory(prefix="fusionsearch-final-") as scratch:
         for k in range(len(plan.stages)):
@@ -294,7 +298,7 @@ def train_final(
     )
     record = {"format_version": FINAL_FORMAT, **asdict(final)}
     storage.write_json(storage.join(experiment_dir, FINAL_DIR, RECORD_FILE), record)
-    log.info("final model of %s: %s, %d epochs", experiment_dir, plan.mask, final.epochs)
+    log.info("final model of %s: %s, %d epochs", experiment_dir, plan.mask, plan.epochs)
     return final
 
 
@@ -311,12 +315,11 @@ def _stage(
     """Train stage ``k`` (unless stored already, from an interrupted run) and return where it is."""
     stage = plan.stages[k]
     location = storage.join(experiment_dir, FINAL_DIR, f"stage{k}-{stage.mask}")
-    if storage.exists(storage.join(location, "meta.json")):
-        with storage.local_copy(location) as folder:
-            if read_meta(folder)["metrics"].get("epochs_trained") == stage.epochs:
-                for _ in range(stage.epochs):
-                    progress.step()
-                return location
+    meta = storage.join(location, META_FILE)  # read alone: not the stage's weights from a URI
+    if storage.exists(meta) and storage.read_json(meta)["metrics"].get("epochs_trained") == stage.epochs:
+        for _ in range(stage.epochs):
+            progress.step()
+        return location
     parent_mask = plan.stages[k - 1].mask if k else None
     trial = Trial(stage.mask, 0, "final", k, parent_mask, extension=stage.extension)
     out = scratch / f"stage{k}"
@@ -334,8 +337,7 @@ def _stage(
         meta={"fold": None, "stage": k, "samples": len(data.train)},
         on_epoch=lambda metrics: progress.step(),
     )
-    for file in sorted(out.iterdir()):  # meta.json last: a stage is stored once its weights are
-        if file.name != "meta.json":
-            storage.write_bytes(storage.join(location, file.name), file.read_bytes())
-    storage.write_bytes(storage.join(location, "meta.json"), (out / "meta.json").read_bytes())
+    # The metadata last: a stage counts as stored (above) only once its weights are.
+    for file in sorted(out.iterdir(), key=lambda f: f.name == META_FILE):
+        storage.write_bytes(storage.join(location, file.name), file.read_bytes())
     return location

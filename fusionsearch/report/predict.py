@@ -5,8 +5,8 @@ every sample of a new manifest when it has one; otherwise (or with ``folds=True`
 configuration of each fold (replicate 0) does, and the prediction is the mean of the folds'
 class probabilities (the folds' models as an ensemble), with each fold's probabilities and their
 spread (standard deviation over folds) kept. ``fold=K`` uses fold K's model alone: on that
-fold's test subjects it reproduces the report's held-out predictions exactly. With labels, the
-samples the final model trained on are counted (their metrics are no held-out figures).
+fold's test subjects it reproduces the report's held-out predictions exactly. The samples the
+final model trained on are counted (figures on them are no held-out figures).
 
 The new samples are preprocessed exactly as the search's were: the run record's preprocessing
 settings and modality order, through the same cache code (an entry per sample and setting, so
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -37,7 +37,7 @@ from fusionsearch.errors import DataError, UserError
 from fusionsearch.model.checkpoint import load_model
 from fusionsearch.model.device import DevicePolicy
 from fusionsearch.report.evaluation import predict as network_probabilities
-from fusionsearch.report.final import chosen_rows, read_final
+from fusionsearch.report.final import FinalModel, chosen_rows, read_final
 from fusionsearch.report.statistics import METRIC_FUNCTIONS, bootstrap_interval
 from fusionsearch.search.experiment import RunRecord, read_run
 
@@ -54,6 +54,7 @@ class FoldModel:
     fold: int | None
     mask: str
     checkpoint: str
+    final: FinalModel | None = field(default=None, compare=False, repr=False)  # the final model's record
 
     @property
     def name(self) -> str:
@@ -90,7 +91,7 @@ def fold_models(experiment_dir: str, fold: int | None = None, folds: bool = Fals
     rows = chosen_rows(experiment_dir)
     final = read_final(experiment_dir) if fold is None and not folds else None
     if final is not None:
-        return [FoldModel(None, final.mask, final.checkpoint)]
+        return [FoldModel(None, final.mask, final.checkpoint, final)]
     models = [FoldModel(r["fold"], r["mask"], r["checkpoint"]) for r in rows]
     if fold is not None:
         models = [m for m in models if m.fold == fold]
@@ -197,7 +198,7 @@ def predict(
             name: (METRIC_FUNCTIONS[name](truth, mean), *bootstrap_interval(truth, mean, name))
             for name in ("accuracy", "auc")
         }
-    final = read_final(experiment_dir) if models[0].fold is None else None
+    final = models[0].final
     trained_on = len(set(manifest.sample_ids) & set(final.samples)) if final else 0
     return Prediction(table, models, metrics, trained_on)
 

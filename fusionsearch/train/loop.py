@@ -267,7 +267,6 @@ def train_epochs(
     metrics: dict[str, Any] = {"epoch": 0}
     for epoch in range(1, epochs + 1):
         metrics = _train_epoch(run, epoch)
-        run.state.epoch = epoch
         if on_epoch is not None:
             on_epoch(metrics)
     metrics |= {"epochs_trained": epochs, "train_seconds": time.time() - started, "final": True}

@@ -50,10 +50,13 @@ def cluster_map(
 ) -> Iterator[None]:
     """Run ``function`` on every job in a Ray ``Pool`` over the cluster; yield once per finished job.
 
-    ``workers``: pool processes (default: one per CPU of the cluster, at most one per job). A job's
+    ``workers``: pool processes (default: one per CPU of the cluster, at most one per job; none for
+    no job). A job's
     exception is raised here as itself (the Pool returns it wrapped as a result), after the pool is
     shut down.
     """
+    if not jobs:  # no pool to start
+        return
     from fusionsearch.tune.compat import PoolTaskError  # imports Ray Tune: only where a pool runs
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
