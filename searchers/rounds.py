@@ -276,8 +276,15 @@ class RoundSearcher(Searcher):
             return
         against = "its control" if d.reference and d.reference.candidate.control else "its parent"
         p = "" if d.verdict.p_value is None else f", p = {d.verdict.p_value:.3g}"
+        status = "accepted" if d.accepted else "not accepted"
+        if extended:
+            status = (
+                f"{'passes' if d.accepted else 'does not pass'}, but nothing in the round learned yet (no "
+                "trial removed a fifth of the chance loss): every trial of it trains again, with twice "
+                "the budget, before the round is decided"
+            )
         log.info(
-            "folds %s round %d%s: %s gains %.4f over %s%s: %s%s",
+            "folds %s round %d%s: %s gains %.4f over %s%s: %s",
             folds,
             d.round,
             " (extended)" if d.extension else "",
@@ -285,10 +292,7 @@ class RoundSearcher(Searcher):
             d.verdict.gain,
             against,
             p,
-            "accepted" if d.accepted else "not accepted",
-            "; nothing in the round learned yet: every trial of it trains again, with twice the budget"
-            if extended
-            else "",
+            status,
         )
 
     def decisions(self, group: FoldSearch) -> list:

@@ -121,8 +121,9 @@ class Decision:
             over its reference), or ``None`` when no child finished.
         reference: what it was compared with: its parent's control, or its parent.
         verdict: the test's result.
-        learned: whether the round learned anything: a trial got below its own start, or the start
-            was better than chance (``False``: a plateau; ``None``: unknown, no per-sample losses).
+        learned: whether the round learned anything: a trial, or its start, removed a fifth of the
+            chance loss (:func:`~fusionsearch.search.acceptance.learned`; ``False``: a plateau;
+            ``None``: unknown, no per-sample losses).
         extension: the attempt decided on (1: the round was extended).
     """
 
@@ -151,9 +152,10 @@ class BeamSearch:
     of those parents with the children's budget (the *control*). A round *improves* when a child
     passes the acceptance test (:mod:`fusionsearch.search.acceptance`) against its parent's control
     (``control="none"``: against its parent, the paper's rule) at false-accept rate ``alpha``, by
-    more than ``min_delta``. When no child passes and nothing in the round learned, the round is
-    extended once (``extend``): every trial of it is trained again from the same parent with twice
-    the budget (the first attempt continued for another budget), and the round is decided again.
+    more than ``min_delta``. When nothing in the round learned (its trials are still on the plateau
+    before sudden learning, whether or not a child passed), the round is extended once
+    (``extend``): every trial of it is trained again from the same parent with twice the budget
+    (the first attempt continued for another budget), and the round is decided again.
     The search tolerates ``patience`` consecutive rounds that do not improve and
     stops at the next one, or when no mask can be extended. The answer is the last accepted child
     (the baseline if none was).
@@ -237,7 +239,7 @@ class BeamSearch:
 
     def _extension(self, decision: Decision, last: list[Outcome]) -> list[Candidate]:
         """Every finished trial of a round that learned nothing, again with twice the budget (once)."""
-        if not self.extend or decision.accepted or decision.learned is not False or decision.extension:
+        if not self.extend or decision.learned is not False or decision.extension:
             return []
         return [replace(o.candidate, extension=o.candidate.extension + 1) for o in last if o.ok]
 
