@@ -246,6 +246,7 @@ def run(
         resources=per_trial,
         max_failures=resources.max_failures,
         max_concurrent=resources.max_concurrent,
+        workers=resources.workers(gpus),
         callbacks=[tracking(name)] if tracking else (),
         metadata={
             "command": "run",

@@ -22,6 +22,8 @@ RESNET_DEPTHS = (10, 18, 34)
 BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 #: Where the streams may fuse: after each of the four stages, or after every residual block.
 POINTS = ("stages", "blocks")
+#: Normalisation layers of the streams (MONAI ResNet ``norm``).
+NORMS = ("batch", "group")
 #: Exhaustive search (and the brute-force ensemble) over more points than this needs ``force``.
 EXHAUSTIVE_LIMIT = 6
 SEARCHERS = ("sfsa", "beam", "exhaustive", "random", "optuna")
@@ -143,6 +145,10 @@ class ModelConfig:
         num_classes: number of output classes.
         points: candidate fusion points: ``stages`` (after each residual stage, m = 4) or
             ``blocks`` (after every residual block: m = 8 for ResNet-18, 16 for ResNet-34).
+        norm: the streams' normalisation: ``batch`` (the standard ResNet; synchronised across the
+            workers of a data-parallel candidate on CUDA) or ``group`` (group norm, per sample:
+            independent of the batch, so a candidate trains the same on any number of workers, on
+            CPUs too, and with batches of one or two volumes).
     """
 
     modalities: int = 2
@@ -161,9 +167,17 @@ class ModelConfig:
             choices=POINTS,
         ),
     )
+    norm: str = field(
+        default="batch",
+        metadata=option(
+            "the streams' normalisation: batch, or group (group norm, per sample: independent of the batch)",
+            choices=NORMS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         _positive_ints(self, "modalities")
+        check_choice("norm", self.norm, NORMS)
         check_choice("depth", self.depth, RESNET_DEPTHS)
         check_choice("points", self.points, POINTS)
         check_choice("stem_stride", self.stem_stride, (1, 2))
@@ -367,9 +381,10 @@ class SearchConfig:
         alpha: sfsa, beam: false-accept rate of a round's acceptance test (the best child's gain
             over its reference, chosen on one half of the validation subjects and tested on the
             other: :mod:`fusionsearch.search.acceptance`).
-        extend: sfsa, beam: when no child passes and nothing in the round learned, train every
-            trial of the round again, once, with twice the budget (its first budget replaying the
-            first attempt's batches) before deciding.
+        extend: sfsa, beam: when nothing in the round learned (no trial, nor its start, removed a
+            fifth of the chance loss), whether or not a child passed, train every trial of the round
+            again, once, with twice the budget (its first budget replaying the first attempt's
+            batches) before deciding.
         beam_width: beam: masks kept per round.
         beam_patience: beam: non-improving rounds tolerated.
         from_scratch: exhaustive, random, optuna: train every mask from scratch instead of from 0000.
@@ -416,8 +431,9 @@ class SearchConfig:
     extend: bool = field(
         default=True,
         metadata=option(
-            "sfsa, beam: stop at a round where no child passed even if nothing in it learned (default: "
-            "such a round is trained again once with twice the budget, then decided)"
+            "sfsa, beam: decide a round at once even if nothing in it learned (default: a round where no "
+            "trial, nor its start, removed a fifth of the chance loss is trained again once with twice "
+            "the budget, then decided)"
         ),
     )
     beam_width: int = field(default=2, metadata=option("beam: masks kept per round"))
@@ -527,7 +543,10 @@ class ResourceConfig:
 
     Attributes:
         gpus: GPUs of a local Ray to use; ``None``: every local GPU (ignored with an address).
-        gpus_per_trial: GPUs per candidate (fractions share a GPU) when GPUs are used.
+        gpus_per_trial: GPUs per candidate when GPUs are used: a fraction up to 1 shares a GPU; a
+            whole number N > 1 trains every candidate data-parallel on N workers, one GPU each;
+            ``auto`` sizes it when each trial starts, so that the trials of a round narrower than
+            the cluster share its GPUs (:func:`data_parallel_workers`).
         cpus_per_trial: CPUs per candidate.
         max_failures: retries of a failing trial, each from its own last checkpoint.
         max_concurrent: trials at once at most (to leave part of a shared machine to others);
@@ -539,7 +558,14 @@ class ResourceConfig:
     gpus: int | None = field(
         default=None, metadata=option("GPUs of a local Ray to use; 0 = CPU", unset="all local GPUs")
     )
-    gpus_per_trial: float = field(default=1.0, metadata=option("GPUs per candidate (fractions share a GPU)"))
+    gpus_per_trial: str | float = field(
+        default="auto",
+        metadata=option(
+            "GPUs per candidate: a fraction up to 1 shares a GPU; N > 1 trains each candidate on N GPUs, "
+            "data-parallel; auto: as many as the GPUs left free divided among the trials ready to start",
+            metavar="{auto,N}",
+        ),
+    )
     cpus_per_trial: float = field(default=1.0, metadata=option("CPUs per candidate"))
     max_failures: int = field(default=2, metadata=option("retries of a failing trial"))
     max_concurrent: int | None = field(
@@ -558,7 +584,19 @@ class ResourceConfig:
     def __post_init__(self) -> None:
         if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 0):
             raise ConfigError(f"gpus={self.gpus!r} must be a non-negative integer (0 = CPU only)")
-        if not self.gpus_per_trial > 0 or not self.cpus_per_trial > 0:
+        if self.gpus_per_trial != "auto":
+            try:
+                object.__setattr__(self, "gpus_per_trial", float(self.gpus_per_trial))
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"gpus_per_trial={self.gpus_per_trial!r} must be 'auto' or a number"
+                ) from None
+            if self.gpus_per_trial > 1 and not self.gpus_per_trial.is_integer():
+                raise ConfigError(
+                    f"gpus_per_trial={self.gpus_per_trial:g}: above 1 it counts data-parallel workers, one "
+                    "GPU each, so it must be a whole number"
+                )
+        if (self.gpus_per_trial != "auto" and not self.gpus_per_trial > 0) or not self.cpus_per_trial > 0:
             raise ConfigError(
                 f"gpus_per_trial={self.gpus_per_trial!r} and cpus_per_trial={self.cpus_per_trial!r} "
                 "must be positive"
@@ -570,8 +608,29 @@ class ResourceConfig:
         check_choice("cache_build", self.cache_build, CACHE_BUILDS)
 
     def per_trial(self, gpus: int) -> dict[str, float]:
-        """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only)."""
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial if gpus else 0}
+        """Tune's per-trial resources when ``gpus`` GPUs are in use (0: CPU only): a data-parallel
+        candidate's per worker."""
+        share = 1.0 if self.gpus_per_trial == "auto" else min(1.0, float(self.gpus_per_trial))
+        return {"cpu": self.cpus_per_trial, "gpu": share if gpus else 0}
+
+    def workers(self, gpus: int) -> int | str:
+        """Data-parallel workers per candidate when ``gpus`` GPUs are in use: ``auto`` (sized when each
+        trial starts), or a number (1: none)."""
+        if not gpus or (self.gpus_per_trial != "auto" and self.gpus_per_trial <= 1):
+            return 1
+        return "auto" if self.gpus_per_trial == "auto" else int(self.gpus_per_trial)
+
+
+def data_parallel_workers(free_gpus: int, ready: int, batch_size: int, most: int | None = None) -> int:
+    """Workers (one GPU each) for a trial about to start under ``--gpus-per-trial auto``.
+
+    ``free_gpus`` are not held by running trials; ``ready`` trials (this one included) can start now.
+    Each gets an equal share of the free GPUs, at least 1 (it then waits for a GPU like any
+    trial), at most ``batch_size`` (every worker needs a sample of each batch) and at most
+    ``most`` (the GPUs of the largest node: workers of one candidate stay on one node's links).
+    """
+    share = max(1, free_gpus // max(1, ready))
+    return max(1, min(share, batch_size, most or share))
 
 
 #: Settings of the planted demo (``fusionsearch run`` without ``--data``): a narrow network on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -29,13 +30,38 @@ from fusionsearch.search.records import (
     row_key,
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
-from fusionsearch.settings import SearchConfig
+from fusionsearch.settings import SearchConfig, data_parallel_workers
 from fusionsearch.tune.compat import TERMINATED
 
 log = logging.getLogger(__name__)
 
 #: The roles of a fold search's own trials (the rest are baselines beside it).
 SEARCH_ROLES = ("search", "control")
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """How many data-parallel workers (one GPU each) a trial gets when it starts.
+
+    Attributes:
+        workers: ``auto`` (an equal share of the GPUs the running trials leave free among the
+            trials ready to start: :func:`~fusionsearch.settings.data_parallel_workers`) or a number.
+        gpus: the cluster's GPUs.
+        batch_size: the candidates' global batch (a worker per sample at most).
+        most: the GPUs of the cluster's largest node (a candidate's workers at most).
+    """
+
+    workers: int | str = 1
+    gpus: int = 0
+    batch_size: int = 1
+    most: int | None = None
+
+    def size(self, running: int, ready: int) -> int:
+        """Workers for a trial about to start, with ``running`` workers busy and ``ready`` trials
+        (this one included) able to start now."""
+        if self.workers != "auto":
+            return int(self.workers)
+        return data_parallel_workers(self.gpus - running, ready, self.batch_size, self.most)
 
 
 class RoundSearcher(Searcher):
@@ -113,6 +139,7 @@ class RoundSearcher(Searcher):
         self._finished = False
         self._ended = False  # Tune's experiment ended (maybe before the search finished)
         self._max_concurrent: int | None = None
+        self._parallel = DataParallel()
 
     @property
     def num_points(self) -> int:
@@ -132,6 +159,10 @@ class RoundSearcher(Searcher):
     def set_experiment_dir(self, experiment_dir: str) -> None:
         """Where the experiment lives: checkpoint locations and the candidates table are under it."""
         self._experiment_dir = experiment_dir
+
+    def set_data_parallel(self, parallel: DataParallel) -> None:
+        """Give trials several data-parallel workers (``run_search`` sets it for ``--gpus-per-trial``)."""
+        self._parallel = parallel
 
     def checkpoint_locator(self) -> CheckpointLocator:
         """A Tune callback that tells this searcher where each finished trial's checkpoint went.
@@ -167,6 +198,9 @@ class RoundSearcher(Searcher):
         if not self._queue or len(self._pending) >= (self._max_concurrent or len(self._pending) + 1):
             return None  # everything proposable is in flight; Tune asks again when a trial completes
         trial = self._queue.pop(0)
+        running = sum(t.workers for t in self._pending.values())
+        parallel = getattr(self, "_parallel", DataParallel())  # a searcher saved before it existed
+        trial = replace(trial, workers=parallel.size(running, len(self._queue) + 1))
         self._pending[trial.key] = trial
         self._trial_keys[trial_id] = trial.key
         parent = self._parent_location(trial) if trial.parent_mask else None
@@ -429,7 +463,7 @@ class RoundSearcher(Searcher):
                 queued = next((q for q in self._queue if q.key == key), None)
                 if queued is not None and key not in self._pending:
                     self._queue.remove(queued)
-                    self._pending[key] = queued
+                    self._pending[key] = replace(queued, workers=int(t.config.get("workers") or 1))
                     self._trial_keys[t.trial_id] = key
                     changed = True
                 if (

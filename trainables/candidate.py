@@ -52,7 +52,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_candidate(config: dict[str, Any]) -> None:
+def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None = None) -> None:
     """Train the candidate ``config`` describes (a :class:`CandidateConfig` as Ray's flat dict).
 
     A retried trial resumes from its own last checkpoint (``tune.get_checkpoint()``); otherwise
@@ -64,6 +64,9 @@ def train_candidate(config: dict[str, Any]) -> None:
     ends with one report ``{"val_loss": nan, "failed": True, "error": message}``, which the
     searcher records as a failed candidate. Anything else (a lost node, an out-of-memory kill, a
     storage hiccup) raises, and Tune retries the trial from its last checkpoint.
+
+    A trial the searcher gave several workers (``workers`` > 1) trains data-parallel on that
+    many Ray Train workers, ``per_worker`` resources each (:mod:`trainables.data_parallel`).
     """
     _import_once_per_process()
     try:
@@ -74,12 +77,18 @@ def train_candidate(config: dict[str, Any]) -> None:
             torch.cuda.is_available()
         ):  # release an earlier trial's cached blocks: Batches sizes by free memory
             torch.cuda.empty_cache()
+        if candidate.trial.workers > 1:
+            from trainables.data_parallel import train_data_parallel
+
+            per_worker = per_worker or {"cpu": 1.0, "gpu": 0.0}
+            train_data_parallel(config, candidate.trial.workers, per_worker.get("gpu", 0), per_worker["cpu"])
+            return
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         own = tune.get_checkpoint()
         with contextlib.ExitStack() as stack:
             resume = Path(stack.enter_context(own.as_directory())) if own else None
-            parent = _open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
+            parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
             fit(candidate, _report, resume=resume, parent=parent)
     except UserError as error:
         message = " ".join(str(error).split())
@@ -99,7 +108,7 @@ def _import_once_per_process() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def _open_parent(location: str, stack: contextlib.ExitStack) -> Path:
+def open_parent(location: str, stack: contextlib.ExitStack) -> Path:
     """The parent's final checkpoint as a local folder; a :class:`CheckpointError` naming it if unreadable."""
     try:
         folder = Path(stack.enter_context(tune.Checkpoint(location).as_directory()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,6 +28,29 @@ def _resnet(depth: int, **options) -> resnet.ResNet:
     from monai.networks.nets import resnet
 
     return {10: resnet.resnet10, 18: resnet.resnet18, 34: resnet.resnet34}[depth](**options)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """A group norm for ``channels``: up to 32 groups (Wu and He, 2018), of at least 2 channels each,
+    so that it normalises more than one value where a stage's output has one voxel (small volumes)."""
+    groups = math.gcd(channels, 32)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
+
+
+def _group_norm(module: nn.Module) -> None:
+    """Replace every batch norm of ``module`` by a group norm (affine: weight 1, bias 0, as MONAI
+    initialises its norms).
+
+    MONAI's ResNet takes a ``norm`` argument, but (MONAI 1.6) applies it to its stem only: its
+    ``_make_layer`` is not given it, so every residual block keeps batch norm. Hence the swap.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            setattr(module, name, group_norm(child.num_features))
+        else:
+            _group_norm(child)
 
 
 def fusion_points(config: ModelConfig) -> list[tuple[str, int | None]]:
@@ -70,6 +94,9 @@ class FusionNet(nn.Module):
             )
             for _ in range(config.modalities)
         )
+        if config.norm == "group":
+            for stream in self.streams:
+                _group_norm(stream)
         blocks = tuple(len(getattr(self.streams[0], stage)) for stage in STAGES)
         if blocks != BLOCKS[config.depth]:  # MONAI changed its ResNet: fusion points would be wrong
             raise ImportError(
@@ -106,7 +133,7 @@ class FusionNet(nn.Module):
 
 def stage_channels(stream: resnet.ResNet) -> list[int]:
     """Output channels of each residual stage of a MONAI ResNet."""
-    return [getattr(stream, stage)[-1].bn2.num_features for stage in STAGES]
+    return [getattr(stream, stage)[-1].conv2.out_channels for stage in STAGES]
 
 
 def build_network(

@@ -60,6 +60,11 @@ class Cost:
         return self.search_candidates / (self.folds * self.repeats) if self.folds else math.nan
 
 
+def _worker_seconds(row: dict) -> float:
+    """A trial's wall time times its data-parallel workers (each held its own GPU or CPUs)."""
+    return (row["train_seconds"] or 0.0) * (row.get("workers") or 1)
+
+
 def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     """The :class:`Cost` of the trials in ``candidates`` under ``run``'s per-trial resources."""
     rows = [r for r in candidates.to_pylist() if r["status"] == "ok" or r["train_seconds"]]
@@ -69,7 +74,7 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
     resources = run.resources or {}
     gpus = resources.get("gpu") or 0
     unit, per_trial = ("GPU-hours", gpus) if gpus else ("CPU-hours", resources.get("cpu", 1))
-    seconds = [r["train_seconds"] or 0.0 for r in search]
+    seconds = [_worker_seconds(r) for r in search]
     starts = [r["started_at"] for r in rows if r["started_at"]]
     ends = [r["finished_at"] for r in rows if r["finished_at"]]
     exhaustive_candidates = 2**num_points * folds * max(repeats, 1)
@@ -90,7 +95,7 @@ def search_cost(candidates: pa.Table, run: RunRecord, num_points: int) -> Cost:
         baseline_trials=len(rows) - len(search),
         unit=unit,
         search_compute=sum(seconds) * per_trial / 3600,
-        total_compute=sum(r["train_seconds"] or 0.0 for r in rows) * per_trial / 3600,
+        total_compute=sum(_worker_seconds(r) for r in rows) * per_trial / 3600,
         wall_hours=(max(ends) - min(starts)) / 3600 if starts and ends else math.nan,
         exhaustive_candidates=exhaustive_candidates,
         exhaustive_compute=(sum(seconds) if measured else mean_seconds * exhaustive_candidates)

@@ -35,7 +35,7 @@ that has learned nothing is on the plateau that precedes sudden learning: its
 trials have crept a little below chance at most, and which of them crept most says how fast each
 crawls, not where fusing helps, whether or not one of them passed the acceptance test. (Measured
 on the colocalized task: a child that crept from 0.70 to 0.645 beat its control by 0.084 nats at
-p = 0.033, having removed 7 % of the chance loss, while the point that learns the task had not
+p = 0.033, having removed about 7 % of the chance loss, while the point that learns the task had not
 yet jumped, and the search kept it.) A
 round whose start had already learned and where nothing improved has learned what it could:
 fusing did not help there. Without the chance losses, learning means getting below the start.

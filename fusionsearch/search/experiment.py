@@ -61,6 +61,8 @@ class RunRecord:
         searcher: the searcher's name (``sfsa``, ``beam``, ``exhaustive``, or a class name).
         num_points: mask length.
         metadata: anything else the caller kept (the CLI keeps its manifest and modalities).
+        workers: data-parallel workers per candidate (``resources`` per worker): ``auto`` or a
+            number (``--gpus-per-trial``).
     """
 
     resources: dict[str, float] | None
@@ -71,6 +73,7 @@ class RunRecord:
     searcher: str = "search"
     num_points: int = NUM_POINTS
     metadata: dict[str, Any] = field(default_factory=dict)
+    workers: int | str = 1
 
     @property
     def default_trainable(self) -> bool:

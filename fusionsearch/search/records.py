@@ -43,6 +43,9 @@ class Trial:
             ``patience`` (role ``longer``: late fusion continued to the chosen lineage's epochs).
         repeat: the replicate: the same fold's search run again with other training seeds
             (``--repeats``); 0 is the first (the one the held-out comparisons use).
+        workers: how many data-parallel workers (one GPU each) train it: a resource, not part of
+            what it trains (the result is the same on any number, up to floating point), so not
+            of its :attr:`key`; set by the searcher when the trial starts (``--gpus-per-trial``).
     """
 
     mask: str
@@ -54,9 +57,12 @@ class Trial:
     extension: int = 0
     epochs: int | None = None
     repeat: int = 0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         check_choice("role", self.role, ROLES)
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"workers={self.workers!r} must be a positive integer")
         if (self.role == "unimodal") != (self.modality is not None):
             raise ConfigError(f"role={self.role!r} with modality={self.modality!r}: only unimodal names one")
 
@@ -156,6 +162,7 @@ SCHEMA = pa.schema(
         ("extension", pa.int64()),
         ("epochs", pa.int64()),
         ("repeat", pa.int64()),
+        ("workers", pa.int64()),
         *[(name, pa.float64()) for name in REPORTED],
         *[(name, pa.list_(pa.float64())) for name in PER_SAMPLE],
         ("reference", pa.string()),

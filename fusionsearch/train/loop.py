@@ -34,6 +34,7 @@ from fusionsearch.settings import TrainConfig, to_dict
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData, load_fold
 from fusionsearch.train.inference import logit_metrics, predict_logits, sample_losses
+from fusionsearch.train.parallel import Shard
 from fusionsearch.train.recipe import Augmentation, augment, augmentation, class_weights, learning_rate
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,15 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     class_weights: torch.Tensor | None = None,
+    scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """One forward/backward/update on a batch already on the device; returns the loss tensor.
 
-    The loss stays on the device so the caller decides when to synchronise.
+    The loss stays on the device so the caller decides when to synchronise. ``scale`` multiplies
+    it: a data-parallel worker's share of the batch (:meth:`Shard.split`).
     """
     with policy.autocast():
-        loss = nn.functional.cross_entropy(model(images), labels, weight=class_weights)
+        loss = nn.functional.cross_entropy(model(images), labels, weight=class_weights) * scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -171,6 +174,8 @@ class _Run:
     augmentation: Augmentation | None
     class_weights: torch.Tensor | None
     select: np.ndarray  # which validation samples form the selection half
+    shard: Shard  # this worker among the candidate's data-parallel workers
+    step_model: nn.Module  # the model the training steps run: ``model``, or DDP across workers
     last_losses: list[float] = field(default_factory=list)  # per validation sample, the last evaluation
 
 
@@ -304,7 +309,8 @@ def _prepare(
         warm_start(model, load_state_dict(parent, mmap=True))
     elif train.init_streams:
         load_streams(model.streams, stream_state_dict(train.init_streams), train.init_streams)
-    model = policy.module(model)
+    shard = Shard.current()
+    model = policy.module(shard.prepare(model, policy.device))
     optimizer = make_optimizer(model, policy, train.lr, train.weight_decay)
     best_weights = None
     if training is not None:
@@ -333,6 +339,8 @@ def _prepare(
         augmentation(train, shape),
         None if weights is None else weights.to(policy.device),
         _selection_half(data),
+        shard,
+        shard.wrap(model, policy.device),
     )
 
 
@@ -364,20 +372,17 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(run.candidate.settings.train, epoch)
     tick = time.perf_counter()
-    losses = [
-        train_step(
-            run.model,
-            run.optimizer,
-            policy,
-            # The augmented batch is contiguous: lay it out for the device (without augmentation
-            # the batch is laid out already, and this returns it as is).
-            policy.batch(augment(run.augmentation, x, batch_seed(run.candidate, epoch, k))),
-            y,
-            run.class_weights,
+    losses = []
+    for k, (x, y) in enumerate(run.train(order)):
+        # The augmented batch is contiguous: lay it out for the device (without augmentation the
+        # batch is laid out already, and this returns it as is). Every data-parallel worker
+        # augments the whole batch with the same draws, then trains on its share.
+        images = policy.batch(augment(run.augmentation, x, batch_seed(run.candidate, epoch, k)))
+        images, labels, scale = run.shard.split(images, y, run.class_weights)
+        losses.append(
+            train_step(run.step_model, run.optimizer, policy, images, labels, run.class_weights, scale)
         )
-        for k, (x, y) in enumerate(run.train(order))
-    ]
-    train_loss = torch.stack(losses).mean().item()  # waits for the device: the steps are done
+    train_loss = run.shard.mean(torch.stack(losses)).mean().item()  # waits for the device: the steps are done
     seconds = time.perf_counter() - tick
     run.state.step_seconds += seconds
     return {
@@ -429,6 +434,14 @@ def _checkpoint_and_report(
     this process saw it) and ``finished_at``, measured after the checkpoint is written.
     """
     tick = time.perf_counter()
+    if not run.shard.writes:  # another data-parallel worker: worker 0 writes the checkpoint
+        if final:
+            metrics |= run.state.timings | {
+                "train_seconds": time.time() - started,
+                "finished_at": time.time(),
+            }
+        report(metrics, None)
+        return
     with tempfile.TemporaryDirectory(prefix="fusionsearch-ckpt-") as directory:
         loop = dataclasses.asdict(run.state)
         save_checkpoint(directory, run.model, run.meta | {"metrics": metrics, "loop": loop}, extra)

@@ -31,6 +31,7 @@ NAMES = (
     ("ray.train._internal.checkpoint_manager", "_CheckpointManager"),  # a trial's checkpoints
     ("ray.tune.experiment", "Trial"),  # trial status names
     ("ray.util.multiprocessing.pool", "PoolTaskError"),  # how a Pool's imap returns a job's exception
+    ("ray.train._internal.session", "get_session"),  # a Tune trial's storage (its folder and filesystem)
 )
 #: Ray's logger of the storage's upload messages (quietened for trials).
 STORAGE_LOGGER = "ray.train._internal.storage"
@@ -88,6 +89,7 @@ CheckpointManager: type = _FOUND["ray.train._internal.checkpoint_manager:_Checkp
 Trial: type = _FOUND["ray.tune.experiment:Trial"]
 TERMINATED: str = Trial.TERMINATED
 PoolTaskError: type = _FOUND["ray.util.multiprocessing.pool:PoolTaskError"]
+_get_session: Callable[[], Any] = _FOUND["ray.train._internal.session:get_session"]
 
 
 @contextlib.contextmanager
@@ -116,3 +118,10 @@ def failures(trial: Any) -> int:
 def quiet_storage_logs() -> None:
     """Ray's per-upload storage messages at warning level only."""
     logging.getLogger(STORAGE_LOGGER).setLevel(logging.WARNING)
+
+
+def trial_storage() -> tuple[str, Any]:
+    """The running Tune trial's folder in the experiment's storage, as ``(path, pyarrow filesystem)``:
+    where a data-parallel trial's Ray Train run keeps its checkpoints, so that a retry finds them."""
+    storage = _get_session().storage
+    return storage.trial_fs_path, storage.storage_filesystem

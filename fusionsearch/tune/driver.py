@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -52,6 +53,7 @@ from fusionsearch.tune.callbacks import (
 from fusionsearch.tune.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.tune.progress import FoldProgress
 from fusionsearch.tune.warm_actors import keep_warm
+from searchers.rounds import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +132,38 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"nothing accepts connections at {host}:{port}: {error}") from None
 
 
-def _trainable(trainable: Callable | None, resources: dict[str, float] | None) -> Callable:
+def _trainable(
+    trainable: Callable | None, resources: dict[str, float] | None, data_parallel: bool = False
+) -> Callable:
+    """The trainable with its per-trial resources; with ``data_parallel``, ``resources`` are per
+    worker, and a trial of several workers asks Tune for almost nothing: its Ray Train workers ask
+    for their own GPUs."""
     if trainable is None:
         from trainables import train_candidate
 
         trainable = train_candidate
+        if data_parallel and resources:
+            trainable = tune.with_parameters(train_candidate, per_worker=resources)
+            return tune.with_resources(trainable, partial(_trial_resources, resources))
     return tune.with_resources(trainable, resources) if resources else trainable
+
+
+#: What a data-parallel trial itself holds while its workers train: a sliver of a CPU.
+_DRIVER_CPU = 0.01
+
+
+def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
+    if int(config.get("workers") or 1) > 1:
+        return tune.PlacementGroupFactory([{"CPU": _DRIVER_CPU}])
+    return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
+
+
+def _data_parallel(workers: int | str, settings: RunSettings | None) -> DataParallel:
+    """The searcher's sizing of data-parallel trials on the connected cluster."""
+    if workers == 1 or settings is None:
+        return DataParallel()
+    gpus = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+    return DataParallel(workers, sum(gpus), settings.train.batch_size, max(gpus, default=0) or None)
 
 
 def _searcher_name(searcher: Any) -> str:
@@ -155,6 +183,7 @@ def run_search(
     max_failures: int = 2,
     callbacks: Sequence[tune.Callback] = (),
     metadata: dict[str, Any] | None = None,
+    workers: int | str = 1,
 ) -> SearchResult:
     """Run ``searcher`` (e.g. :class:`searchers.SFSASearcher`) to completion on Ray Tune.
 
@@ -171,8 +200,16 @@ def run_search(
             a wide round of several folds and replicates fills a large cluster).
         max_failures: retries of a failing trial before it counts as a failed candidate.
         metadata: anything JSON-able to keep beside the results (the CLI keeps its manifest).
+        workers: data-parallel workers per candidate, ``resources`` each (the default trainable
+            only): a number, or ``auto``, sized by the searcher when each trial starts
+            (:class:`searchers.rounds.DataParallel`).
     """
     experiment_dir = storage.join(storage.normalise(storage_path), name)
+    if workers != 1 and trainable is not None:
+        raise UserError(
+            f"workers={workers!r}: data-parallel candidates need the built-in trainable "
+            "(trainables.train_candidate); with trainable= of your own, use workers=1"
+        )
     config = dict(config or {})
     settings = None
     if trainable is None:
@@ -195,14 +232,17 @@ def run_search(
         searcher=_searcher_name(searcher),
         num_points=num_points,
         metadata=metadata or {},
+        workers=workers,
     )
     if hasattr(searcher, "set_experiment_dir"):
         searcher.set_experiment_dir(experiment_dir)
     experiment.create(experiment_dir)  # of several searches started at once under one name, one goes on
     experiment.write_run(experiment_dir, run)
     connect()
+    if hasattr(searcher, "set_data_parallel"):
+        searcher.set_data_parallel(_data_parallel(workers, settings))
     tuner = tune.Tuner(
-        _trainable(trainable, resources),
+        _trainable(trainable, resources, data_parallel=workers != 1),
         param_space=config,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -268,7 +308,7 @@ def resume_search(
     tuner = tune.Tuner.restore(
         experiment_dir,
         storage_filesystem=storage.tune_filesystem(experiment_dir),
-        trainable=_trainable(trainable, resources),
+        trainable=_trainable(trainable, resources, data_parallel=run.workers != 1),
         resume_errored=True,
     )
     return _fit(tuner, experiment_dir, _concurrency(run.max_concurrent, resources))

@@ -1,0 +1,261 @@
+"""A candidate trained data-parallel by Ray Train workers (CPU, gloo) trains as one worker does."""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cached_data
+from fusionsearch.data.synth import SynthConfig, generate
+from fusionsearch.errors import UserError
+from fusionsearch.model.checkpoint import load_model, read_meta
+from fusionsearch.search.records import Trial
+from fusionsearch.settings import (
+    ModelConfig,
+    PreprocessConfig,
+    ResourceConfig,
+    RunSettings,
+    TrainConfig,
+    data_parallel_workers,
+)
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.folds import load_fold
+from fusionsearch.train.loop import fit
+from fusionsearch.train.parallel import Shard
+from searchers.rounds import DataParallel
+
+#: How far a 2-worker curve may be from the 1-worker one in float64, where only summation order
+#: differs (measured: 1.4e-6 after three epochs; 1 vs 2 threads alone: 6e-8; an unsynchronised or
+#: mis-weighted gradient: about 1e-2). In float32 under AdamW, summation order alone moves the
+#: curve of this tiny network by 2e-3 to 3e-2 within three epochs (Adam's first steps follow the
+#: sign of near-zero gradients), so the exact comparison is made in float64.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Settings over a cached 24-sample planted benchmark at 16^3, group norm, batches of 5 (a last
+    batch of 1: one of two workers gets no sample), class weights and augmentation."""
+    root = tmp_path_factory.mktemp("dp")
+    manifest = generate(root / "data", SynthConfig(n=24, size=16, seed=3))
+    return RunSettings(
+        data=cached_data(manifest, root / "cache", PreprocessConfig(shape=16)),
+        model=ModelConfig(width=0.125, norm="group"),
+        train=TrainConfig(epochs=3, patience=10, batch_size=5, lr=3e-3, checkpoint_interval=0,
+                          class_weights="balanced", augment="standard"),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Networks and batches in float64 in this process (no class weights or augmentation then:
+    both are float32 tensors)."""
+    from fusionsearch.train import folds
+
+    stack = folds.Batches._stack
+    monkeypatch.setattr(folds.Batches, "_stack", lambda self, chunk: stack(self, chunk).double())
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def in_float64(worker):
+    """``worker`` run in float64, as :func:`float64` sets it up (defined here, so that Ray ships it by
+    value: the workers cannot import tests/)."""
+
+    def run(config):
+        import torch
+
+        from fusionsearch.train import folds
+
+        stack = folds.Batches._stack
+        folds.Batches._stack = lambda self, chunk: stack(self, chunk).double()
+        torch.set_default_dtype(torch.float64)
+        worker(config)
+
+    return run
+
+
+class Recorder:
+    def __init__(self, folder: Path):
+        self.folder, self.reports, self.checkpoints = folder, [], []
+
+    def __call__(self, metrics, directory):
+        self.reports.append(metrics)
+        if directory is not None:
+            self.checkpoints.append(
+                shutil.copytree(directory, self.folder / f"checkpoint_{len(self.checkpoints)}")
+            )
+
+
+def curve(reports) -> list[float]:
+    """The validation loss of every trained epoch (1, 2, ...)."""
+    return [r["val_loss"] for r in reports if not r.get("final") and r.get("epoch")]
+
+
+def on_two_workers(tmp_path, name: str, worker, config, max_failures: int = 0):
+    """``worker(config)`` on 2 Ray Train workers (CPU, gloo); the result and its epochs' losses."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    result = TorchTrainer(
+        worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name=name, storage_path=str(tmp_path / "train"),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    ).fit()  # fmt: skip
+    frame = result.metrics_dataframe  # every checkpointed report: every epoch (checkpoint_interval 0)
+    return result, [
+        v for v, final in zip(frame["val_loss"], frame["final"], strict=True) if final is not True
+    ]
+
+
+def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does(tiny, tmp_path, local_ray, float64):
+    from trainables.data_parallel import _worker
+
+    exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
+    data = load_fold(exact.data, 0)
+    single = Recorder(tmp_path / "single")
+    fit(CandidateConfig(Trial("0000"), exact), single, data=data)
+    parent = CandidateConfig(Trial("0000"), exact)
+    result, losses = on_two_workers(tmp_path, "parent", in_float64(_worker), parent.config())
+    np.testing.assert_allclose(losses, curve(single.reports), atol=TOLERANCE, rtol=0)
+    assert result.metrics["val_loss"] == pytest.approx(single.reports[-1]["val_loss"], abs=TOLERANCE)
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / "model.pt", weights_only=True)
+    reference = torch.load(single.checkpoints[-1] / "model.pt", weights_only=True)
+    assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
+    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-6
+
+    # Warm start: a child of the parent's checkpoint, on 2 workers and on 1.
+    child = CandidateConfig(
+        Trial("0100", round=1, parent_mask="0000"), exact, parent=str(single.checkpoints[-1])
+    )
+    one = Recorder(tmp_path / "child")
+    fit(child, one, parent=single.checkpoints[-1], data=data)
+    _, losses = on_two_workers(tmp_path, "child", in_float64(_worker), child.config())
+    np.testing.assert_allclose(losses, curve(one.reports), atol=TOLERANCE, rtol=0)
+
+
+def test_a_lost_worker_group_resumes_from_its_last_checkpoint_exactly(tiny, tmp_path, local_ray, float64):
+    """Ray Train restarts the group and hands every worker the run's last checkpoint (a retried
+    trial finds the same in its storage): the resumed run ends where an uninterrupted one does."""
+
+    def lost_once(config):
+        """A worker whose group is lost once, right after epoch 1's checkpoint."""
+        from trainables import data_parallel
+
+        marker = Path(config["marker"])
+        if not marker.exists():
+            report = data_parallel._report
+
+            def lost_after_epoch_1(metrics, directory):
+                report(metrics, directory)
+                if metrics.get("epoch") == 1:
+                    marker.touch()
+                    raise RuntimeError("a worker was lost")
+
+            data_parallel._report = lost_after_epoch_1
+        data_parallel._worker(config["candidate"])
+
+    exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
+    candidate = CandidateConfig(Trial("0010"), exact)
+    uninterrupted = Recorder(tmp_path / "one")
+    fit(candidate, uninterrupted, data=load_fold(exact.data, 0))
+    marker = tmp_path / "lost"
+    config = {"candidate": candidate.config(), "marker": str(marker)}
+    result, losses = on_two_workers(tmp_path, "flaky", in_float64(lost_once), config, max_failures=1)
+    assert marker.exists()  # it was lost once
+    assert result.metrics["final"] and result.metrics["epochs_trained"] == 3
+    np.testing.assert_allclose(losses[-2:], curve(uninterrupted.reports)[-2:], atol=TOLERANCE, rtol=0)
+    assert result.metrics["val_loss"] == pytest.approx(uninterrupted.reports[-1]["val_loss"], abs=TOLERANCE)
+    assert result.metrics["best_epoch"] == uninterrupted.reports[-1]["best_epoch"]
+
+
+def test_a_trial_of_two_workers_trains_through_the_trainable_as_fusionsearch_runs_it(
+    tiny, tmp_path, local_ray
+):
+    """The Tune trial starts its Ray Train workers, shows their epochs as its progress and reports
+    the final result with a checkpoint, where the searcher finds it (float32, augmentation, class
+    weights: the curve agrees within float32's summation-order spread, see TOLERANCE)."""
+    from ray import tune
+
+    from fusionsearch.tune.driver import _trainable
+
+    single = Recorder(tmp_path / "single")
+    fit(CandidateConfig(Trial("0000"), tiny), single, data=load_fold(tiny.data, 0))
+    tuner = tune.Tuner(
+        _trainable(None, {"cpu": 1, "gpu": 0}, data_parallel=True),
+        param_space=CandidateConfig(Trial("0000"), tiny).config() | {"workers": 2},
+        run_config=tune.RunConfig(name="trial", storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None, result.error
+    progress = result.metrics_dataframe
+    assert list(progress["epoch"][:4]) == [0, 1, 2, 3] and progress["final"].iloc[-1]
+    assert progress["val_loss"][0] == pytest.approx(single.reports[0]["val_loss"], abs=1e-6)  # same start
+    assert abs(progress["val_loss"][3] - single.reports[3]["val_loss"]) < 0.1
+    assert result.metrics["workers"] == 2 and result.metrics["epochs_trained"] == 3
+    with result.checkpoint.as_directory() as folder:
+        meta = read_meta(Path(folder))
+        assert meta["metrics"]["final"] and meta["mask"] == "0000"
+        assert load_model(Path(folder)).config.norm == "group"
+
+
+def test_a_worker_share_and_its_loss_scale_give_the_whole_batch_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    weights = torch.tensor([2.0, 0.5])
+    whole = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y, weight=weights), model.weight)[
+        0
+    ]
+    parts = []
+    for rank in range(3):  # 5 samples on 3 workers: shares of 1, 2 and 2
+        xs, ys, scale = Shard(rank, 3).split(x, y, weights)
+        loss = torch.nn.functional.cross_entropy(model(xs), ys, weight=weights) * scale
+        parts.append(torch.autograd.grad(loss, model.weight)[0])
+    torch.testing.assert_close(torch.stack(parts).mean(0), whole)  # what DDP's average gives
+    xs, ys, scale = Shard(0, 3).split(x[:2], y[:2], None)  # a last batch smaller than the workers
+    assert len(ys) == 1 and scale == 0.0  # joins the all-reduce, adds nothing
+    assert Shard().split(x, y, weights) == (x, y, 1.0)
+
+
+def test_batch_norm_on_cpu_workers_is_refused_and_sizing_follows_the_free_gpus():
+    from fusionsearch.model.network import build_network
+
+    model = build_network(ModelConfig(width=0.125), "0000", torch.device("cpu"))
+    with pytest.raises(UserError, match="--norm group"):
+        Shard(0, 2).prepare(model, torch.device("cpu"))
+    assert Shard().prepare(model, torch.device("cpu")) is model
+    # --gpus-per-trial: auto on GPUs; N > 1 whole workers; fractions share a GPU; on CPUs, one worker.
+    assert ResourceConfig().workers(8) == "auto" and ResourceConfig().workers(0) == 1
+    assert ResourceConfig(gpus_per_trial="4").workers(8) == 4
+    assert ResourceConfig(gpus_per_trial=0.5).workers(8) == 1
+    assert ResourceConfig(gpus_per_trial="4").per_trial(8) == {"cpu": 1.0, "gpu": 1.0}
+    for bad in ("many", "2.5", "0"):
+        with pytest.raises(UserError, match="gpus_per_trial"):
+            ResourceConfig(gpus_per_trial=bad)
+    # A 32-GPU cluster: a 5-candidate round takes them all; 25 trials take one each.
+    sizes, running = [], 0
+    parallel = DataParallel("auto", gpus=32, batch_size=16, most=8)
+    for ready in range(5, 0, -1):
+        sizes.append(parallel.size(running, ready))
+        running += sizes[-1]
+    assert sizes == [6, 6, 6, 7, 7] and sum(sizes) == 32
+    assert parallel.size(0, 25) == 1 and parallel.size(30, 1) == 2 and parallel.size(32, 3) == 1
+    assert data_parallel_workers(32, 1, batch_size=4) == 4  # never more workers than samples a batch
+    assert DataParallel("auto", 32, 16, most=8).size(0, 1) == 8  # nor than the largest node's GPUs
+    assert DataParallel(3).size(0, 1) == 3 and DataParallel().size(0, 1) == 1
+
+
+def test_a_trial_of_several_workers_is_not_another_trial():
+    trial = Trial("0100", round=1, parent_mask="0000")
+    assert replace(trial, workers=4).key == trial.key
+    with pytest.raises(UserError, match="workers"):
+        Trial("0000", workers=0)

@@ -1,0 +1,109 @@
+"""A candidate trained data-parallel by several workers: Ray Train inside the Tune trial.
+
+When the searcher gives a trial more than one worker (``--gpus-per-trial``: a round narrower than
+the cluster), :func:`trainables.candidate.train_candidate` hands it here. A Ray Train
+``TorchTrainer`` starts the workers (one GPU each, or CPUs on a cluster without CUDA) and their
+process group; each runs :func:`fusionsearch.train.loop.fit`, which trains its share of every
+batch (:mod:`fusionsearch.train.parallel`). Worker 0's reports reach Tune as the trial's
+progress; its checkpoints go to the Train run's folder inside the trial's folder, so a retried
+trial resumes there (Ray Train restores a run of the same name from its storage). The final
+result is reported to Tune once more with the final checkpoint, where the searcher finds every
+trial's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray import tune
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from fusionsearch.errors import UserError
+from fusionsearch.model.device import DevicePolicy
+from fusionsearch.train.candidate import CandidateConfig
+from fusionsearch.train.loop import fit
+from fusionsearch.tune.compat import trial_storage
+
+log = logging.getLogger(__name__)
+
+#: The Train run's folder inside the trial's folder.
+RUN_NAME = "data-parallel"
+
+
+class _Progress(TuneReportCallback):
+    """Worker 0's epoch reports (and a failure's) as the Tune trial's progress; the final one is
+    reported by the trial, with its checkpoint."""
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if not metrics[0].get("final"):
+            super().after_report(run_context, metrics, None)
+
+
+def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus: float) -> dict[str, Any]:
+    """Train the candidate ``config`` on ``workers`` Ray Train workers with ``gpus`` GPUs and ``cpus``
+    CPUs each, and report its final result with its checkpoint to Tune; return that result."""
+    path, filesystem = trial_storage()
+    logical = not torch.cuda.is_available()  # a cluster of logical GPUs (tests): gloo on the CPUs
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpus > 0 and not logical,
+            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})},
+        ),
+        torch_config=TorchConfig(backend="gloo" if logical or gpus == 0 else "nccl"),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=path,
+            storage_filesystem=filesystem,
+            callbacks=[_Progress()],
+            failure_config=FailureConfig(max_failures=0),  # Tune retries the trial, which resumes
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:  # a UserError: its report reached Tune as the trial's last result
+        return {}
+    metrics = dict(result.metrics) | {"node_id": ray.get_runtime_context().get_node_id(), "workers": workers}
+    with result.checkpoint.as_directory() as folder:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    return metrics
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One worker: :func:`fit` in the process group Ray Train started, resumed from the run's last
+    checkpoint if it has one, else warm-started from the parent."""
+    from trainables.candidate import open_parent
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    try:
+        candidate = CandidateConfig.from_config(config)
+        own = ray.train.get_checkpoint()
+        with contextlib.ExitStack() as stack:
+            resume = Path(stack.enter_context(own.as_directory())) if own else None
+            parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
+            fit(candidate, _report, resume=resume, parent=parent, policy=DevicePolicy.select())
+    except UserError as error:
+        message = " ".join(str(error).split())
+        log.error("candidate %s failed: %s", config.get("mask"), message)
+        ray.train.report(
+            {
+                "val_loss": float("nan"),
+                "failed": True,
+                "error": f"{type(error).__name__}: {message}",
+            }
+        )
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=checkpoint)
