@@ -17,16 +17,26 @@ other trial: a child no better than its parent, the control). Losses come from a
 random masks (seeded by ``--seed``, the same for every fold). The GPUs' busy fraction is
 training seconds / (N x wall time).
 
-``--validate`` runs the same search for real: a local Ray with N logical GPUs, every candidate
-the scripted trainable sleeping its modelled seconds, and prints measured against modelled wall
-time (the model's ``--actor-start`` and ``--overhead`` are then what this machine's Ray costs:
-measure them with ``round_overhead.py``).
+Data-parallel candidates (``--gpus-per-trial auto``, the default on GPUs, or N): the searcher
+gives each trial its workers when it proposes it (the same sizing as ``fusionsearch run``, up to
+``--gpus-per-node``); a trial of w workers waits for w free slots, pays ``--train-start`` seconds
+(Ray Train's controller, workers and process group) instead of an actor's start, and trains
+``speed-up(w)`` times faster, ``speed-up(w) = w x --dp-efficiency ^ log2(w)`` (0.85 of linear per
+doubling unless measured). Trial actors are then not kept warm between rounds (as the driver
+does), so every trial pays its start. "busy" counts a slot as busy while a trial trains on it;
+"useful" discounts a data-parallel trial's slots by its efficiency (speed-up / w).
+
+``--validate`` runs the same search for real (one worker per trial): a local Ray with N logical
+GPUs, every candidate the scripted trainable sleeping its modelled seconds, and prints measured
+against modelled wall time (the model's ``--actor-start`` and ``--overhead`` are then what this
+machine's Ray costs: measure them with ``round_overhead.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import random
 import tempfile
 import time
@@ -38,6 +48,7 @@ from fusionsearch import pipeline
 from fusionsearch.mask import FusionMask
 from fusionsearch.settings import SearchConfig
 from searchers import REGISTRY
+from searchers.rounds import DataParallel
 from trainables.scripted import duration_key
 
 
@@ -51,6 +62,12 @@ class Parts:
     patience: int = 8
     overhead: float = 0.1
     actor_start: float = 3.0
+    train_start: float = 10.0
+    dp_efficiency: float = 0.85
+
+    def speedup(self, workers: int) -> float:
+        """How much faster ``workers`` data-parallel workers train than one."""
+        return workers * self.dp_efficiency ** math.log2(workers)
 
     def seconds(self, config: dict, landscape: dict[str, float]) -> float:
         """Training seconds of a proposed trial (its config as the searcher proposes it)."""
@@ -60,17 +77,18 @@ class Parts:
             or parent is None
             or (config["role"] == "search" and landscape[config["mask"]] < landscape[parent])
         )
-        return self.setup + self.epoch_seconds * (
-            self.epochs if improving else min(self.patience, self.epochs)
-        )
+        epochs = self.epochs if improving else min(self.patience, self.epochs)
+        return self.setup + self.epoch_seconds * epochs / self.speedup(config.get("workers") or 1)
 
 
 @dataclass(frozen=True)
 class Prediction:
     wall: float  # seconds from the first proposal to the last finish
-    busy: float  # training seconds / (GPUs x wall)
+    busy: float  # GPU-seconds of training / (GPUs x wall)
     trials: int
-    training: float  # training seconds, all trials
+    training: float  # GPU-seconds of training, all trials
+    useful: float = 0.0  # busy, a data-parallel trial's GPU-seconds discounted by its efficiency
+    widest: int = 1  # the most workers a trial had
 
 
 def landscape(num_points: int, seed: int) -> dict[str, float]:
@@ -83,38 +101,60 @@ def landscape(num_points: int, seed: int) -> dict[str, float]:
 
 def make_searcher(args: argparse.Namespace):
     """The searcher a ``fusionsearch run`` with these options would use (every fold searched)."""
-    search = SearchConfig(searcher=args.searcher, folds=args.folds, unimodal=args.modalities > 1)
+    search = SearchConfig(
+        searcher=args.searcher, folds=args.folds, fold=args.fold, unimodal=args.modalities > 1
+    )
     return pipeline.make_searcher(search, [f"m{i}" for i in range(args.modalities)], args.points)
 
 
-def simulate(searcher, gpus: int, parts: Parts, losses: dict[str, float], scratch: str) -> Prediction:
+def simulate(
+    searcher,
+    gpus: int,
+    parts: Parts,
+    losses: dict[str, float],
+    scratch: str,
+    parallel: DataParallel | None = None,
+) -> Prediction:
     """Run ``searcher`` against N modelled slots; see the module's docstring."""
     searcher.set_experiment_dir(scratch)
-    idle, cold = 0, gpus  # slots with a warm actor free now; slots whose actor has not started
+    parallel = parallel or DataParallel()
+    searcher.set_data_parallel(parallel)
+    warm = not parallel.possible  # the driver keeps actors warm only where no trial gets 2 workers
+    idle, cold = 0, gpus  # slots with a warm actor free now; slots without one
     running: list[tuple[float, str, dict]] = []
     queue: deque[tuple[str, dict]] = deque()
-    now, training, trials, ids = 0.0, 0.0, 0, 0
+    now, training, useful, trials, ids, widest = 0.0, 0.0, 0.0, 0, 0, 1
     while True:
         while isinstance(config := searcher.suggest(f"t{ids}"), dict):
             queue.append((f"t{ids}", config))
             ids += 1
-        while queue and (idle or cold):  # a warm actor takes the next trial before a new one starts
-            start = 0.0 if idle else parts.actor_start
-            idle, cold = (idle - 1, cold) if idle else (idle, cold - 1)
+        while queue and idle + cold >= (queue[0][1].get("workers") or 1):  # in order, as Ray's queue
             trial_id, config = queue.popleft()
+            workers = config.get("workers") or 1
+            warm_start = 0.0 if idle and warm else parts.actor_start
+            start = parts.train_start if workers > 1 else warm_start
+            take_idle = min(idle, workers)  # a warm actor's slot first
+            idle, cold = idle - take_idle, cold - (workers - take_idle)
             seconds = parts.seconds(config, losses)
             heapq.heappush(running, (now + start + parts.overhead + seconds, trial_id, config))
-            training, trials = training + seconds, trials + 1
+            training, trials = training + seconds * workers, trials + 1
+            useful += seconds * parts.speedup(workers)
+            widest = max(widest, workers)
         if not running:
             break
         now, trial_id, config = heapq.heappop(running)
-        idle += 1
+        workers = config.get("workers") or 1
+        if workers > 1 or not warm:
+            cold += workers  # Ray Train's workers end with the trial; no actor is kept
+        else:
+            idle += 1
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
         searcher.on_trial_complete(trial_id, {
             "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",
             **{f"config/{k}": v for k, v in config.items() if k != "parent"},
         })  # fmt: skip
-    return Prediction(now, training / (gpus * now) if now else 0.0, trials, training)
+    scale = gpus * now if now else 1.0
+    return Prediction(now, training / scale if now else 0.0, trials, training, useful / scale, widest)
 
 
 def validate(args: argparse.Namespace, parts: Parts, losses: dict[str, float]) -> None:
@@ -159,6 +199,7 @@ def main() -> None:
     )
     parser.add_argument("--searcher", default="sfsa", choices=sorted(REGISTRY), help="(default: sfsa)")
     parser.add_argument("--folds", type=int, default=5, help="(default: 5)")
+    parser.add_argument("--fold", type=int, default=None, help="search this fold only (default: every fold)")
     parser.add_argument("--points", type=int, default=4, help="fusion points m (default: 4)")
     parser.add_argument("--modalities", type=int, default=2, help="unimodal baselines per fold (default: 2)")
     parser.add_argument("--epochs", type=int, default=30, help="(default: 30)")
@@ -174,16 +215,35 @@ def main() -> None:
         "--actor-start", type=float, default=3.0, help="a slot's first trial waits (default: 3)"
     )
     parser.add_argument("--seed", type=int, default=0, help="the landscape's seed (default: 0)")
+    parser.add_argument(
+        "--gpus-per-trial", default="1", help="auto (data-parallel, sized per trial) or N (default: 1)"
+    )
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="a trial's workers at most (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=4, help="a trial's workers at most (default: 4)")
+    parser.add_argument(
+        "--train-start", type=float, default=10.0, help="a data-parallel trial's start, s (default: 10)"
+    )
+    parser.add_argument(
+        "--dp-efficiency",
+        type=float,
+        default=0.85,
+        help="speed-up per doubling of workers, of 2 (default: 0.85)",
+    )
     parser.add_argument("--validate", action="store_true", help="also run it on a local Ray (first --gpus)")
     args = parser.parse_args()
-    parts = Parts(args.epoch_seconds, args.setup, args.epochs, args.patience, args.overhead, args.actor_start)
+    parts = Parts(args.epoch_seconds, args.setup, args.epochs, args.patience, args.overhead, args.actor_start,
+                  args.train_start, args.dp_efficiency)  # fmt: skip
     losses = landscape(args.points, args.seed)
-    print(f"{args.searcher}, {args.folds} folds, m = {args.points}, {args.modalities} modalities; {parts}")
-    print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6}")
+    workers = args.gpus_per_trial if args.gpus_per_trial == "auto" else int(args.gpus_per_trial)
+    print(f"{args.searcher}, {args.folds} folds, m = {args.points}, {args.modalities} modalities, "
+          f"--gpus-per-trial {workers}; {parts}")  # fmt: skip
+    print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6} {'useful':>7} {'widest':>7}")
     for gpus in args.gpus:
+        parallel = DataParallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
         with tempfile.TemporaryDirectory() as scratch:
-            p = simulate(make_searcher(args), gpus, parts, losses, scratch)
-        print(f"{gpus:>5} {p.trials:>7} {p.wall:>9.1f} {p.wall / 60:>9.2f} {p.busy:>6.2f}")
+            p = simulate(make_searcher(args), gpus, parts, losses, scratch, parallel)
+        print(f"{gpus:>5} {p.trials:>7} {p.wall:>9.1f} {p.wall / 60:>9.2f} {p.busy:>6.2f} {p.useful:>7.2f} "
+              f"{p.widest:>7}")  # fmt: skip
     if args.validate:
         validate(args, parts, losses)
 

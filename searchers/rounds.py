@@ -56,6 +56,13 @@ class DataParallel:
     batch_size: int = 1
     most: int | None = None
 
+    @property
+    def possible(self) -> bool:
+        """Whether any trial can get more than one worker (``auto`` needs a node with 2 GPUs)."""
+        if self.workers != "auto":
+            return int(self.workers) > 1
+        return min(self.gpus, self.most or self.gpus, self.batch_size) > 1
+
     def size(self, running: int, ready: int) -> int:
         """Workers for a trial about to start, with ``running`` workers busy and ``ready`` trials
         (this one included) able to start now."""

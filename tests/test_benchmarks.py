@@ -176,7 +176,7 @@ def _cluster_model():
 
 def test_the_cluster_model_schedules_the_searchers_trials_on_n_slots(tmp_path):
     model = _cluster_model()
-    args = SimpleNamespace(searcher="sfsa", folds=3, points=4, modalities=2)
+    args = SimpleNamespace(searcher="sfsa", folds=3, fold=None, points=4, modalities=2)
     parts = model.Parts(epoch_seconds=1.0, setup=0.5, epochs=4, patience=2, overhead=0.1, actor_start=3.0)
     losses = model.landscape(4, seed=1)
 
@@ -193,6 +193,24 @@ def test_the_cluster_model_schedules_the_searchers_trials_on_n_slots(tmp_path):
     alone = SimpleNamespace(**{**vars(args), "folds": 3, "modalities": 1})
     chain = model.simulate(model.make_searcher(alone), 64, parts, losses, str(tmp_path / "chain"))
     assert many.wall == pytest.approx(chain.wall)  # folds run side by side, none waits for another
+    # Data-parallel candidates (--gpus-per-trial auto): one fold on 8 GPUs, its rounds narrower than
+    # the cluster, gets several workers per trial and is faster; the GPU-seconds then include the
+    # workers, and a trial of w workers trains speed-up(w) = w x 0.85^log2(w) times faster.
+    # Worth it where training outlasts Ray Train's start (here 40 s of epochs, 3 s to start).
+    single = SimpleNamespace(**{**vars(args), "fold": 0})
+    long = model.Parts(epoch_seconds=10.0, setup=0.5, epochs=4, patience=2, actor_start=3.0, train_start=3.0)
+
+    def fold_on_8(workers):
+        parallel = model.DataParallel(workers, 8, 16, 8)
+        return model.simulate(
+            model.make_searcher(single), 8, long, losses, str(tmp_path / f"w{workers}"), parallel
+        )
+
+    alone, parallel = fold_on_8(1), fold_on_8("auto")
+    assert parallel.trials == alone.trials and parallel.widest > 1 and alone.widest == 1
+    assert parallel.wall < alone.wall and parallel.useful < parallel.busy
+    assert long.speedup(1) == 1 and long.speedup(2) == pytest.approx(1.7)
+    assert long.speedup(4) == pytest.approx(4 * 0.85**2)
 
 
 def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():

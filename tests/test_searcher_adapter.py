@@ -41,7 +41,7 @@ def test_round_is_issued_whole_then_waits_then_finishes(tmp_path):
     first = searcher.suggest("t0")
     assert first == {"mask": "0000", "parent": None, "parent_mask": None, "round": 0, "fold": 0,
                      "role": "search", "modality": None, "extension": 0, "epochs": None,
-                     "repeat": 0}  # fmt: skip
+                     "repeat": 0, "workers": 1}  # fmt: skip
     assert searcher.suggest("t1") is None  # round 0 in flight
     complete(searcher, "t0", "0000", 1.0)
     round1 = [searcher.suggest(f"r1-{i}") for i in range(5)]

@@ -239,10 +239,11 @@ def run_search(
     experiment.create(experiment_dir)  # of several searches started at once under one name, one goes on
     experiment.write_run(experiment_dir, run)
     connect()
+    parallel = _data_parallel(workers, settings)
     if hasattr(searcher, "set_data_parallel"):
-        searcher.set_data_parallel(_data_parallel(workers, settings))
+        searcher.set_data_parallel(parallel)
     tuner = tune.Tuner(
-        _trainable(trainable, resources, data_parallel=workers != 1),
+        _trainable(trainable, resources, data_parallel=parallel.possible),
         param_space=config,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -270,7 +271,7 @@ def run_search(
             verbose=0,
         ),
     )
-    return _fit(tuner, experiment_dir, _concurrency(max_concurrent, resources))
+    return _fit(tuner, experiment_dir, _concurrency(max_concurrent, resources), warm=not parallel.possible)
 
 
 def _concurrency(limit: int | None, per_trial: dict[str, float] | None) -> int:
@@ -305,13 +306,15 @@ def resume_search(
     run = check_resumable(experiment_dir, own_trainable=trainable is not None)
     connect()
     resources = resources or run.resources
+    # The restored searcher sizes trials as it did before; this cluster decides the actors.
+    possible = _data_parallel(run.workers, run.settings).possible
     tuner = tune.Tuner.restore(
         experiment_dir,
         storage_filesystem=storage.tune_filesystem(experiment_dir),
-        trainable=_trainable(trainable, resources, data_parallel=run.workers != 1),
+        trainable=_trainable(trainable, resources, data_parallel=possible),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir, _concurrency(run.max_concurrent, resources))
+    return _fit(tuner, experiment_dir, _concurrency(run.max_concurrent, resources), warm=not possible)
 
 
 def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunRecord:
@@ -444,13 +447,18 @@ def _quiet_tune() -> Iterator[None]:
         tune_log.setLevel(level)
 
 
-def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int) -> SearchResult:
-    """``tuner.fit()`` with up to ``max_concurrent`` trials pending or running and as many actors kept."""
-    # Keep the finished trials' actors for the next round instead of starting a fresh process
-    # (with its imports) per trial.
+def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int, warm: bool = True) -> SearchResult:
+    """``tuner.fit()`` with up to ``max_concurrent`` trials pending or running and, with ``warm``, as
+    many actors kept.
+
+    Keeping the finished trials' actors for the next round saves a fresh process (with its
+    imports) per trial. Not with data-parallel trials: their Ray Train workers ask Ray, not Tune,
+    for GPUs, and Tune would not release an idle actor holding a GPU to them.
+    """
     start = time.perf_counter()
     storage_failure.clear()
-    with _tune_environment(max_concurrent), keep_warm(max_concurrent), _interruptible() as interrupted:
+    actors = keep_warm(max_concurrent) if warm else contextlib.nullcontext()
+    with _tune_environment(max_concurrent), actors, _interruptible() as interrupted:
         try:
             with _quiet_tune():
                 tuner.fit()
