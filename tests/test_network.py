@@ -200,3 +200,21 @@ def test_warm_start_is_exact_at_block_points():
     assert torch.allclose(parent.eval()(x), child.eval()(x), atol=1e-5)
     stage_of_point_7 = child.fusion["7"]  # after the second block of layer4: layer4's channels
     assert stage_of_point_7 is not None and str(child.mask) == "00100001"
+
+
+def test_group_norm_replaces_every_batch_norm_so_a_sample_does_not_depend_on_its_batch():
+    """--norm group: MONAI 1.6 passes ``norm`` to its ResNet's stem only, so the streams' blocks are
+    swapped; in training mode a sample's output then does not change with the other samples."""
+    torch.manual_seed(0)
+    batch = torch.randn(4, 2, SIZE, SIZE, SIZE)
+    outputs = {}
+    for norm in ("batch", "group"):
+        model = build_network(tiny_config(norm=norm, fusion="spatial"), "1100", torch.device("cpu")).train()
+        kinds = {type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}
+        assert kinds == ({"BatchNorm3d"} if norm == "batch" else {"GroupNorm"})
+        outputs[norm] = (model(batch)[:2], model(batch[:2]))
+        if norm == "group":  # warm start and checkpoints: the same keys as a fresh group-norm network
+            fresh = build_network(tiny_config(norm=norm, fusion="spatial"), "1000", torch.device("cpu"))
+            assert set(fresh.state_dict()) <= set(model.state_dict())
+    torch.testing.assert_close(*outputs["group"])  # the first two samples, alone or among four
+    assert not torch.allclose(*outputs["batch"])
