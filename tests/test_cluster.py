@@ -85,6 +85,29 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
         assert state["parent_seen"] == child["parent_mask"]
 
 
+def test_data_parallel_candidates_train_on_the_gpus_of_two_nodes(cluster, tmp_path):
+    """--gpus-per-trial 2: every candidate trains on both worker nodes' (logical) GPUs, with Ray
+    Train workers on their CPUs (gloo), and a child warm-starts from its parent's final weights."""
+    address, env = cluster
+    manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=2))
+    command = [sys.executable, "-m", "fusionsearch.cli", "run", "--address", address, "--data", str(manifest),
+               "--storage", str(tmp_path / "runs"), "--name", "dp", *TINY, "--searcher", "random",
+               "--budget", "2", "--gpus", "2", "--gpus-per-trial", "2", "--norm", "group"]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    experiment = tmp_path / "runs" / "dp"
+    rows = load_result(str(experiment)).table.to_pylist()
+    assert len(rows) >= 2 and all(r["status"] == "ok" and r["workers"] == 2 for r in rows)
+    child = next(r for r in rows if r["parent_mask"])
+    first = json.loads((experiment / child["trial_id"] / "result.json").read_text().splitlines()[0])
+    assert first["epoch"] == 0 and abs(first["val_loss"] - parent_row(child, rows)["val_loss"]) < 1e-5
+    assert (
+        experiment / child["trial_id"] / "data-parallel"
+    ).is_dir()  # Ray Train's run, in the trial's folder
+    report = (experiment / "report" / "report.md").read_text()
+    assert "search compute" in report
+
+
 NODES = """
 import json, ray
 ray.init(address={address!r}, log_to_driver=False)

@@ -58,7 +58,7 @@ def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus:
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=workers,
-            use_gpu=gpus > 0 and not logical,
+            use_gpu=gpus > 0,
             resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         torch_config=TorchConfig(backend="gloo" if logical or gpus == 0 else "nccl"),

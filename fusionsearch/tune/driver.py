@@ -148,13 +148,14 @@ def _trainable(
     return tune.with_resources(trainable, resources) if resources else trainable
 
 
-#: What a data-parallel trial itself holds while its workers train: a sliver of a CPU.
-_DRIVER_CPU = 0.01
+#: What a data-parallel trial itself holds while its workers train (it only waits for them): no
+#: CPU, which its workers may need all of, only a MiB of memory (Tune wants a non-empty bundle).
+_TRAIN_DRIVER = {"memory": 2**20}
 
 
 def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
     if int(config.get("workers") or 1) > 1:
-        return tune.PlacementGroupFactory([{"CPU": _DRIVER_CPU}])
+        return tune.PlacementGroupFactory([_TRAIN_DRIVER])
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
 
 
