@@ -253,9 +253,9 @@ def test_a_rounds_children_and_control_see_identical_batches(tiny, tmp_path, mon
     fit(CandidateConfig(Trial("0000"), recipe), parent, data=data)
     seen, step = [], loop.train_step
 
-    def recording(model, optimizer, policy, images, labels, weights=None):
+    def recording(model, optimizer, policy, images, labels, weights=None, scale=1.0):
         seen[-1].append((images.clone(), labels.clone()))
-        return step(model, optimizer, policy, images, labels, weights)
+        return step(model, optimizer, policy, images, labels, weights, scale)
 
     monkeypatch.setattr(loop, "train_step", recording)
     trials = [Trial("0100", round=1, parent_mask="0000"),
