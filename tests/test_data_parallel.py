@@ -63,8 +63,7 @@ def float64(monkeypatch):
 
 
 def in_float64(worker):
-    """``worker`` run in float64, as :func:`float64` sets it up (defined here, so that Ray ships it by
-    value: the workers cannot import tests/)."""
+    """``worker`` run in float64, as :func:`float64` sets it up."""
 
     def run(config):
         import torch
@@ -115,22 +114,57 @@ def on_two_workers(tmp_path, name: str, worker, config, max_failures: int = 0):
     ]
 
 
-def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does(tiny, tmp_path, local_ray, float64):
+def lost_once(config):
+    """A data-parallel worker whose group is lost once, right after epoch 1's checkpoint; Ray Train
+    then restarts the group and hands every worker the run's last checkpoint (a retried trial finds
+    the same in its storage). Shipped by value to the workers (they cannot import tests/), it runs
+    in float64 (:func:`in_float64`)."""
+    from trainables import data_parallel
+
+    marker = Path(config["marker"])
+    if not marker.exists():
+        report = data_parallel._report
+
+        def lost_after_epoch_1(metrics, directory):
+            report(metrics, directory)
+            if metrics.get("epoch") == 1:
+                marker.touch()
+                raise RuntimeError("a worker was lost")
+
+        data_parallel._report = lost_after_epoch_1
+    data_parallel._worker(config["candidate"])
+
+
+@pytest.mark.slow
+def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_and_resume_exactly(
+    tiny, tmp_path, local_ray, float64
+):
+    import sys
+
+    from ray import cloudpickle
+
     from trainables.data_parallel import _worker
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
     data = load_fold(exact.data, 0)
     single = Recorder(tmp_path / "single")
-    fit(CandidateConfig(Trial("0000"), exact), single, data=data)
     parent = CandidateConfig(Trial("0000"), exact)
-    result, losses = on_two_workers(tmp_path, "parent", in_float64(_worker), parent.config())
+    fit(parent, single, data=data)
+    # The parent on 2 workers, its group lost after epoch 1 and resumed from that checkpoint.
+    marker = tmp_path / "lost"
+    config = {"candidate": parent.config(), "marker": str(marker)}
+    result, losses = on_two_workers(tmp_path, "parent", in_float64(lost_once), config, max_failures=1)
+    assert marker.exists()  # it was lost once
+    assert result.metrics["final"] and result.metrics["epochs_trained"] == 3
     np.testing.assert_allclose(losses, curve(single.reports), atol=TOLERANCE, rtol=0)
     assert result.metrics["val_loss"] == pytest.approx(single.reports[-1]["val_loss"], abs=TOLERANCE)
+    assert result.metrics["best_epoch"] == single.reports[-1]["best_epoch"]
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / "model.pt", weights_only=True)
     reference = torch.load(single.checkpoints[-1] / "model.pt", weights_only=True)
     assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
-    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-6
+    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-5
 
     # Warm start: a child of the parent's checkpoint, on 2 workers and on 1.
     child = CandidateConfig(
@@ -142,41 +176,7 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does(tiny, tm
     np.testing.assert_allclose(losses, curve(one.reports), atol=TOLERANCE, rtol=0)
 
 
-def test_a_lost_worker_group_resumes_from_its_last_checkpoint_exactly(tiny, tmp_path, local_ray, float64):
-    """Ray Train restarts the group and hands every worker the run's last checkpoint (a retried
-    trial finds the same in its storage): the resumed run ends where an uninterrupted one does."""
-
-    def lost_once(config):
-        """A worker whose group is lost once, right after epoch 1's checkpoint."""
-        from trainables import data_parallel
-
-        marker = Path(config["marker"])
-        if not marker.exists():
-            report = data_parallel._report
-
-            def lost_after_epoch_1(metrics, directory):
-                report(metrics, directory)
-                if metrics.get("epoch") == 1:
-                    marker.touch()
-                    raise RuntimeError("a worker was lost")
-
-            data_parallel._report = lost_after_epoch_1
-        data_parallel._worker(config["candidate"])
-
-    exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
-    candidate = CandidateConfig(Trial("0010"), exact)
-    uninterrupted = Recorder(tmp_path / "one")
-    fit(candidate, uninterrupted, data=load_fold(exact.data, 0))
-    marker = tmp_path / "lost"
-    config = {"candidate": candidate.config(), "marker": str(marker)}
-    result, losses = on_two_workers(tmp_path, "flaky", in_float64(lost_once), config, max_failures=1)
-    assert marker.exists()  # it was lost once
-    assert result.metrics["final"] and result.metrics["epochs_trained"] == 3
-    np.testing.assert_allclose(losses[-2:], curve(uninterrupted.reports)[-2:], atol=TOLERANCE, rtol=0)
-    assert result.metrics["val_loss"] == pytest.approx(uninterrupted.reports[-1]["val_loss"], abs=TOLERANCE)
-    assert result.metrics["best_epoch"] == uninterrupted.reports[-1]["best_epoch"]
-
-
+@pytest.mark.slow
 def test_a_trial_of_two_workers_trains_through_the_trainable_as_fusionsearch_runs_it(
     tiny, tmp_path, local_ray
 ):
