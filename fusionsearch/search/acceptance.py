@@ -26,19 +26,19 @@ parent's weights) is never accepted.
 
 A round has *learned* something when the trial (child or control) with the largest
 selection-half gain over its own start (epoch 0: its parent's weights), or that start itself,
-removed at least a fifth of the chance loss on the test half: its per-sample losses are below those
-of predicting the training part's class frequencies by more than ``LEARNED_SHARE`` (0.2) of their
-mean, by the same one-sided paired test at ``alpha``. That share is McFadden's pseudo-R² of 0.2,
-the conventional lower end of a good fit (McFadden, 1979), taken from that convention rather than
-fitted to a seed (the results page measures it on seeds that took no part in choosing it). A round
-that has learned nothing is on the plateau that precedes sudden learning: its
-trials have crept a little below chance at most, and which of them crept most says how fast each
-crawls, not where fusing helps, whether or not one of them passed the acceptance test. (Measured
-on the colocalized task: a child that crept from 0.70 to 0.645 beat its control by 0.084 nats at
-p = 0.033, having removed about 7 % of the chance loss, while the point that learns the task had not
-yet jumped, and the search kept it.) A
-round whose start had already learned and where nothing improved has learned what it could:
-fusing did not help there. Without the chance losses, learning means getting below the start.
+removed at least a fifth of the chance loss on the test half: its per-sample losses are below
+those of predicting the training part's class frequencies by more than ``LEARNED_SHARE`` (0.2)
+of their mean, by the same one-sided paired test at ``alpha``. That share is McFadden's
+pseudo-R² of 0.2, the conventional lower end of a good fit (McFadden, 1979), taken from that
+convention rather than fitted to a seed (the results page measures it on seeds that took no part
+in choosing it). A round that has learned nothing is on the plateau that precedes sudden
+learning: its trials have crept a little below chance at most, and which of them crept most says
+how fast each crawls, not where fusing helps, whether or not one of them passed the acceptance
+test. (Measured on the colocalized task: a child that crept from 0.70 to 0.645 beat its control
+by 0.084 nats at p = 0.033, having removed about 7 % of the chance loss, while the point that
+learns the task had not yet jumped, and the search kept it.) A round whose start had already
+learned and where nothing improved has learned what it could: fusing did not help there.
+Without the chance losses, learning means getting below the start.
 
 Trainables that report no per-sample losses (a user's own, the scripted test trainable) get a
 plain comparison of ``val_loss`` with the reference's, by more than ``min_delta``, and no
