@@ -101,9 +101,17 @@ def test_data_parallel_candidates_train_on_the_gpus_of_two_nodes(cluster, tmp_pa
     child = next(r for r in rows if r["parent_mask"])
     first = json.loads((experiment / child["trial_id"] / "result.json").read_text().splitlines()[0])
     assert first["epoch"] == 0 and abs(first["val_loss"] - parent_row(child, rows)["val_loss"]) < 1e-5
+    assert (experiment / child["trial_id"] / "data-parallel").is_dir()  # Ray Train's run, in the trial's
+    # Worker 0's epochs reached Tune as the trial's progress, then the final result with its checkpoint.
+    result = (experiment / child["trial_id"] / "result.json").read_text().splitlines()
+    reports = [json.loads(line) for line in result]
     assert (
-        experiment / child["trial_id"] / "data-parallel"
-    ).is_dir()  # Ray Train's run, in the trial's folder
+        [r.get("epoch") for r in reports[:2]] == [0, 1]
+        and reports[-1]["final"]
+        and reports[-1]["workers"] == 2
+    )
+    meta = json.loads((Path(child["checkpoint"]) / "meta.json").read_text())
+    assert meta["metrics"]["final"] and meta["settings"]["model"]["norm"] == "group"
     report = (experiment / "report" / "report.md").read_text()
     assert "search compute" in report
 

@@ -11,7 +11,6 @@ import torch
 from conftest import cached_data
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.errors import UserError
-from fusionsearch.model.checkpoint import load_model, read_meta
 from fusionsearch.search.records import Trial
 from fusionsearch.settings import (
     ModelConfig,
@@ -174,37 +173,6 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_and_resu
     fit(child, one, parent=single.checkpoints[-1], data=data)
     _, losses = on_two_workers(tmp_path, "child", in_float64(_worker), child.config())
     np.testing.assert_allclose(losses, curve(one.reports), atol=TOLERANCE, rtol=0)
-
-
-@pytest.mark.slow
-def test_a_trial_of_two_workers_trains_through_the_trainable_as_fusionsearch_runs_it(
-    tiny, tmp_path, local_ray
-):
-    """The Tune trial starts its Ray Train workers, shows their epochs as its progress and reports
-    the final result with a checkpoint, where the searcher finds it (float32, augmentation, class
-    weights: the curve agrees within float32's summation-order spread, see TOLERANCE)."""
-    from ray import tune
-
-    from fusionsearch.tune.driver import _trainable
-
-    single = Recorder(tmp_path / "single")
-    fit(CandidateConfig(Trial("0000"), tiny), single, data=load_fold(tiny.data, 0))
-    tuner = tune.Tuner(
-        _trainable(None, {"cpu": 1, "gpu": 0}, data_parallel=True),
-        param_space=CandidateConfig(Trial("0000"), tiny).config() | {"workers": 2},
-        run_config=tune.RunConfig(name="trial", storage_path=str(tmp_path / "tune"), verbose=0),
-    )
-    result = tuner.fit()[0]
-    assert result.error is None, result.error
-    progress = result.metrics_dataframe
-    assert list(progress["epoch"][:4]) == [0, 1, 2, 3] and progress["final"].iloc[-1]
-    assert progress["val_loss"][0] == pytest.approx(single.reports[0]["val_loss"], abs=1e-6)  # same start
-    assert abs(progress["val_loss"][3] - single.reports[3]["val_loss"]) < 0.1
-    assert result.metrics["workers"] == 2 and result.metrics["epochs_trained"] == 3
-    with result.checkpoint.as_directory() as folder:
-        meta = read_meta(Path(folder))
-        assert meta["metrics"]["final"] and meta["mask"] == "0000"
-        assert load_model(Path(folder)).config.norm == "group"
 
 
 def test_a_worker_share_and_its_loss_scale_give_the_whole_batch_gradient():
