@@ -32,6 +32,7 @@ from fusionsearch.model.device import DevicePolicy
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.loop import fit
 from fusionsearch.tune.compat import trial_storage
+from trainables.candidate import CPU_FALLBACK, open_parent
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus:
     """Train the candidate ``config`` on ``workers`` Ray Train workers with ``gpus`` GPUs and ``cpus``
     CPUs each, and report its final result with its checkpoint to Tune; return that result."""
     path, filesystem = trial_storage()
-    logical = not torch.cuda.is_available()  # a cluster of logical GPUs (tests): gloo on the CPUs
+    # A cluster of logical GPUs (tests, CPU_FALLBACK on its nodes): gloo on the CPUs. Otherwise NCCL,
+    # decided here, on whatever node this trial's process runs (a CPU head sees no CUDA).
+    logical = os.environ.get(CPU_FALLBACK) == "1" and not torch.cuda.is_available()
     trainer = TorchTrainer(
         _worker,
         train_loop_config=config,
@@ -82,8 +85,6 @@ def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus:
 def _worker(config: dict[str, Any]) -> None:
     """One worker: :func:`fit` in the process group Ray Train started, resumed from the run's last
     checkpoint if it has one, else warm-started from the parent."""
-    from trainables.candidate import open_parent
-
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     try:
         candidate = CandidateConfig.from_config(config)
