@@ -546,7 +546,7 @@ class ResourceConfig:
         gpus_per_trial: GPUs per candidate when GPUs are used: a fraction up to 1 shares a GPU; a
             whole number N > 1 trains every candidate data-parallel on N workers, one GPU each;
             ``auto`` sizes it when each trial starts, so that the trials of a round narrower than
-            the cluster share its GPUs (:func:`data_parallel_workers`).
+            the cluster share its GPUs (:class:`searchers.rounds.DataParallel`).
         cpus_per_trial: CPUs per candidate.
         max_failures: retries of a failing trial, each from its own last checkpoint.
         max_concurrent: trials at once at most (to leave part of a shared machine to others);
@@ -619,18 +619,6 @@ class ResourceConfig:
         if not gpus or (self.gpus_per_trial != "auto" and self.gpus_per_trial <= 1):
             return 1
         return "auto" if self.gpus_per_trial == "auto" else int(self.gpus_per_trial)
-
-
-def data_parallel_workers(free_gpus: int, ready: int, batch_size: int, most: int | None = None) -> int:
-    """Workers (one GPU each) for a trial about to start under ``--gpus-per-trial auto``.
-
-    ``free_gpus`` are not held by running trials; ``ready`` trials (this one included) can start now.
-    Each gets an equal share of the free GPUs, at least 1 (it then waits for a GPU like any
-    trial), at most ``batch_size`` (every worker needs a sample of each batch) and at most
-    ``most`` (the GPUs of the largest node: workers of one candidate stay on one node's links).
-    """
-    share = max(1, free_gpus // max(1, ready))
-    return max(1, min(share, batch_size, most or share))
 
 
 #: Settings of the planted demo (``fusionsearch run`` without ``--data``): a narrow network on

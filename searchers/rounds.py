@@ -30,7 +30,7 @@ from fusionsearch.search.records import (
     row_key,
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
-from fusionsearch.settings import SearchConfig, data_parallel_workers
+from fusionsearch.settings import SearchConfig
 from fusionsearch.tune.compat import TERMINATED
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class DataParallel:
 
     Attributes:
         workers: ``auto`` (an equal share of the GPUs the running trials leave free among the
-            trials ready to start: :func:`~fusionsearch.settings.data_parallel_workers`) or a number.
+            trials ready to start: :meth:`size`) or a number.
         gpus: the cluster's GPUs.
         batch_size: the candidates' global batch (a worker per sample at most).
         most: the GPUs of the cluster's largest node (a candidate's workers at most).
@@ -65,10 +65,16 @@ class DataParallel:
 
     def size(self, running: int, ready: int) -> int:
         """Workers for a trial about to start, with ``running`` workers busy and ``ready`` trials
-        (this one included) able to start now."""
+        (this one included) able to start now.
+
+        Under ``auto``, each ready trial gets an equal share of the free GPUs, at least 1 (it then
+        waits for a GPU like any trial), at most ``batch_size`` (every worker needs a sample of each
+        batch) and at most ``most`` (a candidate's workers stay on one node's links).
+        """
         if self.workers != "auto":
             return int(self.workers)
-        return data_parallel_workers(self.gpus - running, ready, self.batch_size, self.most)
+        share = max(1, (self.gpus - running) // max(1, ready))
+        return max(1, min(share, self.batch_size, self.most or share))
 
 
 class RoundSearcher(Searcher):

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -107,6 +108,20 @@ def cached_data(manifest_path, cache_root, preprocess, folds: int = 3):
     from fusionsearch.data.manifest import read_manifest
 
     return cache_manifest(read_manifest(manifest_path), cache_root, preprocess, folds=folds, workers=2)
+
+
+class Recorder:
+    """A report callback that keeps every report and copies the checkpoints it is given."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.reports, self.checkpoints = folder, [], []
+
+    def __call__(self, metrics, directory):
+        self.reports.append(metrics)
+        if directory is not None:
+            target = self.folder / f"checkpoint_{len(self.checkpoints)}"
+            shutil.copytree(directory, target)
+            self.checkpoints.append(target)
 
 
 def free_port() -> int:

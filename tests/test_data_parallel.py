@@ -1,6 +1,5 @@
 """A candidate trained data-parallel by Ray Train workers (CPU, gloo) trains as one worker does."""
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cached_data
+from conftest import Recorder, cached_data
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.errors import UserError
 from fusionsearch.search.records import Trial
@@ -18,7 +17,6 @@ from fusionsearch.settings import (
     ResourceConfig,
     RunSettings,
     TrainConfig,
-    data_parallel_workers,
 )
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import load_fold
@@ -75,18 +73,6 @@ def in_float64(worker):
         worker(config)
 
     return run
-
-
-class Recorder:
-    def __init__(self, folder: Path):
-        self.folder, self.reports, self.checkpoints = folder, [], []
-
-    def __call__(self, metrics, directory):
-        self.reports.append(metrics)
-        if directory is not None:
-            self.checkpoints.append(
-                shutil.copytree(directory, self.folder / f"checkpoint_{len(self.checkpoints)}")
-            )
 
 
 def curve(reports) -> list[float]:
@@ -217,7 +203,7 @@ def test_batch_norm_on_cpu_workers_is_refused_and_sizing_follows_the_free_gpus()
         running += sizes[-1]
     assert sizes == [6, 6, 6, 7, 7] and sum(sizes) == 32
     assert parallel.size(0, 25) == 1 and parallel.size(30, 1) == 2 and parallel.size(32, 3) == 1
-    assert data_parallel_workers(32, 1, batch_size=4) == 4  # never more workers than samples a batch
+    assert DataParallel("auto", 32, batch_size=4).size(0, 1) == 4  # never more workers than samples a batch
     assert DataParallel("auto", 32, 16, most=8).size(0, 1) == 8  # nor than the largest node's GPUs
     assert DataParallel(3).size(0, 1) == 3 and DataParallel().size(0, 1) == 1
 

@@ -1,14 +1,12 @@
 """The training loop without Ray: warm start end to end, checkpoints, resume."""
 
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cached_data
+from conftest import Recorder, cached_data
 from fusionsearch.data.synth import SynthConfig, generate
 from fusionsearch.model.checkpoint import load_model, read_meta
 from fusionsearch.search.records import Trial
@@ -30,20 +28,6 @@ def tiny(tmp_path_factory):
         model=ModelConfig(width=0.125),
         train=TrainConfig(epochs=3, patience=10, batch_size=8, lr=3e-3, checkpoint_interval=0),
     )
-
-
-class Recorder:
-    """A report callback that keeps every report and copies the checkpoints it is given."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.reports, self.checkpoints = folder, [], []
-
-    def __call__(self, metrics, directory):
-        self.reports.append(metrics)
-        if directory is not None:
-            target = self.folder / f"checkpoint_{len(self.checkpoints)}"
-            shutil.copytree(directory, target)
-            self.checkpoints.append(target)
 
 
 def test_a_round_tried_again_replays_its_first_attempt_then_trains_another_budget(tiny, tmp_path):

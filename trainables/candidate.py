@@ -16,7 +16,7 @@ from ray import tune
 from fusionsearch.errors import UserError
 from fusionsearch.model.checkpoint import CheckpointError, read_meta
 from fusionsearch.train.candidate import CandidateConfig
-from fusionsearch.train.loop import fit
+from fusionsearch.train.loop import ReportFn, fit
 from fusionsearch.tune.compat import quiet_storage_logs
 
 #: Set to 1 on nodes whose GPUs are logical (a test cluster): a trial given a GPU that CUDA cannot
@@ -85,15 +85,25 @@ def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None 
             return
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
-        own = tune.get_checkpoint()
-        with contextlib.ExitStack() as stack:
-            resume = Path(stack.enter_context(own.as_directory())) if own else None
-            parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
-            fit(candidate, _report, resume=resume, parent=parent)
+        fit_from(candidate, tune.get_checkpoint(), _report)
     except UserError as error:
-        message = " ".join(str(error).split())
-        logging.getLogger(__name__).error("candidate %s failed: %s", config.get("mask"), message)
-        tune.report({"val_loss": float("nan"), "failed": True, "error": f"{type(error).__name__}: {message}"})
+        tune.report(failure(error, config.get("mask")))
+
+
+def fit_from(candidate: CandidateConfig, own: tune.Checkpoint | None, report: ReportFn) -> None:
+    """:func:`fit` resumed from the trial's ``own`` checkpoint (a retry), else warm-started from its
+    parent, else from scratch."""
+    with contextlib.ExitStack() as stack:
+        resume = Path(stack.enter_context(own.as_directory())) if own else None
+        parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
+        fit(candidate, report, resume=resume, parent=parent)
+
+
+def failure(error: UserError, mask: str | None) -> dict[str, Any]:
+    """The one report of a candidate that failed for a reason a retry would repeat (logged)."""
+    message = " ".join(str(error).split())
+    logging.getLogger(__name__).error("candidate %s failed: %s", mask, message)
+    return {"val_loss": float("nan"), "failed": True, "error": f"{type(error).__name__}: {message}"}
 
 
 def _import_once_per_process() -> None:

@@ -13,8 +13,6 @@ trial's weights.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,13 +26,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from fusionsearch.errors import UserError
-from fusionsearch.model.device import DevicePolicy
 from fusionsearch.train.candidate import CandidateConfig
-from fusionsearch.train.loop import fit
 from fusionsearch.tune.compat import trial_storage
-from trainables.candidate import CPU_FALLBACK, open_parent
-
-log = logging.getLogger(__name__)
+from trainables.candidate import CPU_FALLBACK, failure, fit_from
 
 #: The Train run's folder inside the trial's folder.
 RUN_NAME = "data-parallel"
@@ -87,22 +81,9 @@ def _worker(config: dict[str, Any]) -> None:
     checkpoint if it has one, else warm-started from the parent."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     try:
-        candidate = CandidateConfig.from_config(config)
-        own = ray.train.get_checkpoint()
-        with contextlib.ExitStack() as stack:
-            resume = Path(stack.enter_context(own.as_directory())) if own else None
-            parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
-            fit(candidate, _report, resume=resume, parent=parent, policy=DevicePolicy.select())
+        fit_from(CandidateConfig.from_config(config), ray.train.get_checkpoint(), _report)
     except UserError as error:
-        message = " ".join(str(error).split())
-        log.error("candidate %s failed: %s", config.get("mask"), message)
-        ray.train.report(
-            {
-                "val_loss": float("nan"),
-                "failed": True,
-                "error": f"{type(error).__name__}: {message}",
-            }
-        )
+        ray.train.report(failure(error, config.get("mask")))
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:

@@ -434,12 +434,13 @@ def _checkpoint_and_report(
     this process saw it) and ``finished_at``, measured after the checkpoint is written.
     """
     tick = time.perf_counter()
+
+    def timed() -> None:  # the final report's timings
+        metrics.update(run.state.timings, train_seconds=time.time() - started, finished_at=time.time())
+
     if not run.shard.writes:  # another data-parallel worker: worker 0 writes the checkpoint
         if final:
-            metrics |= run.state.timings | {
-                "train_seconds": time.time() - started,
-                "finished_at": time.time(),
-            }
+            timed()
         report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="fusionsearch-ckpt-") as directory:
@@ -447,10 +448,7 @@ def _checkpoint_and_report(
         save_checkpoint(directory, run.model, run.meta | {"metrics": metrics, "loop": loop}, extra)
         if final:
             run.state.checkpoint_seconds += time.perf_counter() - tick
-            metrics |= run.state.timings | {
-                "train_seconds": time.time() - started,
-                "finished_at": time.time(),
-            }
+            timed()
             update_metrics(directory, metrics)
         report(metrics, Path(directory))
     if not final:
