@@ -23,8 +23,13 @@ gives each trial its workers when it proposes it (the same sizing as ``fusionsea
 (Ray Train's controller, workers and process group) instead of an actor's start, and trains
 ``speed-up(w)`` times faster, ``speed-up(w) = w x --dp-efficiency ^ log2(w)`` (0.85 of linear per
 doubling unless measured). Trial actors are then not kept warm between rounds (as the driver
-does), so every trial pays its start. "busy" counts a slot as busy while a trial trains on it;
-"useful" discounts a data-parallel trial's slots by its efficiency (speed-up / w).
+does), so every trial pays its start. Under ``auto`` trials also grow as the searcher grants
+them (``DataParallel.grow``, from each running trial's sure epochs left: an improving trial
+reports the rest of its budget or its patience, whichever is less; one that stops early, what
+remains of its patience): a granted trial's GPUs are held from the grant, it stops at its next
+epoch's end, pays ``--train-start`` and ``--setup`` again, and trains the rest on its new workers;
+a grant before that epoch's end joins the same restart. "busy" counts a slot as busy while a trial
+trains on it; "useful" discounts a data-parallel trial's slots by its efficiency (speed-up / w).
 
 ``--validate`` runs the same search for real (one worker per trial): a local Ray with N logical
 GPUs, every candidate the scripted trainable sleeping its modelled seconds, and prints measured
@@ -35,7 +40,6 @@ machine's Ray costs: measure them with ``round_overhead.py``).
 from __future__ import annotations
 
 import argparse
-import heapq
 import math
 import random
 import tempfile
@@ -69,15 +73,20 @@ class Parts:
         """How much faster ``workers`` data-parallel workers train than one."""
         return workers * self.dp_efficiency ** math.log2(workers)
 
-    def seconds(self, config: dict, landscape: dict[str, float]) -> float:
-        """Training seconds of a proposed trial (its config as the searcher proposes it)."""
+    def epochs_of(self, config: dict, landscape: dict[str, float]) -> int:
+        """Epochs a proposed trial trains (its config as the searcher proposes it): all of them if it
+        keeps improving, else ``patience``."""
         parent = config.get("parent_mask")
         improving = (
             config["role"] == "unimodal"
             or parent is None
             or (config["role"] == "search" and landscape[config["mask"]] < landscape[parent])
         )
-        epochs = self.epochs if improving else min(self.patience, self.epochs)
+        return self.epochs if improving else min(self.patience, self.epochs)
+
+    def seconds(self, config: dict, landscape: dict[str, float]) -> float:
+        """Training seconds of a proposed trial on its starting workers."""
+        epochs = self.epochs_of(config, landscape)
         return self.setup + self.epoch_seconds * epochs / self.speedup(config.get("workers") or 1)
 
 
@@ -107,6 +116,31 @@ def make_searcher(args: argparse.Namespace):
     return pipeline.make_searcher(search, [f"m{i}" for i in range(args.modalities)], args.points)
 
 
+@dataclass
+class _Running:
+    """A modelled trial in flight: it trains ``epochs`` epochs from ``begin``, ``epoch`` seconds each."""
+
+    config: dict
+    workers: int
+    begin: float  # when its training (after start, overhead and setup) begins
+    epochs: int
+    epoch: float
+    done: float = 0.0  # epochs trained before ``begin`` (by its earlier worker groups)
+    slots: float = 0.0  # GPU-seconds of training so far, earlier worker groups'
+    paused: float = -math.inf  # when its worker group last stopped to grow
+
+    @property
+    def end(self) -> float:
+        return self.begin + (self.epochs - self.done) * self.epoch
+
+    def left(self, now: float, parts: Parts) -> int:
+        """Its last report's ``epochs_left``: an improving trial (every epoch its best) reports the
+        rest of its budget or its patience, whichever is less; one that stops early, what remains
+        of its patience."""
+        trained = self.done + max(0, math.floor((now - self.begin) / self.epoch))
+        return max(0, min(self.epochs - trained, parts.patience))
+
+
 def simulate(
     searcher,
     gpus: int,
@@ -121,7 +155,7 @@ def simulate(
     searcher.set_data_parallel(parallel)
     warm = not parallel.possible  # the driver keeps actors warm only where no trial gets 2 workers
     idle, cold = 0, gpus  # slots with a warm actor free now; slots without one
-    running: list[tuple[float, str, dict]] = []
+    running: dict[str, _Running] = {}
     queue: deque[tuple[str, dict]] = deque()
     now, training, useful, trials, ids, widest = 0.0, 0.0, 0.0, 0, 0, 1
     while True:
@@ -132,29 +166,54 @@ def simulate(
             trial_id, config = queue.popleft()
             workers = config.get("workers") or 1
             warm_start = 0.0 if idle and warm else parts.actor_start
-            start = parts.train_start if workers > 1 else warm_start
+            start = parts.train_start if workers > 1 or "grants" in config else warm_start
             take_idle = min(idle, workers)  # a warm actor's slot first
             idle, cold = idle - take_idle, cold - (workers - take_idle)
-            seconds = parts.seconds(config, losses)
-            heapq.heappush(running, (now + start + parts.overhead + seconds, trial_id, config))
-            training, trials = training + seconds * workers, trials + 1
-            useful += seconds * parts.speedup(workers)
-            widest = max(widest, workers)
+            epochs = parts.epochs_of(config, losses)
+            running[trial_id] = _Running(config, workers, now + start + parts.overhead + parts.setup, epochs,
+                                         parts.epoch_seconds / parts.speedup(workers))  # fmt: skip
+            trials += 1
         if not running:
             break
-        now, trial_id, config = heapq.heappop(running)
-        workers = config.get("workers") or 1
-        if workers > 1 or not warm:
-            cold += workers  # Ray Train's workers end with the trial; no actor is kept
+        trial_id = min(running, key=lambda t: running[t].end)
+        trial = running.pop(trial_id)
+        now = trial.end
+        seconds = parts.setup + (trial.epochs - trial.done) * trial.epoch
+        training += trial.slots + seconds * trial.workers
+        useful += (trial.slots + seconds * trial.workers) * parts.speedup(trial.workers) / trial.workers
+        widest = max(widest, trial.workers)
+        if trial.workers > 1 or not warm:
+            cold += trial.workers  # Ray Train's workers end with the trial; no actor is kept
         else:
             idle += 1
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
+        for other, state in running.items():  # the running trials' last reports
+            searcher.on_trial_result(other, {"epochs_left": state.left(now, parts)})
+        config = trial.config
         searcher.on_trial_complete(trial_id, {
             "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",
             **{f"config/{k}": v for k, v in config.items() if k != "parent"},
         })  # fmt: skip
+        for grown, workers in getattr(searcher, "last_grants", {}).items():
+            cold -= workers - running[grown].workers
+            _grow(running[grown], workers, now, parts)
     scale = gpus * now if now else 1.0
     return Prediction(now, training / scale if now else 0.0, trials, training, useful / scale, widest)
+
+
+def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> None:
+    """``trial`` takes ``workers`` at its next epoch's end (its GPUs reserved from ``now``): its
+    worker group restarts (Ray Train's start, the setup again) and trains the rest faster. A grant
+    that comes before that epoch's end joins the same restart (the trial reads its latest grant)."""
+    if now < trial.paused:
+        trial.workers, trial.epoch = workers, parts.epoch_seconds / parts.speedup(workers)
+        return
+    done = min(trial.epochs, trial.done + max(1, math.floor((now - trial.begin) / trial.epoch) + 1))
+    trial.paused = trial.begin + (done - trial.done) * trial.epoch
+    trial.slots += (parts.setup + (done - trial.done) * trial.epoch) * trial.workers
+    trial.begin = trial.paused + parts.train_start + parts.setup
+    trial.done, trial.workers = done, workers
+    trial.epoch = parts.epoch_seconds / parts.speedup(workers)
 
 
 def validate(args: argparse.Namespace, parts: Parts, losses: dict[str, float]) -> None:

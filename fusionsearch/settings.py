@@ -546,7 +546,8 @@ class ResourceConfig:
         gpus_per_trial: GPUs per candidate when GPUs are used: a fraction up to 1 shares a GPU; a
             whole number N > 1 trains every candidate data-parallel on N workers, one GPU each;
             ``auto`` sizes it when each trial starts, so that the trials of a round narrower than
-            the cluster share its GPUs (:class:`searchers.rounds.DataParallel`).
+            the cluster share its GPUs, and grows running trials into the GPUs that ended trials
+            free (:class:`searchers.rounds.DataParallel`).
         cpus_per_trial: CPUs per candidate.
         max_failures: retries of a failing trial, each from its own last checkpoint.
         max_concurrent: trials at once at most (to leave part of a shared machine to others);
@@ -562,7 +563,7 @@ class ResourceConfig:
         default="auto",
         metadata=option(
             "GPUs per candidate: a fraction up to 1 shares a GPU; N > 1 trains each candidate on N GPUs, "
-            "data-parallel; auto: as many as the GPUs left free divided among the trials ready to start",
+            "data-parallel; auto: a share of the free GPUs when a trial starts, more as other trials end",
             metavar="{auto,N}",
         ),
     )

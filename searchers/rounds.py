@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
+import ray
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -31,6 +33,7 @@ from fusionsearch.search.records import (
 )
 from fusionsearch.search.strategies import Candidate, Outcome, Strategy, chosen_outcome
 from fusionsearch.settings import SearchConfig
+from fusionsearch.tune import grants
 from fusionsearch.tune.compat import TERMINATED
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,38 @@ class DataParallel:
         if self.workers != "auto":
             return int(self.workers)
         share = max(1, (self.gpus - running) // max(1, ready))
-        return max(1, min(share, self.batch_size, self.most or share))
+        return max(1, min(share, self._widest))
+
+    @property
+    def elastic(self) -> bool:
+        """Whether running trials grow into GPUs that others free (``auto`` where a trial can get 2)."""
+        return self.workers == "auto" and self.possible
+
+    @property
+    def _widest(self) -> int:
+        return min(self.batch_size, self.most or self.gpus)
+
+    def grow(self, running: dict[str, int], left: dict[str, int]) -> dict[str, int]:
+        """New worker counts for running trials (``running``: trial id -> workers) once nothing waits
+        to start. ``left`` is how many more epochs each will surely train (its last report's
+        ``epochs_left``: the rest of its budget, or of its patience since its best epoch). While
+        the free GPUs allow, the trial surest to train longest (the narrowest of equals) doubles its
+        workers, up to the widest a trial may be; a trial with fewer than 2 sure epochs left does
+        not grow. Doubling, not a GPU at a time, since a trial restarts its workers from a
+        checkpoint to grow (Ray Train's start again). Empty unless :attr:`elastic`.
+        """
+        if not self.elastic:
+            return {}
+        free = self.gpus - sum(running.values())
+        new = dict(running)
+        while growable := [
+            t for t in new if left.get(t, 0) >= 2 and 0 < min(new[t], self._widest - new[t]) <= free
+        ]:
+            trial = max(growable, key=lambda t: (left[t], -new[t]))
+            more = min(new[trial], self._widest - new[trial])
+            new[trial] += more
+            free -= more
+        return {t: w for t, w in new.items() if w != running[t]}
 
 
 class RoundSearcher(Searcher):
@@ -152,7 +186,7 @@ class RoundSearcher(Searcher):
         self._finished = False
         self._ended = False  # Tune's experiment ended (maybe before the search finished)
         self._max_concurrent: int | None = None
-        self._parallel = DataParallel()
+        self.set_data_parallel(DataParallel())
 
     @property
     def num_points(self) -> int:
@@ -174,8 +208,38 @@ class RoundSearcher(Searcher):
         self._experiment_dir = experiment_dir
 
     def set_data_parallel(self, parallel: DataParallel) -> None:
-        """Give trials several data-parallel workers (``run_search`` sets it for ``--gpus-per-trial``)."""
+        """Give trials several data-parallel workers (``run_search`` sets it for ``--gpus-per-trial``);
+        under ``auto`` running trials grow into GPUs that finished trials free (:meth:`_grow`)."""
         self._parallel = parallel
+        self._grants_name = f"fusionsearch-grants-{uuid.uuid4().hex[:12]}"
+        self.last_grants: dict[str, int] = {}
+        self._left: dict[str, int] = {}  # trial id -> epochs it will surely still train
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "epochs_left" in result:
+            self._left[trial_id] = int(result["epochs_left"])
+
+    def _grow(self) -> None:
+        """Once nothing waits to start, grant running trials the GPUs ended trials freed
+        (:meth:`DataParallel.grow`); they take them at their next validated epoch."""
+        parallel = getattr(self, "_parallel", DataParallel())
+        self.last_grants = {}
+        if not parallel.elastic:
+            return
+        self._plan()
+        if self._queue:
+            return  # the next round's trials take the free GPUs first
+        keys = self._trial_keys.items()
+        running = {tid: self._pending[key].workers for tid, key in keys if key in self._pending}
+        self.last_grants = parallel.grow(running, self._left)
+        for trial_id, workers in self.last_grants.items():
+            key = self._trial_keys[trial_id]
+            self._pending[key] = replace(self._pending[key], workers=workers)
+        if self.last_grants:
+            grown = ", ".join(f"trial {t} to {w} workers" for t, w in self.last_grants.items())
+            log.info("growing %s", grown)
+            if ray.is_initialized():
+                grants.publish(self._grants_name, self.last_grants)
 
     def checkpoint_locator(self) -> CheckpointLocator:
         """A Tune callback that tells this searcher where each finished trial's checkpoint went.
@@ -210,14 +274,23 @@ class RoundSearcher(Searcher):
             return Searcher.FINISHED
         if not self._queue or len(self._pending) >= (self._max_concurrent or len(self._pending) + 1):
             return None  # everything proposable is in flight; Tune asks again when a trial completes
-        trial = self._queue.pop(0)
         running = sum(t.workers for t in self._pending.values())
         parallel = getattr(self, "_parallel", DataParallel())  # a searcher saved before it existed
-        trial = replace(trial, workers=parallel.size(running, len(self._queue) + 1))
+        if parallel.elastic and running >= parallel.gpus:
+            return None  # its workers would wait outside Tune's queue: wait here for a GPU instead
+        # The searches' own trials first (each round waits for its slowest), the baselines beside them
+        # after: each gets one worker and grows later, so the rounds get the free GPUs.
+        chain = [t for t in self._queue if t.role in SEARCH_ROLES]
+        trial = chain[0] if chain else self._queue[0]
+        self._queue.remove(trial)
+        side = len(self._queue) + 1 - len(chain)
+        workers = parallel.size(running + side, len(chain)) if chain else parallel.size(running, side)
+        trial = replace(trial, workers=workers)
         self._pending[trial.key] = trial
         self._trial_keys[trial_id] = trial.key
         parent = self._parent_location(trial) if trial.parent_mask else None
-        return trial.config() | {"parent": parent}
+        elastic = {"grants": grants.address(self._grants_name, trial_id)} if parallel.elastic else {}
+        return trial.config() | {"parent": parent} | elastic
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = result or {}
@@ -273,6 +346,7 @@ class RoundSearcher(Searcher):
         )
         if not any(t.role in SEARCH_ROLES for t in self._pending.values()):
             self._write_table()
+        self._grow()
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         # Limiting here rather than in Tune's ConcurrencyLimiter, which drops the completions

@@ -22,6 +22,7 @@ from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import load_fold
 from fusionsearch.train.loop import fit
 from fusionsearch.train.parallel import Shard
+from fusionsearch.tune import grants
 from searchers.rounds import DataParallel
 
 #: How far a 2-worker curve may be from the 1-worker one in float64, where only summation order
@@ -80,22 +81,24 @@ def curve(reports) -> list[float]:
     return [r["val_loss"] for r in reports if not r.get("final") and r.get("epoch")]
 
 
-def on_two_workers(tmp_path, name: str, worker, config, max_failures: int = 0):
-    """``worker(config)`` on 2 Ray Train workers (CPU, gloo); the result and its epochs' losses."""
+def on_workers(tmp_path, name: str, worker, config, max_failures: int = 0, workers: int = 2):
+    """``worker(config)`` on Ray Train workers (CPU, gloo); the result and its epochs' losses."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     result = TorchTrainer(
         worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=name, storage_path=str(tmp_path / "train"),
                              failure_config=FailureConfig(max_failures=max_failures)),
     ).fit()  # fmt: skip
     frame = result.metrics_dataframe  # every checkpointed report: every epoch (checkpoint_interval 0)
     return result, [
-        v for v, final in zip(frame["val_loss"], frame["final"], strict=True) if final is not True
+        v
+        for v, final in zip(frame["val_loss"], frame.get("final", [None] * len(frame)), strict=True)
+        if final is not True
     ]
 
 
@@ -117,11 +120,11 @@ def lost_once(config):
                 raise RuntimeError("a worker was lost")
 
         data_parallel._report = lost_after_epoch_1
-    data_parallel._worker(config["candidate"])
+    data_parallel._worker({"candidate": config["candidate"], "resume": None, "workers": 2})
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_and_resume_exactly(
+def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_resume_and_grow_exactly(
     tiny, tmp_path, local_ray, float64
 ):
     import sys
@@ -139,7 +142,7 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_and_resu
     # The parent on 2 workers, its group lost after epoch 1 and resumed from that checkpoint.
     marker = tmp_path / "lost"
     config = {"candidate": parent.config(), "marker": str(marker)}
-    result, losses = on_two_workers(tmp_path, "parent", in_float64(lost_once), config, max_failures=1)
+    result, losses = on_workers(tmp_path, "parent", in_float64(lost_once), config, max_failures=1)
     assert marker.exists()  # it was lost once
     assert result.metrics["final"] and result.metrics["epochs_trained"] == 3
     np.testing.assert_allclose(losses, curve(single.reports), atol=TOLERANCE, rtol=0)
@@ -157,8 +160,24 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_and_resu
     )
     one = Recorder(tmp_path / "child")
     fit(child, one, parent=single.checkpoints[-1], data=data)
-    _, losses = on_two_workers(tmp_path, "child", in_float64(_worker), child.config())
+    job = {"candidate": child.config(), "resume": None, "workers": 2}
+    _, losses = on_workers(tmp_path, "child", in_float64(_worker), job)
     np.testing.assert_allclose(losses, curve(one.reports), atol=TOLERANCE, rtol=0)
+
+    # Growth: the child on one worker, granted a second after epoch 1: it stops there with a
+    # checkpoint, and two workers resume from it; the curve is the one-worker curve throughout.
+    address = grants.address(f"grants-{tmp_path.name}", "child")
+    grants.publish(address.rpartition("/")[0], {"child": 2})
+    growing = replace(child, grants=address).config()
+    first, losses = on_workers(tmp_path, "narrow", in_float64(_worker), {"candidate": growing, "resume": None,
+                               "workers": 1}, workers=1)  # fmt: skip
+    assert not first.metrics.get("final") and first.metrics["epoch"] == 1
+    np.testing.assert_allclose(losses, curve(one.reports)[:1], atol=TOLERANCE, rtol=0)
+    job = {"candidate": growing, "resume": first.checkpoint, "workers": 2}
+    second, losses = on_workers(tmp_path, "wide", in_float64(_worker), job, workers=2)
+    np.testing.assert_allclose(losses, curve(one.reports)[1:], atol=TOLERANCE, rtol=0)
+    assert second.metrics["final"] and second.metrics["best_epoch"] == one.reports[-1]["best_epoch"]
+    assert second.metrics["val_loss"] == pytest.approx(one.reports[-1]["val_loss"], abs=TOLERANCE)
 
 
 def test_a_worker_share_and_its_loss_scale_give_the_whole_batch_gradient():
@@ -213,3 +232,90 @@ def test_a_trial_of_several_workers_is_not_another_trial():
     assert replace(trial, workers=4).key == trial.key
     with pytest.raises(UserError, match="workers"):
         Trial("0000", workers=0)
+
+
+def test_free_gpus_grow_the_trials_surest_to_train_longest_by_doubling():
+    parallel = DataParallel("auto", gpus=8, batch_size=16, most=8)
+    # 5 free: a (8 sure epochs left) doubles twice, b (2 left) once; c (1 left) does not grow.
+    assert parallel.grow({"a": 1, "b": 1, "c": 1}, {"a": 8, "b": 2, "c": 1}) == {"a": 4, "b": 2}
+    assert parallel.grow({"a": 1, "b": 1}, {"a": 5, "b": 5}) == {"a": 4, "b": 4}  # equals take turns
+    assert parallel.grow({"a": 6}, {"a": 9}) == {"a": 8}  # up to the widest, not past it
+    assert parallel.grow({"a": 4, "b": 4}, {"a": 9, "b": 9}) == {}  # nothing free
+    assert DataParallel(2, 8, 16, 8).grow({"a": 2}, {"a": 9}) == {}  # a fixed --gpus-per-trial
+    assert DataParallel("auto", 8, batch_size=1).grow({"a": 1}, {"a": 9}) == {}  # one sample a batch
+
+
+def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_when_nothing_waits(tmp_path):
+    from fusionsearch import pipeline
+    from fusionsearch.settings import SearchConfig
+
+    searcher = pipeline.make_searcher(SearchConfig(searcher="sfsa", folds=3, fold=0), ["t1", "flair"], 4)
+    searcher.set_experiment_dir(str(tmp_path))
+    searcher.set_data_parallel(DataParallel("auto", gpus=4, batch_size=16, most=4))
+
+    def complete(trial_id, config):
+        (tmp_path / trial_id / "checkpoint_000000").mkdir(parents=True)
+        result = {"val_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"}
+        searcher.on_trial_complete(trial_id, result | {f"config/{k}": v for k, v in config.items()})
+
+    # Round 0: the search's baseline first, 2 of the 4 GPUs (one left for each baseline beside it).
+    baseline, t1, flair = (searcher.suggest(f"t{i}") for i in range(3))
+    assert (baseline["role"], baseline["workers"]) == ("search", 2)
+    assert [(c["role"], c["workers"]) for c in (t1, flair)] == [("unimodal", 1), ("unimodal", 1)]
+    assert baseline["grants"].endswith("/t0") and searcher.suggest("t3") is None
+    # The unimodal baselines end; nothing waits. One free GPU cannot double the baseline's two;
+    # two can: the baseline, sure to train 5 more epochs, grows to 4.
+    searcher.on_trial_result("t0", {"epochs_left": 5})
+    searcher.on_trial_result("t2", {"epochs_left": 1})
+    complete("t1", t1)
+    assert searcher.last_grants == {}
+    complete("t2", flair)
+    assert searcher.last_grants == {"t0": 4} and searcher.suggest("t3") is None
+    complete("t0", baseline)
+    # Round 1: 5 trials (4 children, the control) on 4 GPUs: one each, the fifth waits for a GPU.
+    round_1 = [searcher.suggest(f"r{i}") for i in range(5)]
+    assert [c["workers"] for c in round_1[:4]] == [1, 1, 1, 1] and round_1[4] is None
+    assert searcher.last_grants == {}
+
+
+@pytest.mark.slow
+def test_a_trial_granted_more_workers_stops_at_an_epoch_and_resumes_there_on_more(tiny, tmp_path, local_ray):
+    """The Tune trial's side of growing: a trial on one Ray Train worker (CPU, gloo) is granted a
+    second once it has reported; it stops at a validated epoch, reports that checkpoint to Tune,
+    and a 2-worker group trains on from it (the numbers are checked exactly above)."""
+    import json
+    import sys
+
+    from ray import cloudpickle, tune
+
+    from trainables import train_candidate
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    name = f"grants-{tmp_path.name}"
+
+    class Grant(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            grants.publish(name, {trial.trial_id: 2})
+
+    def trainable(config):
+        where = grants.address(name, tune.get_context().get_trial_id())
+        train_candidate(config | {"grants": where}, per_worker={"cpu": 1.0, "gpu": 0.0})
+
+    settings = replace(tiny, train=replace(tiny.train, epochs=4))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 2**20}])),
+        param_space=CandidateConfig(Trial("0000"), settings).config(),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="grow", callbacks=[Grant()]),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None and result.metrics["final"] and result.metrics["workers"] == 2
+    trial = Path(result.path)
+    reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    epochs = [r["epoch"] for r in reports if not r.get("final")]
+    assert epochs == sorted(epochs) and set(epochs) == {0, 1, 2, 3, 4}  # never trained again from 0
+    resumed = [p.name for p in trial.glob("data-parallel-from-epoch-*")]
+    assert (
+        len(resumed) == 1
+        and 1 <= int(resumed[0].rsplit("-", 1)[1]) <= 3
+        and (trial / "data-parallel").is_dir()
+    )

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import resource
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None 
             torch.cuda.is_available()
         ):  # release an earlier trial's cached blocks: Batches sizes by free memory
             torch.cuda.empty_cache()
-        if candidate.trial.workers > 1:
+        if candidate.trial.workers > 1 or candidate.grants:
             from trainables.data_parallel import train_data_parallel
 
             per_worker = per_worker or {"cpu": 1.0, "gpu": 0.0}
@@ -90,13 +91,18 @@ def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None 
         tune.report(failure(error, config.get("mask")))
 
 
-def fit_from(candidate: CandidateConfig, own: tune.Checkpoint | None, report: ReportFn) -> None:
-    """:func:`fit` resumed from the trial's ``own`` checkpoint (a retry), else warm-started from its
-    parent, else from scratch."""
+def fit_from(
+    candidate: CandidateConfig,
+    own: tune.Checkpoint | None,
+    report: ReportFn,
+    pause: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """:func:`fit` resumed from the trial's ``own`` checkpoint (a retry, a trial that grew), else
+    warm-started from its parent, else from scratch; its metrics (``final`` unless ``pause`` stopped it)."""
     with contextlib.ExitStack() as stack:
         resume = Path(stack.enter_context(own.as_directory())) if own else None
         parent = open_parent(candidate.parent, stack) if resume is None and candidate.parent else None
-        fit(candidate, report, resume=resume, parent=parent)
+        return fit(candidate, report, resume=resume, parent=parent, pause=pause)
 
 
 def failure(error: UserError, mask: str | None) -> dict[str, Any]:

@@ -12,11 +12,16 @@ from fusionsearch.settings import ConfigError, RunSettings, from_dict, to_dict
 
 @dataclass(frozen=True)
 class CandidateConfig:
-    """A trial's config, typed: ``trial`` warm-started from ``parent`` (a checkpoint location) if given."""
+    """A trial's config, typed: ``trial`` warm-started from ``parent`` (a checkpoint location) if given.
+
+    ``grants``: the named Ray actor through which the searcher grows this trial's data-parallel
+    workers while it trains (:mod:`fusionsearch.tune.grants`); ``None``: its workers are fixed.
+    """
 
     trial: Trial
     settings: RunSettings
     parent: str | None = None
+    grants: str | None = None
 
     def __post_init__(self) -> None:
         folds = self.settings.data.num_folds
@@ -38,16 +43,20 @@ class CandidateConfig:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CandidateConfig:
         """Convert Ray's flat config dict (trial keys, ``parent``, ``settings``) once, at the boundary."""
-        allowed = {*TRIAL_FIELDS, "parent", "settings"}
+        allowed = {*TRIAL_FIELDS, "parent", "settings", "grants"}
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ConfigError(f"unknown candidate setting(s) {unknown}; allowed: {sorted(allowed)}")
         if "settings" not in config:
             raise ConfigError("the candidate's config has no 'settings' (a RunSettings as a dict)")
         return cls(
-            Trial.from_config(config), from_dict(RunSettings, config["settings"]), config.get("parent")
+            Trial.from_config(config),
+            from_dict(RunSettings, config["settings"]),
+            config.get("parent"),
+            config.get("grants"),
         )
 
     def config(self) -> dict[str, Any]:
         """The flat dict form Ray carries (inverse of :meth:`from_config`)."""
-        return self.trial.config() | {"parent": self.parent, "settings": to_dict(self.settings)}
+        grants = {"grants": self.grants} if self.grants else {}
+        return self.trial.config() | {"parent": self.parent, "settings": to_dict(self.settings)} | grants

@@ -154,6 +154,11 @@ class LoopState:
         """Whether the epoch just trained is validated: every ``eval_every``-th, and where the loop stops."""
         return self.epoch % train.eval_every == 0 or self.done(train)
 
+    def left(self, train: TrainConfig) -> int:
+        """Epochs the loop will surely still train: the rest of its budget, or of its patience."""
+        since_best = self.epoch - self.best.get("epoch", 0)
+        return max(0, min(train.epochs - self.epoch, train.patience - since_best))
+
     def done(self, train: TrainConfig) -> bool:
         """Whether the loop stops here: the last epoch, or ``patience`` epochs without improving."""
         return self.epoch >= train.epochs or self.epoch - self.best.get("epoch", 0) >= train.patience
@@ -187,6 +192,7 @@ def fit(
     parent: Path | None = None,
     data: FoldData | None = None,
     policy: DevicePolicy | None = None,
+    pause: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train one candidate; return its final metrics (those of its best epoch).
 
@@ -197,7 +203,11 @@ def fit(
     ``report`` gets the epoch's metrics, with a checkpoint that resumes training once
     ``checkpoint_interval`` seconds have passed since the last one; at the end it gets the best
     epoch's metrics and weights (``final: True``). Given its own final checkpoint as ``resume``,
-    it reports that result again without training.
+    it reports that result again without training. Every epoch's metrics say how many more epochs
+    it will surely train (``epochs_left``). If ``pause`` (asked after every validated epoch but the
+    last; data-parallel workers all ask together) says so, it reports that epoch with a checkpoint
+    and returns its metrics (no ``final``): resumed from that checkpoint, on any number of workers,
+    it trains on as if it had not stopped.
     """
     resumed = read_meta(resume) if resume is not None else None
     if resumed and resumed["metrics"].get("final"):
@@ -222,12 +232,16 @@ def fit(
             continue  # not validated: nothing to report (Tune's metric is the validation loss)
         metrics |= _evaluate(run)
         _keep_if_best(run, metrics)
-        if time.monotonic() - last_checkpoint >= train.checkpoint_interval:
+        metrics = metrics | {"epochs_left": run.state.left(train)}
+        pausing = pause is not None and not run.state.done(train) and pause()
+        if pausing or time.monotonic() - last_checkpoint >= train.checkpoint_interval:
             extra = {"optimizer": run.optimizer.state_dict(), "best_weights": run.best_weights}
             _checkpoint_and_report(run, metrics, report, extra)
             last_checkpoint = time.monotonic()
         else:
             report(metrics, None)
+        if pausing:
+            return metrics  # resumable from the checkpoint just reported
     run.model.load_state_dict(run.best_weights)
     best = run.state.best
     test_half = ~run.select

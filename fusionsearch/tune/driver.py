@@ -154,7 +154,7 @@ _TRAIN_DRIVER = {"memory": 2**20}
 
 
 def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
-    if int(config.get("workers") or 1) > 1:
+    if int(config.get("workers") or 1) > 1 or config.get("grants"):  # Ray Train's workers, growable
         return tune.PlacementGroupFactory([_TRAIN_DRIVER])
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
 
