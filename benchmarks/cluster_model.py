@@ -31,15 +31,18 @@ epoch's end, pays ``--train-start`` and ``--setup`` again, and trains the rest o
 a grant before that epoch's end joins the same restart. "busy" counts a slot as busy while a trial
 trains on it; "useful" discounts a data-parallel trial's slots by its efficiency (speed-up / w).
 
-``--validate`` runs the same search for real (one worker per trial): a local Ray with N logical
-GPUs, every candidate the scripted trainable sleeping its modelled seconds, and prints measured
-against modelled wall time (the model's ``--actor-start`` and ``--overhead`` are then what this
-machine's Ray costs: measure them with ``round_overhead.py``).
+``--validate`` runs the same search for real: a local Ray with N logical GPUs, every candidate
+the scripted trainable sleeping its modelled seconds (with ``--gpus-per-trial auto``, its
+modelled epochs, growing when granted workers: ``trainables.scripted.scripted_elastic``), and
+prints measured against modelled wall time (and growths). The model's ``--actor-start`` and
+``--overhead`` (``--train-start`` for trials that grow) are then what this machine's Ray costs:
+measure them with ``round_overhead.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import tempfile
@@ -98,6 +101,7 @@ class Prediction:
     training: float  # GPU-seconds of training, all trials
     useful: float = 0.0  # busy, a data-parallel trial's GPU-seconds discounted by its efficiency
     widest: int = 1  # the most workers a trial had
+    restarts: int = 0  # trials' worker groups restarted wider (growths)
 
 
 def landscape(num_points: int, seed: int) -> dict[str, float]:
@@ -128,6 +132,7 @@ class _Running:
     done: float = 0.0  # epochs trained before ``begin`` (by its earlier worker groups)
     slots: float = 0.0  # GPU-seconds of training so far, earlier worker groups'
     paused: float = -math.inf  # when its worker group last stopped to grow
+    held: int = 0  # GPUs it holds: its workers, and those granted that it has yet to take
 
     @property
     def end(self) -> float:
@@ -137,8 +142,11 @@ class _Running:
         """Its last report's ``epochs_left``: an improving trial (every epoch its best) reports the
         rest of its budget or its patience, whichever is less; one that stops early, what remains
         of its patience."""
-        trained = self.done + max(0, math.floor((now - self.begin) / self.epoch))
-        return max(0, min(self.epochs - trained, parts.patience))
+        return max(0, min(self.epochs - self.trained(now), parts.patience))
+
+    def trained(self, now: float) -> int:
+        """Epochs it has trained by ``now``."""
+        return self.done + max(0, math.floor((now - self.begin) / self.epoch))
 
 
 def simulate(
@@ -157,7 +165,7 @@ def simulate(
     idle, cold = 0, gpus  # slots with a warm actor free now; slots without one
     running: dict[str, _Running] = {}
     queue: deque[tuple[str, dict]] = deque()
-    now, training, useful, trials, ids, widest = 0.0, 0.0, 0.0, 0, 0, 1
+    now, training, useful, trials, ids, widest, restarts = 0.0, 0.0, 0.0, 0, 0, 1, 0
     while True:
         while isinstance(config := searcher.suggest(f"t{ids}"), dict):
             queue.append((f"t{ids}", config))
@@ -170,8 +178,9 @@ def simulate(
             take_idle = min(idle, workers)  # a warm actor's slot first
             idle, cold = idle - take_idle, cold - (workers - take_idle)
             epochs = parts.epochs_of(config, losses)
-            running[trial_id] = _Running(config, workers, now + start + parts.overhead + parts.setup, epochs,
-                                         parts.epoch_seconds / parts.speedup(workers))  # fmt: skip
+            begin = now + start + parts.overhead + parts.setup
+            epoch = parts.epoch_seconds / parts.speedup(workers)
+            running[trial_id] = _Running(config, workers, begin, epochs, epoch, held=workers)
             trials += 1
         if not running:
             break
@@ -182,71 +191,133 @@ def simulate(
         training += trial.slots + seconds * trial.workers
         useful += (trial.slots + seconds * trial.workers) * parts.speedup(trial.workers) / trial.workers
         widest = max(widest, trial.workers)
-        if trial.workers > 1 or not warm:
-            cold += trial.workers  # Ray Train's workers end with the trial; no actor is kept
+        if trial.held > 1 or not warm:
+            cold += trial.held  # Ray Train's workers end with the trial; no actor is kept
         else:
             idle += 1
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
-        for other, state in running.items():  # the running trials' last reports
-            searcher.on_trial_result(other, {"epochs_left": state.left(now, parts)})
+        for other, state in running.items():  # the running trials' last reports (after an epoch)
+            if state.trained(now) > 0:
+                searcher.on_trial_result(other, {"epochs_left": state.left(now, parts)})
         config = trial.config
         searcher.on_trial_complete(trial_id, {
             "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",
             **{f"config/{k}": v for k, v in config.items() if k != "parent"},
         })  # fmt: skip
         for grown, workers in getattr(searcher, "last_grants", {}).items():
-            cold -= workers - running[grown].workers
-            _grow(running[grown], workers, now, parts)
+            cold -= workers - running[grown].held
+            restarts += _grow(running[grown], workers, now, parts)
     scale = gpus * now if now else 1.0
-    return Prediction(now, training / scale if now else 0.0, trials, training, useful / scale, widest)
+    return Prediction(
+        now, training / scale if now else 0.0, trials, training, useful / scale, widest, restarts
+    )
 
 
-def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> None:
-    """``trial`` takes ``workers`` at its next epoch's end (its GPUs reserved from ``now``): its
-    worker group restarts (Ray Train's start, the setup again) and trains the rest faster. A grant
-    that comes before that epoch's end joins the same restart (the trial reads its latest grant)."""
+def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> bool:
+    """``trial`` takes ``workers`` at its next epoch's end (its GPUs held from ``now``): its worker
+    group restarts (Ray Train's start, the setup again) and trains the rest faster. A grant that
+    comes before that epoch's end joins the same restart (the trial reads its latest grant); one
+    during its last epoch is not taken. Whether it is a restart of its own."""
+    trial.held = workers
     if now < trial.paused:
         trial.workers, trial.epoch = workers, parts.epoch_seconds / parts.speedup(workers)
-        return
-    done = min(trial.epochs, trial.done + max(1, math.floor((now - trial.begin) / trial.epoch) + 1))
+        return False
+    done = trial.done + max(1, math.floor((now - trial.begin) / trial.epoch) + 1)
+    if done >= trial.epochs:
+        return False
     trial.paused = trial.begin + (done - trial.done) * trial.epoch
     trial.slots += (parts.setup + (done - trial.done) * trial.epoch) * trial.workers
     trial.begin = trial.paused + parts.train_start + parts.setup
     trial.done, trial.workers = done, workers
     trial.epoch = parts.epoch_seconds / parts.speedup(workers)
+    return True
 
 
-def validate(args: argparse.Namespace, parts: Parts, losses: dict[str, float]) -> None:
-    """The modelled search run on a local Ray with ``args.gpus[0]`` logical GPUs, scripted trainables."""
-    import ray
-
-    from fusionsearch.tune.driver import run_search
-    from trainables.scripted import scripted_trainable
-
-    gpus = args.gpus[0]
-    with tempfile.TemporaryDirectory() as scratch:
-        modelled = simulate(make_searcher(args), gpus, parts, losses, scratch)
-    durations = {}
+def _per_trial(args: argparse.Namespace, value) -> dict[str, float]:
+    """``value(config)`` for every trial a search of ``args.points`` points can propose, by duration key."""
+    values = {}
     for mask in FusionMask.all_masks(args.points):
         for parent in [None, *FusionMask.all_masks(args.points)]:
             for role in ("search", "control", "unimodal"):
                 config = {"role": role, "mask": str(mask), "parent_mask": parent and str(parent)}
-                durations[duration_key(config)] = parts.seconds(config, losses)
+                values[duration_key(config)] = value(config)
+    return values
+
+
+def validate(
+    args: argparse.Namespace, parts: Parts, losses: dict[str, float], parallel: DataParallel | None = None
+) -> None:
+    """The modelled search run on a local Ray with ``args.gpus[0]`` logical GPUs, scripted trainables.
+
+    With an elastic ``parallel`` (``--gpus-per-trial auto``) the trials are
+    :func:`trainables.scripted.scripted_elastic`: they report their epochs, grow when the searcher
+    grants them workers (through the same named actor), and hold no GPU in Tune (as Ray Train's
+    trials do not): the searcher's sizing alone keeps them within the GPUs."""
+    import ray
+
+    gpus = args.gpus[0]
+    elastic = parallel is not None and parallel.elastic
+    with tempfile.TemporaryDirectory() as scratch:
+        modelled = simulate(make_searcher(args), gpus, parts, losses, scratch, parallel if elastic else None)
     ray.init(address="local", num_cpus=gpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
         start = time.perf_counter()
-        config = {"landscape": losses, "durations": durations}
-        result = run_search(make_searcher(args), trainable=scripted_trainable, config=config,
-                            storage_path=storage, name="model", resources={"cpu": 1, "gpu": 1},
-                            max_failures=0)  # fmt: skip
+        rows = (
+            _run_elastic(args, parts, losses, parallel, storage)
+            if elastic
+            else _run(args, parts, losses, storage)
+        )
         elapsed = time.perf_counter() - start
-    rows = result.table.to_pylist()
     measured = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
     print(f"real Ray, {gpus} logical GPUs, scripted trials: {len(rows)} trials (model: {modelled.trials}); "
           f"wall {measured:.2f} s from the first trial's start to the last finish ({elapsed:.1f} s with "
           f"Tune's start and end); model {modelled.wall:.2f} s, "
           f"measured/model - 1 = {measured / modelled.wall - 1:+.1%}")  # fmt: skip
+    if elastic:
+        print(f"growths (worker groups restarted wider): measured {sum(r['grew'] for r in rows)}, model "
+              f"{modelled.restarts}; widest trial: measured {max(r['workers'] for r in rows)} workers, "
+              f"model {modelled.widest}")  # fmt: skip
     ray.shutdown()
+
+
+def _run(args: argparse.Namespace, parts: Parts, losses: dict[str, float], storage: str) -> list[dict]:
+    from fusionsearch.tune.driver import run_search
+    from trainables.scripted import scripted_trainable
+
+    config = {"landscape": losses, "durations": _per_trial(args, lambda c: parts.seconds(c, losses))}
+    result = run_search(make_searcher(args), trainable=scripted_trainable, config=config,
+                        storage_path=storage, name="model", resources={"cpu": 1, "gpu": 1},
+                        max_failures=0)  # fmt: skip
+    return result.table.to_pylist()
+
+
+def _run_elastic(
+    args: argparse.Namespace, parts: Parts, losses: dict[str, float], parallel: DataParallel, storage: str
+) -> list[dict]:
+    from ray import tune
+
+    from fusionsearch.search import experiment
+    from trainables.scripted import scripted_elastic
+
+    searcher = make_searcher(args)
+    searcher.set_experiment_dir(str(Path(storage, "model")))
+    searcher.set_data_parallel(parallel)
+    config = {"landscape": losses, "plan": _per_trial(args, lambda c: parts.epochs_of(c, losses)),
+              "epoch_seconds": parts.epoch_seconds, "setup": parts.setup, "patience": parts.patience,
+              "restart": parts.train_start + parts.setup, "efficiency": parts.dp_efficiency}  # fmt: skip
+    tune.Tuner(
+        tune.with_resources(scripted_elastic, tune.PlacementGroupFactory([{"memory": 2**20}])),
+        param_space=config,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=-1, trial_dirname_creator=experiment.trial_dirname
+        ),
+        run_config=tune.RunConfig(name="model", storage_path=storage, verbose=0),
+    ).fit()
+    rows = experiment.load_result(str(Path(storage, "model"))).table.to_pylist()
+    for row in rows:  # how often each grew, its workers at the end: its last report
+        last = Path(storage, "model", row["trial_id"], "result.json").read_text().splitlines()[-1]
+        row["grew"], row["workers"] = json.loads(last)["grew"], json.loads(last)["workers"]
+    return rows
 
 
 def main() -> None:
@@ -296,15 +367,19 @@ def main() -> None:
     workers = args.gpus_per_trial if args.gpus_per_trial == "auto" else int(args.gpus_per_trial)
     print(f"{args.searcher}, {args.folds} folds, m = {args.points}, {args.modalities} modalities, "
           f"--gpus-per-trial {workers}; {parts}")  # fmt: skip
-    print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6} {'useful':>7} {'widest':>7}")
+    print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6} {'useful':>7} {'widest':>7} "
+          f"{'growths':>8}")  # fmt: skip
     for gpus in args.gpus:
         parallel = DataParallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
         with tempfile.TemporaryDirectory() as scratch:
             p = simulate(make_searcher(args), gpus, parts, losses, scratch, parallel)
         print(f"{gpus:>5} {p.trials:>7} {p.wall:>9.1f} {p.wall / 60:>9.2f} {p.busy:>6.2f} {p.useful:>7.2f} "
-              f"{p.widest:>7}")  # fmt: skip
+              f"{p.widest:>7} {p.restarts:>8}")  # fmt: skip
     if args.validate:
-        validate(args, parts, losses)
+        gpus = args.gpus[0]
+        validate(
+            args, parts, losses, DataParallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@
 #                        validation after every epoch and after every 2nd (--eval-every 2)
 # 4. fusionsearch run    a whole SFSA search (--gpus 1 --size 128 --width 1) on 136 planted subjects
 #                        at real scan sizes (synth --grid scanner), where Ray is installed
+# 5. data_parallel_speedup  where the machine has 2 GPUs or more: one candidate on 1 and 2 GPUs
+#                        (NCCL, synchronised batch norm), the speed-up and its efficiency per
+#                        doubling, what cluster_model.py --dp-efficiency takes (skipped on one GPU)
 #
 # The machine needs torch with CUDA; MONAI, nibabel (and Ray for step 4) can come as wheels in
 # .whl/ at the repository's root (pip download ... -d .whl; they are installed into /tmp/site).
@@ -22,9 +25,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 log=${OUT:-.}/gpu_check.log
-# Timeouts add up to 580 s; the whole script took 474 s on an H200 with 16 CPUs before step 3 ran 30 epochs
-# twice (figures in the README). Step 3 makes its data once and warms up with a one-epoch trial: two
-# 30-epoch trials took 22 s each there.
+# Timeouts add up to 580 s (730 s with step 5, on 2 GPUs only); the whole script took 474 s on an
+# H200 with 16 CPUs before step 3 ran 30 epochs twice (figures in the README). Step 3 makes its data
+# once and warms up with a one-epoch trial: two 30-epoch trials took 22 s each there.
 {
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null) $(nproc) CPUs"
   python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
@@ -48,5 +51,13 @@ log=${OUT:-.}/gpu_check.log
     ls "$storage/runs/gpu" 2> /dev/null && cp "$storage/runs/gpu/candidates.parquet" "${OUT:-.}/gpu_candidates.parquet" 2> /dev/null
   else
     echo "== 4. skipped: Ray is not installed here"
+  fi
+  gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
+  if [ "$gpus" -ge 2 ]; then
+    echo "== 5. data_parallel_speedup (1 and 2 GPUs)"
+    timeout 150 python3 benchmarks/data_parallel_speedup.py --workers 1 2 --size 128 --width 1 --n 136 --batch 8 \
+      --epochs 3
+  else
+    echo "== 5. skipped: data_parallel_speedup needs 2 GPUs; this machine has $gpus"
   fi
 } 2>&1 | tee "$log"

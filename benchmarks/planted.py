@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from fusionsearch.data.cache import cache_manifest
@@ -18,3 +19,13 @@ def planted_fold(
     manifest = read_manifest(generate(folder / "data", SynthConfig(n=n, size=size)))
     data = cache_manifest(manifest, folder / "cache", PreprocessConfig(shape=size), folds=folds)
     return RunSettings(data=data, model=model, train=train), load_fold(data, 0)
+
+
+def add_trial_options(parser: argparse.ArgumentParser, *, n: int, size: int, epochs: int) -> None:
+    """The options of one candidate's trial on a planted benchmark: subjects, size, network, batch, epochs."""
+    parser.add_argument("--n", type=int, default=n, help=f"planted subjects (default: {n})")
+    parser.add_argument("--size", type=int, default=size, help=f"cube edge (default: {size})")
+    parser.add_argument("--width", type=float, default=1.0, help="(default: 1)")
+    parser.add_argument("--batch", type=int, default=8, help="the global batch (default: 8)")
+    parser.add_argument("--mask", default="1111", help="(default: 1111)")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"(default: {epochs})")

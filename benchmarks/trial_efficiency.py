@@ -36,7 +36,7 @@ from fusionsearch.settings import RunSettings, TrainConfig
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.folds import Batches, FoldData
 from fusionsearch.train.loop import fit, make_optimizer
-from planted import planted_fold
+from planted import add_trial_options, planted_fold
 
 
 class Persist:
@@ -77,12 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=48, help="planted subjects (default: 48)")
-    parser.add_argument("--size", type=int, default=16, help="cube edge (default: 16)")
-    parser.add_argument("--width", type=float, default=1.0, help="(default: 1)")
-    parser.add_argument("--batch", type=int, default=8, help="(default: 8)")
-    parser.add_argument("--mask", default="1111", help="(default: 1111)")
-    parser.add_argument("--epochs", type=int, default=4, help="(default: 4)")
+    add_trial_options(parser, n=48, size=16, epochs=4)
     parser.add_argument(
         "--checkpoint-interval",
         type=float,

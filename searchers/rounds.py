@@ -278,8 +278,8 @@ class RoundSearcher(Searcher):
         parallel = getattr(self, "_parallel", DataParallel())  # a searcher saved before it existed
         if parallel.elastic and running >= parallel.gpus:
             return None  # its workers would wait outside Tune's queue: wait here for a GPU instead
-        # The searches' own trials first (each round waits for its slowest), the baselines beside them
-        # after: each gets one worker and grows later, so the rounds get the free GPUs.
+        # The searches' own trials first (each round waits for its slowest); the baselines beside them
+        # keep one GPU each for later (they may grow), so the rounds get the free GPUs.
         chain = [t for t in self._queue if t.role in SEARCH_ROLES]
         trial = chain[0] if chain else self._queue[0]
         self._queue.remove(trial)
@@ -346,6 +346,7 @@ class RoundSearcher(Searcher):
         )
         if not any(t.role in SEARCH_ROLES for t in self._pending.values()):
             self._write_table()
+        self._left.pop(trial_id, None)
         self._grow()
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -361,6 +362,9 @@ class RoundSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.__dict__.setdefault("_left", {})  # a searcher saved before trials grew
+        self.__dict__.setdefault("last_grants", {})
+        self.__dict__.setdefault("_grants_name", f"fusionsearch-grants-{uuid.uuid4().hex[:12]}")
         self._ended = False  # a restored search runs again
 
     # --- planning -----------------------------------------------------------------------

@@ -220,3 +220,29 @@ def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():
     assert found, out
     assert found.group(1) == found.group(2)  # the model proposes what the searcher proposed on Ray
     assert -20 < float(found.group(3)) < 40, out  # a loaded CI machine only adds time
+
+
+def test_the_cluster_model_predicts_a_real_ray_run_whose_trials_grow():
+    """--gpus-per-trial auto: scripted trials that report their sure epochs left and grow when the
+    searcher grants them workers, on a local Ray with 4 logical GPUs."""
+    options = "--gpus 4 --folds 3 --modalities 1 --points 2 --epochs 5 --patience 2 --epoch-seconds 1"
+    out = run("cluster_model.py", "--validate", *options.split(), "--setup", "0.3", "--train-start", "2",
+              "--actor-start", "2", "--gpus-per-trial", "auto", "--batch-size", "4")  # fmt: skip
+    found = re.search(r"(\d+) trials \(model: (\d+)\).*measured/model - 1 = ([-+][0-9.]+)%", out)
+    assert found and found.group(1) == found.group(2), out
+    assert -20 < float(found.group(3)) < 40, out
+    grew = re.search(r"growths \(worker groups restarted wider\): measured (\d+), model (\d+)", out)
+    assert grew and int(grew.group(1)) >= 1 and int(grew.group(2)) >= 1, out  # trials grew, as modelled
+
+
+def test_data_parallel_speedup_trains_one_candidate_on_one_and_two_workers():
+    out = run("data_parallel_speedup.py", *TINY_DATA, "--device", "cpu", "--batch", "4", "--epochs", "1")
+    assert "group norm" in out  # CPU workers cannot synchronise batch norm
+    row = rf"^ +(\d) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER}|nan)$"
+    rows = {int(m[0]): [float(x) for x in m[1:]] for m in re.findall(row, out, re.M)}
+    assert sorted(rows) == [1, 2], out
+    (step1, wall1, speedup1, _), (step2, wall2, speedup2, doubling) = rows[1], rows[2]
+    assert speedup1 == 1.0 and 0 < step1 <= wall1 and 0 < step2 <= wall2
+    assert speedup2 == pytest.approx(wall1 / wall2, abs=0.01) and doubling == pytest.approx(
+        speedup2 / 2, abs=0.01
+    )

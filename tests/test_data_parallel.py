@@ -154,23 +154,19 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_resume_a
     assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
     assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-5
 
-    # Warm start: a child of the parent's checkpoint, on 2 workers and on 1.
+    # Warm start and growth: a child of the parent's checkpoint on one worker, granted a second
+    # after epoch 1: it stops there with a checkpoint, and two workers resume from it; the curve is
+    # the one-process curve throughout (the parent above covers two workers from the start).
     child = CandidateConfig(
         Trial("0100", round=1, parent_mask="0000"), exact, parent=str(single.checkpoints[-1])
     )
     one = Recorder(tmp_path / "child")
     fit(child, one, parent=single.checkpoints[-1], data=data)
-    job = {"candidate": child.config(), "resume": None, "workers": 2}
-    _, losses = on_workers(tmp_path, "child", in_float64(_worker), job)
-    np.testing.assert_allclose(losses, curve(one.reports), atol=TOLERANCE, rtol=0)
-
-    # Growth: the child on one worker, granted a second after epoch 1: it stops there with a
-    # checkpoint, and two workers resume from it; the curve is the one-worker curve throughout.
     address = grants.address(f"grants-{tmp_path.name}", "child")
     grants.publish(address.rpartition("/")[0], {"child": 2})
     growing = replace(child, grants=address).config()
-    first, losses = on_workers(tmp_path, "narrow", in_float64(_worker), {"candidate": growing, "resume": None,
-                               "workers": 1}, workers=1)  # fmt: skip
+    job = {"candidate": growing, "resume": None, "workers": 1}
+    first, losses = on_workers(tmp_path, "narrow", in_float64(_worker), job, workers=1)
     assert not first.metrics.get("final") and first.metrics["epoch"] == 1
     np.testing.assert_allclose(losses, curve(one.reports)[:1], atol=TOLERANCE, rtol=0)
     job = {"candidate": growing, "resume": first.checkpoint, "workers": 2}

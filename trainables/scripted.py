@@ -7,6 +7,7 @@ and ``parent``, ends with a report carrying ``val_loss`` and a checkpoint) witho
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -89,3 +90,34 @@ def _gather(directory: Path, name: str, size: int, timeout: float = 120.0) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(list(directory.iterdir()))} of {size} trials of the round started")
         time.sleep(0.05)
+
+
+def scripted_elastic(config: dict) -> None:
+    """A scripted trial that grows as a data-parallel one does, for the cluster model's check.
+
+    It trains ``plan[duration_key(config)]`` epochs of ``epoch_seconds / speedup(workers)`` each
+    (``speedup(w) = w * efficiency ** log2(w)``), after ``setup`` seconds, reporting ``epochs_left``
+    after each as :func:`fusionsearch.train.loop.fit` does (at most ``patience``: a trial that
+    trains fewer epochs than its budget stops early). After an epoch that is not its last, it takes
+    the workers the searcher granted it (``grants``), if more, after ``restart`` seconds (Ray
+    Train's start and the setup again).
+    """
+    from fusionsearch.tune.grants import granted
+
+    started = time.time()
+    epochs = config["plan"][duration_key(config)]
+    workers, where = config.get("workers") or 1, config.get("grants")
+    time.sleep(config["setup"])
+    grew = 0
+    for epoch in range(1, epochs + 1):
+        time.sleep(config["epoch_seconds"] / (workers * config["efficiency"] ** math.log2(workers)))
+        left = min(epochs - epoch, config["patience"])
+        tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left})
+        if epoch < epochs and where and (more := granted(where) or 0) > workers:
+            time.sleep(config["restart"])
+            workers, grew = more, grew + 1
+    with tempfile.TemporaryDirectory() as directory:
+        metrics = {"val_loss": config["landscape"][config["mask"]], "started_at": started,
+                   "finished_at": time.time(), "workers": workers, "grew": grew, "final": True}  # fmt: skip
+        (Path(directory) / "state.json").write_text(json.dumps({"mask": config["mask"], "metrics": metrics}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
