@@ -52,6 +52,7 @@ from fusionsearch.tune.driver import (
     environment,
     evaluate_search,
     load_result,
+    node_gpus,
     resume_search,
     run_search,
 )
@@ -222,8 +223,16 @@ def run(
             f"trial could start; ask for at most {os.cpu_count()}"
         )
     gpus = resources.gpus if resources.gpus is not None else local_gpus
-    per_trial = resources.per_trial(gpus)
     connect(address, num_gpus=None if address else gpus)  # an unreachable cluster: before any build
+    if address is not None and resources.gpus is None:  # the cluster's GPUs, not the driver's
+        gpus = sum(node_gpus())
+        if not gpus:
+            log.warning(
+                "the cluster at %s has no GPU now, so the candidates train on CPUs; on a cluster whose "
+                "autoscaler adds GPU nodes on demand, pass --gpus N so that they ask for GPUs",
+                address,
+            )
+    per_trial = resources.per_trial(gpus)
     check_resources(per_trial, whole_cluster=address is None)
     cache = PreprocessCache(cache, preprocess).root
     data = cache_manifest(

@@ -542,7 +542,9 @@ class ResourceConfig:
     """What each trial gets, and how often a failing one is retried.
 
     Attributes:
-        gpus: GPUs of a local Ray to use; ``None``: every local GPU (ignored with an address).
+        gpus: GPUs to use: of a local Ray, or of the cluster at an address; ``None``: every local
+            GPU, or every GPU the cluster has when the search starts (pass a number where an
+            autoscaler adds GPU nodes on demand).
         gpus_per_trial: GPUs per candidate when GPUs are used: a fraction up to 1 shares a GPU; a
             whole number N > 1 trains every candidate data-parallel on N workers, one GPU each;
             ``auto`` sizes it when each trial starts, so that the trials of a round narrower than
@@ -557,7 +559,11 @@ class ResourceConfig:
     """
 
     gpus: int | None = field(
-        default=None, metadata=option("GPUs of a local Ray to use; 0 = CPU", unset="all local GPUs")
+        default=None,
+        metadata=option(
+            "GPUs to use (a local Ray's, or of the --address cluster); 0 = CPU",
+            unset="all local GPUs, or the cluster's",
+        ),
     )
     gpus_per_trial: str | float = field(
         default="auto",

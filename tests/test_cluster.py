@@ -20,6 +20,8 @@ from processes import cluster_processes, kill_tree, name_of, stop_cluster
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local-cluster.sh"
 TINY = [*TINY_RUN, "--epochs", "1", "--patience", "1"]
+#: ... without its --gpus 0: the search then uses the cluster's GPUs.
+WITHOUT_GPUS = TINY[: TINY.index("--gpus")] + TINY[TINY.index("--gpus") + 2 :]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
@@ -87,12 +89,13 @@ def test_search_on_worker_nodes_and_children_warm_start_across_them(cluster, tmp
 
 def test_data_parallel_candidates_train_on_the_gpus_of_two_nodes(cluster, tmp_path):
     """--gpus-per-trial 2: every candidate trains on both worker nodes' (logical) GPUs, with Ray
-    Train workers on their CPUs (gloo), and a child warm-starts from its parent's final weights."""
+    Train workers on their CPUs (gloo), and a child warm-starts from its parent's final weights.
+    Without --gpus, the search uses the cluster's GPUs (the driver's machine has none)."""
     address, env = cluster
     manifest = generate(tmp_path / "data", SynthConfig(n=24, size=16, seed=2))
     command = [sys.executable, "-m", "fusionsearch.cli", "run", "--address", address, "--data", str(manifest),
-               "--storage", str(tmp_path / "runs"), "--name", "dp", *TINY, "--searcher", "random",
-               "--budget", "2", "--gpus", "2", "--gpus-per-trial", "2", "--norm", "group"]  # fmt: skip
+               "--storage", str(tmp_path / "runs"), "--name", "dp", *WITHOUT_GPUS, "--searcher", "random",
+               "--budget", "2", "--gpus-per-trial", "2", "--norm", "group"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     experiment = tmp_path / "runs" / "dp"

@@ -159,11 +159,16 @@ def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tu
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
 
 
+def node_gpus() -> list[int]:
+    """The GPUs of each live node of the connected cluster."""
+    return [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+
+
 def _data_parallel(workers: int | str, settings: RunSettings | None) -> DataParallel:
     """The searcher's sizing of data-parallel trials on the connected cluster."""
     if workers == 1 or settings is None:
         return DataParallel()
-    gpus = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+    gpus = node_gpus()
     return DataParallel(workers, sum(gpus), settings.train.batch_size, max(gpus, default=0) or None)
 
 
