@@ -187,9 +187,9 @@ def simulate(
         trial_id = min(running, key=lambda t: running[t].end)
         trial = running.pop(trial_id)
         now = trial.end
-        seconds = parts.setup + (trial.epochs - trial.done) * trial.epoch
-        training += trial.slots + seconds * trial.workers
-        useful += (trial.slots + seconds * trial.workers) * parts.speedup(trial.workers) / trial.workers
+        gpu_seconds = trial.slots + (parts.setup + (trial.epochs - trial.done) * trial.epoch) * trial.workers
+        training += gpu_seconds
+        useful += gpu_seconds * parts.speedup(trial.workers) / trial.workers
         widest = max(widest, trial.workers)
         if trial.held > 1 or not warm:
             cold += trial.held  # Ray Train's workers end with the trial; no actor is kept

@@ -111,6 +111,11 @@ class DataParallel:
         return {t: w for t, w in new.items() if w != running[t]}
 
 
+def _grants_name() -> str:
+    """A new name for a search's grants actor (:mod:`fusionsearch.tune.grants`)."""
+    return f"fusionsearch-grants-{uuid.uuid4().hex[:12]}"
+
+
 class RoundSearcher(Searcher):
     """Proposes a strategy's rounds to Ray Tune, a whole round at a time, on every fold.
 
@@ -211,7 +216,7 @@ class RoundSearcher(Searcher):
         """Give trials several data-parallel workers (``run_search`` sets it for ``--gpus-per-trial``);
         under ``auto`` running trials grow into GPUs that finished trials free (:meth:`_grow`)."""
         self._parallel = parallel
-        self._grants_name = f"fusionsearch-grants-{uuid.uuid4().hex[:12]}"
+        self._grants_name = _grants_name()
         self.last_grants: dict[str, int] = {}
         self._left: dict[str, int] = {}  # trial id -> epochs it will surely still train
 
@@ -281,9 +286,9 @@ class RoundSearcher(Searcher):
         # The searches' own trials first (each round waits for its slowest); the baselines beside them
         # keep one GPU each for later (they may grow), so the rounds get the free GPUs.
         chain = [t for t in self._queue if t.role in SEARCH_ROLES]
+        side = len(self._queue) - len(chain)
         trial = chain[0] if chain else self._queue[0]
         self._queue.remove(trial)
-        side = len(self._queue) + 1 - len(chain)
         workers = parallel.size(running + side, len(chain)) if chain else parallel.size(running, side)
         trial = replace(trial, workers=workers)
         self._pending[trial.key] = trial
@@ -364,7 +369,7 @@ class RoundSearcher(Searcher):
             self.__dict__.update(pickle.load(f))
         self.__dict__.setdefault("_left", {})  # a searcher saved before trials grew
         self.__dict__.setdefault("last_grants", {})
-        self.__dict__.setdefault("_grants_name", f"fusionsearch-grants-{uuid.uuid4().hex[:12]}")
+        self.__dict__.setdefault("_grants_name", _grants_name())
         self._ended = False  # a restored search runs again
 
     # --- planning -----------------------------------------------------------------------

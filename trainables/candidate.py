@@ -82,7 +82,7 @@ def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None 
             from trainables.data_parallel import train_data_parallel
 
             per_worker = per_worker or {"cpu": 1.0, "gpu": 0.0}
-            train_data_parallel(config, candidate.trial.workers, per_worker.get("gpu", 0), per_worker["cpu"])
+            train_data_parallel(candidate, per_worker.get("gpu", 0), per_worker["cpu"])
             return
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))

@@ -47,9 +47,9 @@ class _Progress(TuneReportCallback):
             super().after_report(run_context, metrics, None)
 
 
-def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus: float) -> dict[str, Any]:
-    """Train the candidate ``config`` on ``workers`` Ray Train workers with ``gpus`` GPUs and ``cpus``
-    CPUs each, and report its final result with its checkpoint to Tune; return that result.
+def train_data_parallel(candidate: CandidateConfig, gpus: float, cpus: float) -> dict[str, Any]:
+    """Train ``candidate`` on its trial's workers (Ray Train workers with ``gpus`` GPUs and ``cpus``
+    CPUs each), and report its final result with its checkpoint to Tune; return that result.
 
     A trial with ``grants`` (:class:`CandidateConfig`) grows: when the searcher grants it more
     workers, its workers stop at the end of a validated epoch with a checkpoint, which is reported
@@ -58,12 +58,12 @@ def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus:
     # A cluster of logical GPUs (tests, CPU_FALLBACK on its nodes): gloo on the CPUs. Otherwise NCCL,
     # decided here, on whatever node this trial's process runs (a CPU head does not see CUDA).
     logical = os.environ.get(CPU_FALLBACK) == "1" and not torch.cuda.is_available()
-    address = CandidateConfig.from_config(config).grants
+    config, address, workers = candidate.config(), candidate.grants, candidate.trial.workers
     resume, epoch = tune.get_checkpoint(), None
+    if resume is not None:  # a retried trial: the epoch its last checkpoint reached
+        with resume.as_directory() as folder:
+            epoch = read_meta(Path(folder))["metrics"].get("epoch")
     while True:
-        if resume is not None:
-            with resume.as_directory() as folder:
-                epoch = read_meta(Path(folder))["metrics"].get("epoch")
         workers = max(workers, (granted(address) or 0) if address else 0)
         trainer = TorchTrainer(
             _worker,
@@ -93,7 +93,7 @@ def train_data_parallel(config: dict[str, Any], workers: int, gpus: float, cpus:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         if metrics.get("final"):
             return metrics
-        resume = result.checkpoint  # stopped to grow
+        resume, epoch = result.checkpoint, metrics["epoch"]  # stopped to grow
 
 
 def _worker(job: dict[str, Any]) -> None:

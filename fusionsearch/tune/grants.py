@@ -25,16 +25,26 @@ class _Grants:
         return self._workers.get(trial_id)
 
 
-#: The actors this process created, by Ray job and name: a named actor lives while a handle to it does.
+#: Handles by Ray job and name: a named actor lives while a handle to it does, and a trial's
+#: workers ask every validated epoch, so each process looks the actor up once.
 _HANDLES: dict[tuple[str, str], ray.actor.ActorHandle] = {}
+
+
+def _handle(name: str, create: bool = False) -> ray.actor.ActorHandle | None:
+    key = (ray.get_runtime_context().get_job_id(), name)
+    if key not in _HANDLES:
+        try:
+            _HANDLES[key] = (
+                _Grants.options(name=name, get_if_exists=True).remote() if create else ray.get_actor(name)
+            )
+        except ValueError:  # nothing granted yet in this job
+            return None
+    return _HANDLES[key]
 
 
 def publish(name: str, workers: dict[str, int]) -> None:
     """Grant ``workers`` (trial id -> workers) through the actor ``name``, creating it if needed."""
-    key = (ray.get_runtime_context().get_job_id(), name)
-    if key not in _HANDLES:
-        _HANDLES[key] = _Grants.options(name=name, get_if_exists=True).remote()
-    ray.get(_HANDLES[key].set.remote(workers))
+    ray.get(_handle(name, create=True).set.remote(workers))
 
 
 def address(name: str, trial_id: str) -> str:
@@ -45,8 +55,5 @@ def address(name: str, trial_id: str) -> str:
 def granted(where: str) -> int | None:
     """The workers granted at ``where`` (:func:`address`); ``None`` if none (or no actor yet)."""
     name, _, trial_id = where.rpartition("/")
-    try:
-        handle = ray.get_actor(name)
-    except ValueError:  # nothing granted yet in this job
-        return None
-    return ray.get(handle.get.remote(trial_id))
+    handle = _handle(name)
+    return None if handle is None else ray.get(handle.get.remote(trial_id))
