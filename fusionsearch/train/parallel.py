@@ -16,12 +16,21 @@ checkpoints.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import distributed, nn
 
 from fusionsearch.errors import UserError
+
+# Buffers (batch-norm statistics) are not re-broadcast from worker 0 before every forward pass:
+# synchronised batch norm keeps them equal. torch 2.13 renamed the switch and warns on the old name.
+_NO_BUFFER_SYNC = (
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else "broadcast_buffers"
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Shard:
         if not self.parallel:
             return model
         ids = [device] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **{_NO_BUFFER_SYNC: False})
 
     def split(
         self, images: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None
