@@ -46,16 +46,17 @@ from fusionsearch.settings import (
 )
 from fusionsearch.tune.cluster_cache import cache_map
 from fusionsearch.tune.driver import (
+    TRIAL_MODULES,
     check_resources,
     check_resumable,
     connect,
     environment,
     evaluate_search,
     load_result,
-    node_gpus,
     resume_search,
     run_search,
 )
+from searchers.rounds import DataParallel, node_gpus
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,10 @@ def run(
             f"trial could start; ask for at most {os.cpu_count()}"
         )
     gpus = resources.gpus if resources.gpus is not None else local_gpus
-    connect(address, num_gpus=None if address else gpus)  # an unreachable cluster: before any build
+    # an unreachable cluster: before any build; a local Ray's workers import the trial's modules
+    # while the cache builds, so the first round's actors start at once
+    preload = _preload(resources.workers(gpus), gpus, train.batch_size)
+    connect(address, num_gpus=None if address else gpus, preload=preload)
     if address is not None and resources.gpus is None:  # the cluster's GPUs, not the driver's
         gpus = sum(node_gpus())
         if not gpus:
@@ -272,8 +276,9 @@ def resume(
 ) -> PipelineResult:
     """Continue an interrupted search (from the CLI or Python), then evaluate and report it."""
     directory = experiment_dir(name, storage_path)
-    check_resumable(directory)  # a clear error before Ray starts
-    connect(address)
+    run = check_resumable(directory)  # a clear error before Ray starts
+    batch = run.settings.train.batch_size if run.settings else 1
+    connect(address, preload=_preload(run.workers, _local_gpus(), batch))
     result = resume_search(directory)
     return PipelineResult(result, finish(result))
 
@@ -341,6 +346,14 @@ def finish(result: SearchResult) -> Evaluation | None:
         return None
     evaluate_search(result.experiment_dir, result.table, run.settings.data, run.resources)
     return write_report(result.experiment_dir)
+
+
+def _preload(workers: int | str, gpus: int, batch_size: int) -> tuple[str, ...]:
+    """What a local Ray's idle workers import while the cache builds: the trial's modules, unless a
+    candidate may train data-parallel (``workers`` per candidate on ``gpus``). Ray Train's
+    controller and workers do not take those idle workers, and every fresh worker would import
+    them first: a data-parallel trial's first step came later (benchmarks/first_round.py)."""
+    return () if DataParallel(workers, gpus, batch_size, gpus).possible else TRIAL_MODULES
 
 
 def _local_gpus() -> int:

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 SEARCH_ROLES = ("search", "control")
 
 
+def node_gpus() -> list[int]:
+    """The GPUs of each live node of the connected Ray cluster."""
+    return [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """How many data-parallel workers (one GPU each) a trial gets when it starts.
@@ -58,6 +63,14 @@ class DataParallel:
     gpus: int = 0
     batch_size: int = 1
     most: int | None = None
+
+    @classmethod
+    def on_cluster(cls, workers: int | str, batch_size: int) -> DataParallel:
+        """The sizing on the connected Ray cluster's live GPUs (one worker per candidate for ``1``)."""
+        if workers == 1:
+            return cls()
+        gpus = node_gpus()
+        return cls(workers, sum(gpus), batch_size, max(gpus, default=0) or None)
 
     @property
     def possible(self) -> bool:
@@ -371,6 +384,15 @@ class RoundSearcher(Searcher):
         self.__dict__.setdefault("last_grants", {})
         self.__dict__.setdefault("_grants_name", _grants_name())
         self._ended = False  # a restored search runs again
+        before = getattr(self, "_parallel", DataParallel())
+        if before.workers != 1 and ray.is_initialized():  # sized for the cluster it resumes on
+            self._parallel = DataParallel.on_cluster(before.workers, before.batch_size)
+            if self._parallel.gpus != before.gpus:
+                log.info(
+                    "resumed on %d GPU(s) (was %d): trials are sized for them",
+                    self._parallel.gpus,
+                    before.gpus,
+                )
 
     # --- planning -----------------------------------------------------------------------
     def _plan(self) -> None:

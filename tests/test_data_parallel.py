@@ -274,6 +274,28 @@ def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_wh
     assert searcher.last_grants == {}
 
 
+def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path, local_ray):
+    """Saved on 4 GPUs, resumed on the tests' Ray (no GPU): one worker a trial, nothing to grow
+    (sized for the 4 it would start 2-worker trials that no node can place)."""
+    from fusionsearch import pipeline
+    from fusionsearch.settings import SearchConfig
+
+    def searcher():
+        made = pipeline.make_searcher(SearchConfig(searcher="sfsa", folds=3, fold=0), ["t1", "flair"], 4)
+        made.set_experiment_dir(str(tmp_path))
+        return made
+
+    saved = searcher()
+    saved.set_data_parallel(DataParallel("auto", gpus=4, batch_size=16, most=4))
+    assert saved.suggest("t0")["workers"] == 2
+    saved.save(str(tmp_path / "searcher.pkl"))
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed._parallel == DataParallel("auto", gpus=0, batch_size=16, most=None)
+    proposed = [resumed.suggest(f"t{i}") for i in range(1, 3)]  # t0 was proposed before the save
+    assert [(c["role"], c["workers"], c.get("grants")) for c in proposed] == [("unimodal", 1, None)] * 2
+
+
 @pytest.mark.slow
 def test_a_trial_granted_more_workers_stops_at_an_epoch_and_resumes_there_on_more(tiny, tmp_path, local_ray):
     """The Tune trial's side of growing: a trial on one Ray Train worker (CPU, gloo) is granted a

@@ -67,6 +67,19 @@ def test_child_starts_exactly_where_its_parent_ended(tiny, tmp_path):
     assert abs(child.reports[0]["val_loss"] - final["val_loss"]) < 1e-5
 
 
+def test_a_training_part_one_sample_over_whole_batches_trains_with_batch_norm(tiny, tmp_path):
+    """A last batch of one sample would stop batch norm (torch raises in training): it sits out."""
+    data = load_fold(tiny.data, 0)
+    batch = len(data.train) - 1  # two batches: all but one sample, then one
+    assert batch > 1
+    settings = replace(tiny, train=replace(tiny.train, epochs=2, batch_size=batch))
+    recorder = Recorder(tmp_path / "one-over")
+    final = fit(CandidateConfig(Trial("0100"), settings), recorder, data=data)
+    trained = [r for r in recorder.reports if "train_loss" in r and not r.get("final")]
+    assert [r["epoch"] for r in trained] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in trained)
+    assert final["final"] and np.isfinite(final["val_loss"])
+
+
 def test_with_a_long_interval_only_the_final_checkpoint_is_written_and_time_is_accounted(tiny, tmp_path):
     recorder = Recorder(tmp_path)
     settings = replace(tiny, train=replace(tiny.train, checkpoint_interval=3600))

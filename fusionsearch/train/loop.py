@@ -382,6 +382,14 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One pass over the training part in this epoch's seeded order."""
     run.model.train()
     order = np.random.default_rng(batch_seed(run.candidate, epoch)).permutation(len(run.train))
+    if (
+        len(order) > 1
+        and len(order) % run.train.batch_size == 1
+        and run.candidate.settings.model.norm == "batch"
+    ):
+        # Batch norm cannot train on a last batch of one sample (torch raises): that sample sits
+        # this epoch out, and each epoch's order leaves out another.
+        order = order[:-1]
     policy = run.train.policy
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(run.candidate.settings.train, epoch)

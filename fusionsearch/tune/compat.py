@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ray
@@ -32,9 +33,16 @@ NAMES = (
     ("ray.tune.experiment", "Trial"),  # trial status names
     ("ray.util.multiprocessing.pool", "PoolTaskError"),  # how a Pool's imap returns a job's exception
     ("ray.train._internal.session", "get_session"),  # a Tune trial's storage (its folder and filesystem)
+    ("ray.tune.execution.class_cache", "DEFAULT_ENV_VARS"),  # a trial actor's runtime environment
+    ("ray.tune.execution.class_cache", "ENV_VARS_TO_PROPAGATE"),
 )
 #: Ray's logger of the storage's upload messages (quietened for trials).
 STORAGE_LOGGER = "ray.train._internal.storage"
+#: Ray's system setting (``RayConfig``) of the modules every Python worker imports when it starts,
+#: before it is given work: the raylet passes it to ``default_worker.py --worker-preload-modules``.
+#: On a ``ray start`` node it is the environment variable ``RAY_preload_python_modules``
+#: (comma-separated).
+PRELOAD_SETTING = "preload_python_modules"
 
 
 class RayVersionError(UserError):
@@ -102,6 +110,38 @@ def controller_object_cache(factory: Callable[..., Any]) -> Iterator[None]:
         yield
     finally:
         controller._ObjectCache = ObjectCache
+
+
+def preload(modules: Sequence[str]) -> dict[str, Any]:
+    """``ray.init`` arguments for a local Ray whose worker processes import ``modules`` as they start.
+
+    A raylet starts a few idle workers as soon as the first driver connects; with this, those
+    import the trial's modules (torch, MONAI, the trainable: seconds per process) while the
+    driver is still busy (building the preprocessing cache), and a trial actor given one runs
+    its first line at once. A module that fails to import is logged by the worker and skipped.
+    """
+    return {"_system_config": {PRELOAD_SETTING: list(modules)}} if modules else {}
+
+
+@contextlib.contextmanager
+def trial_env_vars(inherited: dict[str, str]) -> Iterator[None]:
+    """Within this context, Tune gives a trial actor only the environment variables its worker does
+    not already have: those whose value differs from ``inherited`` (the environment a local Ray's
+    workers inherited when it started), and not Tune's ``PL_DISABLE_FORK`` (for PyTorch Lightning,
+    which the built-in trainable does not use).
+
+    Tune sets them as the actor's runtime environment, and Ray gives an actor whose runtime
+    environment is not the job's a new worker process: one of the idle workers a local Ray
+    started (and had import the trial's modules, :func:`preload`) only when it has none.
+    """
+    cache = importlib.import_module("ray.tune.execution.class_cache")
+    defaults, propagated = cache.DEFAULT_ENV_VARS, cache.ENV_VARS_TO_PROPAGATE
+    cache.DEFAULT_ENV_VARS = {}
+    cache.ENV_VARS_TO_PROPAGATE = {key for key in propagated if os.environ.get(key) != inherited.get(key)}
+    try:
+        yield
+    finally:
+        cache.DEFAULT_ENV_VARS, cache.ENV_VARS_TO_PROPAGATE = defaults, propagated
 
 
 def forget_checkpoints(trial: Any) -> None:

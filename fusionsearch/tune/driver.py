@@ -43,6 +43,7 @@ from fusionsearch.search.experiment import (
 )
 from fusionsearch.search.records import replicate
 from fusionsearch.settings import DataConfig, RunSettings, from_dict, to_dict
+from fusionsearch.tune import compat
 from fusionsearch.tune.callbacks import (
     FailureLog,
     ProgressLog,
@@ -56,6 +57,12 @@ from fusionsearch.tune.warm_actors import keep_warm
 from searchers.rounds import DataParallel
 
 log = logging.getLogger(__name__)
+
+#: What the process of a trial of the built-in trainable imports before its first epoch: a local
+#: Ray's idle workers import it while the driver builds the cache (:func:`connect`).
+TRIAL_MODULES = ("trainables.candidate", "torch._dynamo")
+#: The environment of each local Ray :func:`connect` started with ``preload``, by its GCS address.
+_preloaded: dict[str, dict[str, str]] = {}
 
 __all__ = [
     "SearchInterrupted",
@@ -72,12 +79,21 @@ __all__ = [
 ]
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    preload: Sequence[str] = (),
+) -> None:
     """Use the running Ray session, connect to ``address``, or start a local Ray.
 
     Without ``address`` a new local Ray starts, even when a ``ray start`` cluster runs on this
     machine (Ray would otherwise join it, and refuse ``num_cpus``/``num_gpus``), unless
-    ``RAY_ADDRESS`` is set (a Ray job's driver): then that cluster is used.
+    ``RAY_ADDRESS`` is set (a Ray job's driver): then that cluster is used. A local Ray's worker
+    processes import ``preload`` (e.g. :data:`TRIAL_MODULES`) as they start, while this process
+    goes on (:func:`fusionsearch.tune.compat.preload`); a cluster's nodes do so where they were
+    started with ``RAY_preload_python_modules`` set (``docs/clusters.md``).
     """
     if ray.is_initialized():
         return
@@ -94,7 +110,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                 num_gpus=num_gpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
+                **compat.preload(preload),
             )
+            if preload:  # what its workers inherited, for the trials to take them (_fit)
+                _preloaded[ray.get_runtime_context().gcs_address] = dict(os.environ)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UserError(
             f"cannot reach the Ray cluster at {address!r} ({error}); start it with 'ray start --head', "
@@ -159,17 +178,11 @@ def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tu
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
 
 
-def node_gpus() -> list[int]:
-    """The GPUs of each live node of the connected cluster."""
-    return [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
-
-
 def _data_parallel(workers: int | str, settings: RunSettings | None) -> DataParallel:
     """The searcher's sizing of data-parallel trials on the connected cluster."""
-    if workers == 1 or settings is None:
+    if settings is None:
         return DataParallel()
-    gpus = node_gpus()
-    return DataParallel(workers, sum(gpus), settings.train.batch_size, max(gpus, default=0) or None)
+    return DataParallel.on_cluster(workers, settings.train.batch_size)
 
 
 def _searcher_name(searcher: Any) -> str:
@@ -464,7 +477,10 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int, warm: bool
     start = time.perf_counter()
     storage_failure.clear()
     actors = keep_warm(max_concurrent) if warm else contextlib.nullcontext()
-    with _tune_environment(max_concurrent), actors, _interruptible() as interrupted:
+    inherited = _preloaded.get(ray.get_runtime_context().gcs_address)
+    # trial actors in the idle workers that imported their modules while the cache built
+    idle = compat.trial_env_vars(inherited) if inherited is not None else contextlib.nullcontext()
+    with _tune_environment(max_concurrent), actors, idle, _interruptible() as interrupted:
         try:
             with _quiet_tune():
                 tuner.fit()
