@@ -2,16 +2,19 @@
 import the trial's modules while the cache builds (what ``fusionsearch run`` starts) against one
 whose workers import them only when a trial is given them.
 
-    python benchmarks/first_round.py --repeats 3 --trials 2 --n 48 --size 32
+    python benchmarks/first_round.py --repeats 3 --trials 2 --n 400
 
-Each run, in a fresh process: start a local Ray (:func:`fusionsearch.tune.driver.connect`, with
-``preload=TRIAL_MODULES`` or without), build a planted cache with the driver's threads (as
-``fusionsearch run`` does on one machine), then run one round of ``--trials`` one-epoch candidates
-of the built-in trainable with :func:`~fusionsearch.tune.driver.run_search`. The two kinds of run
-alternate. Printed per kind, medians over the repeats: the cache build's seconds, the seconds
-from the cache being ready to the first trial's first step of :func:`~fusionsearch.train.loop.fit`
-(its ``started_at``: the actor's start and imports, the trial's setup), and from starting Ray to
-that (the whole wait, since the workers' imports share the CPUs with the cache build).
+Each run, in a fresh process (``RAY_ADDRESS`` left out): start a local Ray
+(:func:`fusionsearch.tune.driver.connect`, with ``preload=TRIAL_MODULES`` or without), build a
+planted cache with the driver's threads (as ``fusionsearch run`` does on one machine), then run
+one round of ``--trials`` one-epoch candidates of the built-in trainable with
+:func:`~fusionsearch.tune.driver.run_search`. The two kinds of run alternate. Printed per kind,
+medians over the repeats: the cache build's seconds, the seconds from the cache being ready to
+the first trial's first step of :func:`~fusionsearch.train.loop.fit` (its ``started_at``: the
+actor's start and imports, the trial's setup), and from starting Ray to that (the whole wait,
+since the workers' imports share the CPUs with the cache build). The gain needs a build longer
+than the workers' imports (``--n 400`` at 32³ on 2 cores). ``--workers 2``: data-parallel
+trials on logical GPUs, which ``fusionsearch run`` does not preload for.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def main() -> None:
                 [sys.executable, __file__, "--child", kind, "--trials", str(args.trials),
                  "--n", str(args.n), "--size", str(args.size), "--workers", str(args.workers)],
                 capture_output=True, text=True, check=True, cwd=Path(__file__).parent,
-                env={**os.environ, CPU_FALLBACK: "1"},
+                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, CPU_FALLBACK: "1"},
             ).stdout  # fmt: skip
             runs[kind].append(json.loads(out.strip().splitlines()[-1]))
     print(f"{args.trials} trials, {args.n} planted subjects at {args.size}^3, medians of {args.repeats} runs")

@@ -224,10 +224,8 @@ def run(
             f"trial could start; ask for at most {os.cpu_count()}"
         )
     gpus = resources.gpus if resources.gpus is not None else local_gpus
-    # an unreachable cluster: before any build; a local Ray's workers import the trial's modules
-    # while the cache builds, so the first round's actors start at once
-    preload = _preload(resources.workers(gpus), gpus, train.batch_size)
-    connect(address, num_gpus=None if address else gpus, preload=preload)
+    # an unreachable cluster: before any build
+    _connect(address, resources.workers(gpus), gpus, train.batch_size, num_gpus=None if address else gpus)
     if address is not None and resources.gpus is None:  # the cluster's GPUs, not the driver's
         gpus = sum(node_gpus())
         if not gpus:
@@ -278,7 +276,7 @@ def resume(
     directory = experiment_dir(name, storage_path)
     run = check_resumable(directory)  # a clear error before Ray starts
     batch = run.settings.train.batch_size if run.settings else 1
-    connect(address, preload=_preload(run.workers, _local_gpus(), batch))
+    _connect(address, run.workers, _local_gpus(), batch)
     result = resume_search(directory)
     return PipelineResult(result, finish(result))
 
@@ -348,12 +346,17 @@ def finish(result: SearchResult) -> Evaluation | None:
     return write_report(result.experiment_dir)
 
 
-def _preload(workers: int | str, gpus: int, batch_size: int) -> tuple[str, ...]:
-    """What a local Ray's idle workers import while the cache builds: the trial's modules, unless a
-    candidate may train data-parallel (``workers`` per candidate on ``gpus``). Ray Train's
-    controller and workers do not take those idle workers, and every fresh worker would import
-    them first: a data-parallel trial's first step came later (benchmarks/first_round.py)."""
-    return () if DataParallel(workers, gpus, batch_size, gpus).possible else TRIAL_MODULES
+def _connect(address: str | None, workers: int | str, gpus: int, batch_size: int, **options: Any) -> None:
+    """Connect to ``address``, or start a local Ray for trials of ``workers`` data-parallel workers
+    on ``gpus`` GPUs: where a candidate may train data-parallel, with the dashboard, whose State API
+    Ray Train's placement-group cleaners ask whether their run's controller lives (without it each
+    warns every second while its run lasts); otherwise without, and its idle workers import the
+    trial's modules while the cache builds, so the first round's actors start at once. (Ray
+    Train's controller and workers do not take those idle workers, and every new process would
+    import the modules first: a data-parallel trial's first step came later, benchmarks/first_round.py.)
+    """
+    parallel = DataParallel(workers, gpus, batch_size, gpus).possible
+    connect(address, preload=() if parallel else TRIAL_MODULES, dashboard=parallel, **options)
 
 
 def _local_gpus() -> int:

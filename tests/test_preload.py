@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import own_ray_env
-from fusionsearch.pipeline import _preload
+from fusionsearch.pipeline import _connect
 from fusionsearch.tune import compat
 from fusionsearch.tune.driver import TRIAL_MODULES
 
@@ -31,16 +31,26 @@ def test_trial_actors_get_only_the_environment_variables_their_workers_lack(monk
     assert after == before  # restored
 
 
-def test_a_local_ray_preloads_the_trial_modules_unless_candidates_may_train_data_parallel():
+def test_a_local_ray_preloads_the_trial_modules_unless_candidates_may_train_data_parallel(monkeypatch):
     assert compat.preload(()) == {}
     modules = list(TRIAL_MODULES)
     assert compat.preload(TRIAL_MODULES) == {"_system_config": {"preload_python_modules": modules}}
-    assert _preload(1, 0, 8) == TRIAL_MODULES  # CPU
-    assert _preload("auto", 1, 8) == TRIAL_MODULES  # one GPU: one worker per candidate
-    assert _preload(1, 4, 8) == TRIAL_MODULES  # --gpus-per-trial 1
-    # Ray Train's controller and workers start fresh processes, which would each import them first
-    assert _preload("auto", 4, 8) == () and _preload(2, 4, 8) == ()
-    assert _preload("auto", 4, 1) == TRIAL_MODULES  # a batch of 1 cannot be split
+    started = []
+    monkeypatch.setattr("fusionsearch.pipeline.connect", lambda address, **options: started.append(options))
+
+    def local_ray(workers, gpus, batch_size):
+        _connect(None, workers, gpus, batch_size)
+        return started.pop()
+
+    one_worker = {"preload": TRIAL_MODULES, "dashboard": False}
+    assert local_ray(1, 0, 8) == one_worker  # CPU
+    assert local_ray("auto", 1, 8) == one_worker  # one GPU: one worker per candidate
+    assert local_ray(1, 4, 8) == one_worker  # --gpus-per-trial 1
+    assert local_ray("auto", 4, 1) == one_worker  # a batch of 1 cannot be split
+    # Ray Train's controller and workers start fresh processes, which would each import them first;
+    # its placement-group cleaners ask the dashboard's State API whether their controller lives
+    data_parallel = {"preload": (), "dashboard": True}
+    assert local_ray("auto", 4, 8) == data_parallel and local_ray(2, 4, 8) == data_parallel
 
 
 DRIVER = """

@@ -85,6 +85,7 @@ def connect(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     preload: Sequence[str] = (),
+    dashboard: bool = False,
 ) -> None:
     """Use the running Ray session, connect to ``address``, or start a local Ray.
 
@@ -93,7 +94,8 @@ def connect(
     ``RAY_ADDRESS`` is set (a Ray job's driver): then that cluster is used. A local Ray's worker
     processes import ``preload`` (e.g. :data:`TRIAL_MODULES`) as they start, while this process
     goes on (:func:`fusionsearch.tune.compat.preload`); a cluster's nodes do so where they were
-    started with ``RAY_preload_python_modules`` set (``docs/clusters.md``).
+    started with ``RAY_preload_python_modules`` set (``docs/clusters.md``). A local Ray starts its
+    dashboard only with ``dashboard`` (the State API: Ray Train needs it).
     """
     if ray.is_initialized():
         return
@@ -108,7 +110,7 @@ def connect(
                 address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
-                include_dashboard=False,
+                include_dashboard=dashboard,
                 logging_level=logging.WARNING,
                 **compat.preload(preload),
             )
