@@ -90,14 +90,17 @@ def main() -> None:
         "--workers", type=int, default=1,
         help="data-parallel workers per trial, on logical GPUs (CPU fallback) (default: 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="the kinds of run (default: both)"
+    )
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(once(args.child == "preloaded", args.trials, args.n, args.size, args.workers)))
         return
-    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in args.kinds}
     for _ in range(args.repeats):
-        for kind in KINDS:
+        for kind in args.kinds:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", kind, "--trials", str(args.trials),
                  "--n", str(args.n), "--size", str(args.size), "--workers", str(args.workers)],
