@@ -12,7 +12,8 @@ one round of ``--trials`` one-epoch candidates of the built-in trainable with
 medians over the repeats: the cache build's seconds, the seconds from the cache being ready to
 the first trial's first step of :func:`~fusionsearch.train.loop.fit` (its ``started_at``: the
 actor's start and imports, the trial's setup), and from starting Ray to that (the whole wait,
-since the workers' imports share the CPUs with the cache build). The gain needs a build longer
+since the workers' imports share the CPUs with the cache build), and the share of the trials that
+ran in a worker process Ray had started before the search (Linux only). The gain needs a build longer
 than the workers' imports (``--n 400`` at 32³ on 2 cores). ``--workers 2``: data-parallel
 trials on logical GPUs, which ``fusionsearch run`` does not preload for.
 """
@@ -69,13 +70,39 @@ def once(preload: bool, trials: int, n: int, size: int, workers: int) -> dict[st
             train=TrainConfig(epochs=1, patience=1, batch_size=4),
             folds=3,
         )
-        ready = time.time()
+        ready, prestarted = time.time(), _idle_workers()
         result = run_search(RoundSearcher(OneRound(trials)), config={"settings": to_dict(settings)},
                             storage_path=str(Path(scratch, "runs")), name="first",
                             resources={"cpu": 1, "gpu": 1 if workers > 1 else 0}, workers=workers,
                             max_failures=0)  # fmt: skip
-        first = min(row["started_at"] for row in result.table.to_pylist())
-        return {"build": ready - began, "after_ready": first - ready, "in_all": first - began}
+        rows = result.table.to_pylist()
+        first = min(row["started_at"] for row in rows)
+        # Tune adds the trial process's id to every result
+        last = [
+            Path(result.experiment_dir, row["trial_id"], "result.json").read_text().splitlines()[-1]
+            for row in rows
+        ]
+        pids = [json.loads(line)["pid"] for line in last]
+        return {"build": ready - began, "after_ready": first - ready, "in_all": first - began,
+                "prestarted": sum(pid in prestarted for pid in pids) / len(pids)}  # fmt: skip
+
+
+def _idle_workers() -> set[int]:
+    """The idle worker processes of the Ray this process started (children of its raylet, itself a
+    child of this process), from Linux's ``/proc``; empty elsewhere."""
+
+    def parent(pid: str) -> str:
+        return Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()[1]
+
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            idle = proc.joinpath("cmdline").read_bytes().startswith(b"ray::IDLE")
+            if idle and int(parent(parent(proc.name))) == os.getpid():
+                found.add(int(proc.name))
+        except OSError:  # ended meanwhile
+            pass
+    return found
 
 
 def main() -> None:
@@ -110,10 +137,11 @@ def main() -> None:
             runs[kind].append(json.loads(out.strip().splitlines()[-1]))
     print(f"{args.trials} trials, {args.n} planted subjects at {args.size}^3, medians of {args.repeats} runs")
     print(f"{'workers import':<16} {'build s':>8} {'ready -> first step s':>22} "
-          f"{'Ray start -> first step s':>26}")  # fmt: skip
+          f"{'Ray start -> first step s':>26} {'trials in prestarted workers':>29}")  # fmt: skip
     for kind, rows in runs.items():
         median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
-        print(f"{kind:<16} {median['build']:>8.2f} {median['after_ready']:>22.2f} {median['in_all']:>26.2f}")
+        print(f"{kind:<16} {median['build']:>8.2f} {median['after_ready']:>22.2f} {median['in_all']:>26.2f} "
+              f"{median['prestarted']:>29.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -235,15 +235,22 @@ def test_the_cluster_model_predicts_a_real_ray_run_whose_trials_grow():
     assert grew and int(grew.group(1)) >= 1 and int(grew.group(2)) >= 1, out  # trials grew, as modelled
 
 
-def test_first_round_times_a_local_ray_that_preloads_the_trials_modules():
-    """One kind of run only (each starts a Ray: 20 s here); tests/test_preload.py checks the mechanism."""
+def test_first_rounds_trials_run_in_the_workers_a_local_ray_started_and_preloaded():
+    """The preloading kind of run only (each starts a Ray: 20 s here). Its trials, of the built-in
+    trainable, ran in the idle worker processes Ray had started before the search: without
+    :func:`fusionsearch.tune.compat.trial_env_vars` Ray would start new ones (its other kind of run,
+    ``on demand``, shows 0.00)."""
     options = "--repeats 1 --trials 1 --n 24 --size 16 --kinds preloaded"
     out = run("first_round.py", *options.split())
-    rows = re.findall(rf"^(on demand|preloaded) +({NUMBER}) +({NUMBER}) +({NUMBER})$", out, re.M)
+    row = rf"^(on demand|preloaded) +({NUMBER}) +({NUMBER}) +({NUMBER}) +({NUMBER})$"
+    rows = re.findall(row, out, re.M)
     assert [kind for kind, *_ in rows] == ["preloaded"], out
-    for _, build, after_ready, in_all in rows:  # the build, then the wait: the whole from Ray's start
-        assert float(build) > 0 and float(after_ready) > 0, out
-        assert float(in_all) == pytest.approx(float(build) + float(after_ready), abs=0.02), out
+    (_, build, after_ready, in_all, prestarted) = rows[0]
+    assert float(build) > 0 and float(after_ready) > 0, out
+    assert float(in_all) == pytest.approx(float(build) + float(after_ready), abs=0.02), (
+        out
+    )  # build, then wait
+    assert float(prestarted) == 1.0, out
 
 
 def test_data_parallel_speedup_trains_one_candidate_on_one_and_two_workers():
