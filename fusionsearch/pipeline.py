@@ -348,15 +348,20 @@ def finish(result: SearchResult) -> Evaluation | None:
 
 def _connect(address: str | None, workers: int | str, gpus: int, batch_size: int, **options: Any) -> None:
     """Connect to ``address``, or start a local Ray for trials of ``workers`` data-parallel workers
-    on ``gpus`` GPUs: where a candidate may train data-parallel, with the dashboard, whose State API
-    Ray Train's placement-group cleaners ask whether their run's controller lives (without it each
-    warns every second while its run lasts); otherwise without, and its idle workers import the
-    trial's modules while the cache builds, so the first round's actors start at once. (Ray
-    Train's controller and workers do not take those idle workers, and every new process would
-    import the modules first: a data-parallel trial's first step came later, benchmarks/first_round.py.)
+    on ``gpus`` GPUs.
+
+    Trials of one GPU each: its idle workers import the trial's modules while the cache builds,
+    so the first round's actors start at once. Not on CPUs only: Ray prestarts a worker per CPU,
+    and each would import torch (5 CPU-seconds and 370 MB here) for trials that run a few at a
+    time. Not where a candidate may train data-parallel: Ray Train's controller and workers do not
+    take those idle workers, and every new process would import the modules first (a
+    data-parallel trial's first step came later, benchmarks/first_round.py); there the dashboard
+    starts instead, whose State API Ray Train's placement-group cleaners ask whether their run's
+    controller lives (without it each warns every second while its run lasts).
     """
     parallel = DataParallel(workers, gpus, batch_size, gpus).possible
-    connect(address, preload=() if parallel else TRIAL_MODULES, dashboard=parallel, **options)
+    preload = TRIAL_MODULES if gpus and not parallel else ()
+    connect(address, preload=preload, dashboard=parallel, **options)
 
 
 def _local_gpus() -> int:
