@@ -33,8 +33,9 @@ trains on it; "useful" discounts a data-parallel trial's slots by its efficiency
 
 ``--validate`` runs the same search for real: a local Ray with N logical GPUs, every candidate
 the scripted trainable sleeping its modelled seconds (with ``--gpus-per-trial auto``, its
-modelled epochs, growing when granted workers: ``trainables.scripted.scripted_elastic``), and
-prints measured against modelled wall time (and growths). The model's ``--actor-start`` and
+modelled epochs, growing when granted workers: ``trainables.scripted.scripted_elastic``, with
+Tune's pending trials as ``run_search`` sets them), and prints measured against modelled wall
+time (and growths), both from the first trial's start to the last finish. The model's ``--actor-start`` and
 ``--overhead`` (``--train-start`` for trials that grow) are then what this machine's Ray costs:
 measure them with ``round_overhead.py``.
 """
@@ -102,6 +103,7 @@ class Prediction:
     useful: float = 0.0  # busy, a data-parallel trial's GPU-seconds discounted by its efficiency
     widest: int = 1  # the most workers a trial had
     restarts: int = 0  # trials' worker groups restarted wider (growths)
+    first: float = 0.0  # when the first trial's process began (after its start and Tune's overhead)
 
 
 def landscape(num_points: int, seed: int) -> dict[str, float]:
@@ -166,6 +168,7 @@ def simulate(
     running: dict[str, _Running] = {}
     queue: deque[tuple[str, dict]] = deque()
     now, training, useful, trials, ids, widest, restarts = 0.0, 0.0, 0.0, 0, 0, 1, 0
+    first = math.inf
     while True:
         while isinstance(config := searcher.suggest(f"t{ids}"), dict):
             queue.append((f"t{ids}", config))
@@ -179,6 +182,7 @@ def simulate(
             idle, cold = idle - take_idle, cold - (workers - take_idle)
             epochs = parts.epochs_of(config, losses)
             begin = now + start + parts.overhead + parts.setup
+            first = min(first, begin - parts.setup)
             epoch = parts.epoch_seconds / parts.speedup(workers)
             running[trial_id] = _Running(config, workers, begin, epochs, epoch, held=workers)
             trials += 1
@@ -208,9 +212,8 @@ def simulate(
             cold -= workers - running[grown].held
             restarts += _grow(running[grown], workers, now, parts)
     scale = gpus * now if now else 1.0
-    return Prediction(
-        now, training / scale if now else 0.0, trials, training, useful / scale, widest, restarts
-    )
+    busy = training / scale if now else 0.0
+    return Prediction(now, busy, trials, training, useful / scale, widest, restarts, first if trials else 0.0)
 
 
 def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> bool:
@@ -268,11 +271,14 @@ def validate(
             else _run(args, parts, losses, storage)
         )
         elapsed = time.perf_counter() - start
+    # Both clocks run from the first trial's start (its process up, in the trainable) to the last
+    # finish: neither Ray's nor Tune's own start is in either.
     measured = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
+    model = modelled.wall - modelled.first
     print(f"real Ray, {gpus} logical GPUs, scripted trials: {len(rows)} trials (model: {modelled.trials}); "
           f"wall {measured:.2f} s from the first trial's start to the last finish ({elapsed:.1f} s with "
-          f"Tune's start and end); model {modelled.wall:.2f} s, "
-          f"measured/model - 1 = {measured / modelled.wall - 1:+.1%}")  # fmt: skip
+          f"Tune's start and end); model {model:.2f} s, "
+          f"measured/model - 1 = {measured / model - 1:+.1%}")  # fmt: skip
     if elastic:
         print(f"growths (worker groups restarted wider): measured {sum(r['grew'] for r in rows)}, model "
               f"{modelled.restarts}; widest trial: measured {max(r['workers'] for r in rows)} workers, "
@@ -297,6 +303,7 @@ def _run_elastic(
     from ray import tune
 
     from fusionsearch.search import experiment
+    from fusionsearch.tune import driver
     from trainables.scripted import scripted_elastic
 
     searcher = make_searcher(args)
@@ -305,14 +312,17 @@ def _run_elastic(
     config = {"landscape": losses, "plan": _per_trial(args, lambda c: parts.epochs_of(c, losses)),
               "epoch_seconds": parts.epoch_seconds, "setup": parts.setup, "patience": parts.patience,
               "restart": parts.train_start + parts.setup, "efficiency": parts.dp_efficiency}  # fmt: skip
-    tune.Tuner(
+    tuner = tune.Tuner(
         tune.with_resources(scripted_elastic, tune.PlacementGroupFactory([{"memory": 2**20}])),
         param_space=config,
         tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=-1, trial_dirname_creator=experiment.trial_dirname
         ),
         run_config=tune.RunConfig(name="model", storage_path=storage, verbose=0),
-    ).fit()
+    )
+    # as run_search schedules data-parallel trials: a round's trials pending at once, not one by one
+    with driver.tune_environment(driver.concurrency(per_trial={"cpu": 1, "gpu": 1})):
+        tuner.fit()
     rows = experiment.load_result(str(Path(storage, "model"))).table.to_pylist()
     for row in rows:  # how often each grew, its workers at the end: its last report
         last = Path(storage, "model", row["trial_id"], "result.json").read_text().splitlines()[-1]

@@ -57,9 +57,9 @@ def test_cache_verify_prints_the_hashing_rate_and_the_thousand_sample_figure():
     assert re.search(rf"SHA-256 check: {NUMBER} s, {NUMBER} GB/s", out) and "a 1,000-sample cache:" in out
 
 
-def test_chaos_kills_trial_workers_five_times_and_gets_the_reference_answer():
-    out = run("chaos.py", "--kills", "5", "--duration", "1")  # exit 0: the same answer, nothing retrained
-    assert "chaos: 5 trial workers killed, answer 0110" in out and "reference: answer 0110" in out
+def test_chaos_kills_trial_workers_three_times_and_gets_the_reference_answer():
+    out = run("chaos.py", "--kills", "3", "--duration", "1")  # exit 0: the same answer, nothing retrained
+    assert "chaos: 3 trial workers killed, answer 0110" in out and "reference: answer 0110" in out
     assert "finished candidates trained more than once: 0 []" in out
 
 
@@ -214,7 +214,7 @@ def test_the_cluster_model_schedules_the_searchers_trials_on_n_slots(tmp_path):
 
 
 def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():
-    options = "--gpus 4 --folds 3 --modalities 1 --points 2 --epochs 3 --patience 1 --epoch-seconds 1.5"
+    options = "--gpus 4 --folds 3 --modalities 1 --points 2 --epochs 3 --patience 1 --epoch-seconds 1"
     out = run("cluster_model.py", "--validate", *options.split(), "--setup", "0.5")
     found = re.search(r"(\d+) trials \(model: (\d+)\).*measured/model - 1 = ([-+][0-9.]+)%", out)
     assert found, out
@@ -224,8 +224,9 @@ def test_the_cluster_model_predicts_a_real_ray_run_with_logical_gpus():
 
 def test_the_cluster_model_predicts_a_real_ray_run_whose_trials_grow():
     """--gpus-per-trial auto: scripted trials that report their sure epochs left and grow when the
-    searcher grants them workers, on a local Ray with 4 logical GPUs."""
-    options = "--gpus 4 --folds 3 --modalities 1 --points 2 --epochs 5 --patience 2 --epoch-seconds 1"
+    searcher grants them workers, on a local Ray with 4 logical GPUs (one fold: the baseline and
+    two unimodal networks, then rounds of 3 and 2 on 4 GPUs, so one trial grows)."""
+    options = "--gpus 4 --folds 3 --fold 0 --points 2 --epochs 5 --patience 2 --epoch-seconds 1"
     out = run("cluster_model.py", "--validate", *options.split(), "--setup", "0.3", "--train-start", "2",
               "--actor-start", "2", "--gpus-per-trial", "auto", "--batch-size", "4")  # fmt: skip
     found = re.search(r"(\d+) trials \(model: (\d+)\).*measured/model - 1 = ([-+][0-9.]+)%", out)

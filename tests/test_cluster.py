@@ -217,12 +217,12 @@ def test_lost_worker_node_costs_only_time(cluster, tmp_path):
     victim = raylets()[-1]  # the last worker node started
     experiment = tmp_path / "runs" / "lost-node"
     started = tmp_path / "started"
-    config = {"landscape": LAND, "duration": 4.0, "started": str(started)}
+    config = {"landscape": LAND, "duration": 2.0, "started": str(started)}
     script = scripted_driver(tmp_path / "driver.py", address=address, storage=tmp_path / "runs",
                              name="lost-node", config=config, max_failures=3)  # fmt: skip
     driver = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    # Kill a node while round 1's 4-second trials run on it (one CPU per worker node: both busy).
+    # Kill a node while round 1's 2-second trials run on it (one CPU per worker node: both busy).
     wait_for(lambda: len(list(started.glob("1-*"))) >= 2 or driver.poll() is not None, what="round 1 to run")
     assert driver.poll() is None, driver.communicate()[1][-3000:]
     kill_tree(victim)

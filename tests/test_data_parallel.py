@@ -103,30 +103,34 @@ def on_workers(tmp_path, name: str, worker, config, max_failures: int = 0, worke
 
 
 def lost_once(config):
-    """A data-parallel worker whose group is lost once, right after epoch 1's checkpoint; Ray Train
-    then restarts the group and hands every worker the run's last checkpoint (a retried trial finds
-    the same in its storage). Shipped by value to the workers (they cannot import tests/), it runs
-    in float64 (:func:`in_float64`)."""
+    """A data-parallel worker whose group is lost once, right after epoch ``config["lost_after"]``'s
+    checkpoint; Ray Train then restarts the group and hands every worker the run's last checkpoint
+    (a retried trial finds the same in its storage). Shipped by value to the workers (they cannot
+    import tests/), it runs in float64 (:func:`in_float64`)."""
     from trainables import data_parallel
 
     marker = Path(config["marker"])
     if not marker.exists():
         report = data_parallel._report
 
-        def lost_after_epoch_1(metrics, directory):
+        def lost_after_an_epoch(metrics, directory):
             report(metrics, directory)
-            if metrics.get("epoch") == 1:
+            if metrics.get("epoch") == config["lost_after"]:
                 marker.touch()
                 raise RuntimeError("a worker was lost")
 
-        data_parallel._report = lost_after_epoch_1
-    data_parallel._worker({"candidate": config["candidate"], "resume": None, "workers": 2})
+        data_parallel._report = lost_after_an_epoch
+    data_parallel._worker(config["job"])
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_resume_and_grow_exactly(
+def test_a_child_warm_started_grows_from_one_worker_to_two_and_resumes_a_lost_group_exactly(
     tiny, tmp_path, local_ray, float64
 ):
+    """Warm start, growth and resume on Ray Train workers, against one process: a child of the
+    parent's checkpoint on one worker, granted a second, stops after epoch 1 with a checkpoint; two
+    workers go on from it, their group is lost after epoch 2 and restarted from that checkpoint. The
+    curve is the one-process curve throughout, and so are the final weights."""
     import sys
 
     from ray import cloudpickle
@@ -137,26 +141,7 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_resume_a
     exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
     data = load_fold(exact.data, 0)
     single = Recorder(tmp_path / "single")
-    parent = CandidateConfig(Trial("0000"), exact)
-    fit(parent, single, data=data)
-    # The parent on 2 workers, its group lost after epoch 1 and resumed from that checkpoint.
-    marker = tmp_path / "lost"
-    config = {"candidate": parent.config(), "marker": str(marker)}
-    result, losses = on_workers(tmp_path, "parent", in_float64(lost_once), config, max_failures=1)
-    assert marker.exists()  # it was lost once
-    assert result.metrics["final"] and result.metrics["epochs_trained"] == 3
-    np.testing.assert_allclose(losses, curve(single.reports), atol=TOLERANCE, rtol=0)
-    assert result.metrics["val_loss"] == pytest.approx(single.reports[-1]["val_loss"], abs=TOLERANCE)
-    assert result.metrics["best_epoch"] == single.reports[-1]["best_epoch"]
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "model.pt", weights_only=True)
-    reference = torch.load(single.checkpoints[-1] / "model.pt", weights_only=True)
-    assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
-    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-5
-
-    # Warm start and growth: a child of the parent's checkpoint on one worker, granted a second
-    # after epoch 1: it stops there with a checkpoint, and two workers resume from it; the curve is
-    # the one-process curve throughout (the parent above covers two workers from the start).
+    fit(CandidateConfig(Trial("0000"), exact), single, data=data)
     child = CandidateConfig(
         Trial("0100", round=1, parent_mask="0000"), exact, parent=str(single.checkpoints[-1])
     )
@@ -169,11 +154,21 @@ def test_two_workers_train_a_candidate_and_its_child_as_one_worker_does_resume_a
     first, losses = on_workers(tmp_path, "narrow", in_float64(_worker), job, workers=1)
     assert not first.metrics.get("final") and first.metrics["epoch"] == 1
     np.testing.assert_allclose(losses, curve(one.reports)[:1], atol=TOLERANCE, rtol=0)
+
+    marker = tmp_path / "lost"
     job = {"candidate": growing, "resume": first.checkpoint, "workers": 2}
-    second, losses = on_workers(tmp_path, "wide", in_float64(_worker), job, workers=2)
+    config = {"job": job, "marker": str(marker), "lost_after": 2}
+    second, losses = on_workers(tmp_path, "wide", in_float64(lost_once), config, max_failures=1)
+    assert marker.exists()  # it was lost once
     np.testing.assert_allclose(losses, curve(one.reports)[1:], atol=TOLERANCE, rtol=0)
-    assert second.metrics["final"] and second.metrics["best_epoch"] == one.reports[-1]["best_epoch"]
+    assert second.metrics["final"] and second.metrics["epochs_trained"] == 3
+    assert second.metrics["best_epoch"] == one.reports[-1]["best_epoch"]
     assert second.metrics["val_loss"] == pytest.approx(one.reports[-1]["val_loss"], abs=TOLERANCE)
+    with second.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / "model.pt", weights_only=True)
+    reference = torch.load(one.checkpoints[-1] / "model.pt", weights_only=True)
+    assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
+    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-5
 
 
 def test_a_worker_share_and_its_loss_scale_give_the_whole_batch_gradient():

@@ -292,10 +292,10 @@ def run_search(
             verbose=0,
         ),
     )
-    return _fit(tuner, experiment_dir, _concurrency(max_concurrent, resources), warm=not parallel.possible)
+    return _fit(tuner, experiment_dir, concurrency(max_concurrent, resources), warm=not parallel.possible)
 
 
-def _concurrency(limit: int | None, per_trial: dict[str, float] | None) -> int:
+def concurrency(limit: int | None = None, per_trial: dict[str, float] | None = None) -> int:
     """Trials pending or running at once: the user's ``limit``, else as many as the cluster holds, and
     at least 16 (Tune's own floor), so an autoscaling cluster sees demand for nodes it has yet to start."""
     return limit or max(16, trial_slots(per_trial, ray.cluster_resources()))
@@ -335,7 +335,7 @@ def resume_search(
         trainable=_trainable(trainable, resources, data_parallel=possible),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir, _concurrency(run.max_concurrent, resources), warm=not possible)
+    return _fit(tuner, experiment_dir, concurrency(run.max_concurrent, resources), warm=not possible)
 
 
 def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunRecord:
@@ -384,8 +384,9 @@ def _check_search_state(experiment_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def _tune_environment(max_concurrent: int) -> Iterator[None]:
-    """Tune settings read from the environment, set for one ``fit()`` and restored afterwards."""
+def tune_environment(max_concurrent: int) -> Iterator[None]:
+    """Tune settings read from the environment, set for one ``fit()`` and restored afterwards (a
+    plain ``tune.Tuner`` driving one of these searchers schedules as :func:`run_search` inside it)."""
     values = {
         # For a custom searcher Tune keeps one trial pending at a time, so a round's trials
         # would start one after another: let a whole round be pending.
@@ -482,7 +483,7 @@ def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int, warm: bool
     inherited = _preloaded.get(ray.get_runtime_context().gcs_address)
     # trial actors in the idle workers that imported their modules while the cache built
     idle = compat.trial_env_vars(inherited) if inherited is not None else contextlib.nullcontext()
-    with _tune_environment(max_concurrent), actors, idle, _interruptible() as interrupted:
+    with tune_environment(max_concurrent), actors, idle, _interruptible() as interrupted:
         try:
             with _quiet_tune():
                 tuner.fit()
