@@ -1,6 +1,7 @@
 """The training loop without Ray: warm start end to end, checkpoints, resume."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,32 @@ def test_a_rounds_children_and_control_see_identical_batches(tiny, tmp_path, mon
     assert not all(torch.equal(x, rx) for (x, _), (rx, _) in zip(child, replicate, strict=True))
     seeds = {loop.candidate_seed(CandidateConfig(Trial("0100", repeat=r), recipe)) for r in range(3)}
     assert len(seeds) == 3
+
+
+def test_a_trial_restored_without_its_final_checkpoint_finds_it_in_its_folder_and_reports_it_again(
+    tiny, tmp_path
+):
+    """A driver killed after a trial's final report but before Tune saved its state: Tune restores the
+    trial with an earlier checkpoint (or none). The trial's folder still holds the final one, which
+    it takes instead (``own_checkpoint``), and ``fit`` reports that result again without training."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    from trainables.candidate import latest_final
+
+    data = load_fold(tiny.data, 0)
+    first = Recorder(tmp_path / "first")
+    final = fit(CandidateConfig(Trial("0100"), tiny), first, data=data)
+    trial, local = tmp_path / "trial", pafs.LocalFileSystem()
+    assert latest_final(str(trial), local) is None  # a new trial: no folder yet
+    for index, checkpoint in enumerate(first.checkpoints[:-1]):  # the epochs' checkpoints, as Tune names them
+        shutil.copytree(checkpoint, trial / f"checkpoint_{index:06d}")
+    assert latest_final(str(trial), local) is None  # interrupted mid-training: Tune's checkpoint holds
+    shutil.copytree(first.checkpoints[-1], trial / f"checkpoint_{len(first.checkpoints) - 1:06d}")
+    found = latest_final(str(trial), local)
+    assert found == str(trial / f"checkpoint_{len(first.checkpoints) - 1:06d}")
+    again = Recorder(tmp_path / "again")
+    metrics = fit(CandidateConfig(Trial("0100"), tiny), again, resume=Path(found), data=data)
+    assert (metrics["val_loss"], metrics["best_epoch"]) == (final["val_loss"], final["best_epoch"])
+    assert len(again.reports) == 1 and again.reports[0]["final"]  # reported again, not trained

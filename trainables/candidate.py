@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
 from fusionsearch.errors import UserError
-from fusionsearch.model.checkpoint import CheckpointError, read_meta
+from fusionsearch.model.checkpoint import META_FILE, CheckpointError, read_meta
 from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.loop import ReportFn, fit
-from fusionsearch.tune.compat import quiet_storage_logs
+from fusionsearch.tune.compat import quiet_storage_logs, trial_storage
 
 #: Set to 1 on nodes whose GPUs are logical (a test cluster): a trial given a GPU that CUDA cannot
 #: see then trains on the CPU instead of failing.
@@ -86,9 +89,45 @@ def train_candidate(config: dict[str, Any], per_worker: dict[str, float] | None 
             return
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
-        fit_from(candidate, tune.get_checkpoint(), _report)
+        fit_from(candidate, own_checkpoint(), _report)
     except UserError as error:
         tune.report(failure(error, config.get("mask")))
+
+
+def own_checkpoint() -> tune.Checkpoint | None:
+    """The running trial's own checkpoint to resume from: the one Tune restored it with, unless the
+    trial's folder in the storage holds a later one that is final.
+
+    A trial that finished just before its driver was killed, after Tune's last save of its state,
+    is restored without its final checkpoint; resumed from that checkpoint, :func:`fit` reports
+    the result again instead of training again."""
+    restored = tune.get_checkpoint()
+    folder, filesystem = trial_storage()
+    final = latest_final(folder, filesystem)
+    if final is None or (restored is not None and restored.path == final):
+        return restored
+    logging.getLogger(__name__).warning(
+        "trial restored without its final checkpoint %s: reporting that one again", final
+    )
+    return tune.Checkpoint(final, filesystem=filesystem)
+
+
+def latest_final(folder: str, filesystem: pafs.FileSystem) -> str | None:
+    """The newest of Tune's ``checkpoint_NNNNNN`` folders under ``folder`` if its metrics are a
+    trial's final ones, else ``None`` (also when the storage cannot be read: Tune's own then holds)."""
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        names = [e.base_name for e in entries if e.type == pafs.FileType.Directory]
+        checkpoints = [n for n in names if re.fullmatch(r"checkpoint_\d+", n)]
+        checkpoints.sort(key=lambda n: int(n[11:]))
+        if not checkpoints:
+            return None
+        newest = f"{folder.rstrip('/')}/{checkpoints[-1]}"
+        with filesystem.open_input_stream(f"{newest}/{META_FILE}") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return newest if meta.get("metrics", {}).get("final") else None
 
 
 def fit_from(
