@@ -23,6 +23,8 @@ from fusionsearch.train.candidate import CandidateConfig
 from fusionsearch.train.loop import ReportFn, fit
 from fusionsearch.tune.compat import quiet_storage_logs, trial_storage
 
+log = logging.getLogger(__name__)
+
 #: Set to 1 on nodes whose GPUs are logical (a test cluster): a trial given a GPU that CUDA cannot
 #: see then trains on the CPU instead of failing.
 CPU_FALLBACK = "FUSIONSEARCH_CPU_FALLBACK"
@@ -106,9 +108,7 @@ def own_checkpoint() -> tune.Checkpoint | None:
     final = latest_final(folder, filesystem)
     if final is None or (restored is not None and restored.path == final):
         return restored
-    logging.getLogger(__name__).warning(
-        "trial restored without its final checkpoint %s: reporting that one again", final
-    )
+    log.warning("trial restored without its final checkpoint %s: reporting that one again", final)
     return tune.Checkpoint(final, filesystem=filesystem)
 
 
@@ -147,7 +147,7 @@ def fit_from(
 def failure(error: UserError, mask: str | None) -> dict[str, Any]:
     """The one report of a candidate that failed for a reason a retry would repeat (logged)."""
     message = " ".join(str(error).split())
-    logging.getLogger(__name__).error("candidate %s failed: %s", mask, message)
+    log.error("candidate %s failed: %s", mask, message)
     return {"val_loss": float("nan"), "failed": True, "error": f"{type(error).__name__}: {message}"}
 
 
