@@ -7,15 +7,18 @@ model before any update, so a warm-started child still starts exactly at its par
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.networks.layers import AffineTransform
-from monai.transforms.utils import create_rotate, create_scale, create_translate
 
 from fusionsearch.settings import TrainConfig
+
+# MONAI is imported where augmentation runs: ``import monai`` imports every one of its submodules
+# (with scipy, matplotlib and mlflow where installed), about 3 s on a 2-core machine, which every
+# trial's process paid at its start, with augmentation or without (test_architecture keeps it so).
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Augmentation:
         Its convention (``zero_centered``, ``align_corners``): about the volume's centre, an edge
         of ``d`` voxels ``d`` units long, so a translation ``t`` is ``t / d`` of the edge.
         """
+        from monai.transforms.utils import create_rotate, create_scale, create_translate
+
         flips = torch.where(torch.rand(batch, 3, generator=generator) < self.flip, -1.0, 1.0)
         angles = (torch.rand(batch, 3, generator=generator) * 2 - 1) * self.rotate
         shifts = (
@@ -78,11 +83,15 @@ class Augmentation:
         theta = self.matrices(batch, generator).to(device, non_blocking=True)
         scale = 1 + (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.scale
         shift = (torch.rand(batch, 1, 1, 1, 1, generator=generator) * 2 - 1) * self.shift
-        return _RESAMPLE(images, theta) * scale.to(device) + shift.to(device)
+        return _resample()(images, theta) * scale.to(device) + shift.to(device)
 
 
-#: Pull-direction resampling (scipy's ``affine_transform`` convention) about the volume's centre.
-_RESAMPLE = AffineTransform(normalized=False, zero_centered=True, padding_mode="zeros", align_corners=True)
+@functools.cache
+def _resample():
+    """Pull-direction resampling (scipy's ``affine_transform`` convention) about the volume's centre."""
+    from monai.networks.layers import AffineTransform
+
+    return AffineTransform(normalized=False, zero_centered=True, padding_mode="zeros", align_corners=True)
 
 
 def augmentation(train: TrainConfig, shape: tuple[int, ...]) -> Augmentation | None:
