@@ -48,29 +48,29 @@ def manifest(tmp_path_factory):
         (["--gpus", "0", "--init-streams", "{tmp}/junk.pth"], "junk.pth: cannot read it"),
     ],
 )
-def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_path, options, message):
+def test_mistakes_are_refused_in_seconds_before_anything_starts(manifest, tmp_path, capsys, options, message):
+    """``fusionsearch run`` in this process (a command's exit code and one-paragraph error through
+    a subprocess, with its imports, are tested in test_cli: each of these took 8-10 s that way)."""
+    from fusionsearch import cli
+
     cache = tmp_path / "cache"
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
-    done = subprocess.run(
-        [
-            *CLI,
-            "run",
-            "--data",
-            str(manifest),
-            "--storage",
-            str(tmp_path / "runs"),
-            "--cache",
-            str(cache),
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1  # one paragraph
+    argv = [
+        "run",
+        "--data",
+        str(manifest),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--cache",
+        str(cache),
+        *options,
+    ]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one paragraph
     assert not cache.exists() and not (tmp_path / "runs").exists()  # nothing built, nothing searched
 
 
