@@ -70,7 +70,7 @@ def once(preload: bool, trials: int, n: int, size: int, workers: int) -> dict[st
             train=TrainConfig(epochs=1, patience=1, batch_size=4),
             folds=3,
         )
-        ready, prestarted = time.time(), _idle_workers()
+        ready, prestarted = time.time(), _started_workers()
         result = run_search(RoundSearcher(OneRound(trials)), config={"settings": to_dict(settings)},
                             storage_path=str(Path(scratch, "runs")), name="first",
                             resources={"cpu": 1, "gpu": 1 if workers > 1 else 0}, workers=workers,
@@ -87,9 +87,9 @@ def once(preload: bool, trials: int, n: int, size: int, workers: int) -> dict[st
                 "prestarted": sum(pid in prestarted for pid in pids) / len(pids)}  # fmt: skip
 
 
-def _idle_workers() -> set[int]:
-    """The idle worker processes of the Ray this process started (children of its raylet, itself a
-    child of this process), from Linux's ``/proc``; empty elsewhere."""
+def _started_workers() -> set[int]:
+    """The worker processes of the Ray this process started, idle or still starting (children of
+    its raylet, itself a child of this process), from Linux's ``/proc``; empty elsewhere."""
 
     def parent(pid: str) -> str:
         return Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()[1]
@@ -97,8 +97,10 @@ def _idle_workers() -> set[int]:
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            idle = proc.joinpath("cmdline").read_bytes().startswith(b"ray::IDLE")
-            if idle and int(parent(parent(proc.name))) == os.getpid():
+            command = proc.joinpath("cmdline").read_bytes()
+            # idle, or still starting (importing the preloaded modules) on a loaded machine
+            worker = command.startswith(b"ray::IDLE") or b"default_worker.py" in command
+            if worker and int(parent(parent(proc.name))) == os.getpid():
                 found.add(int(proc.name))
         except OSError:  # ended meanwhile
             pass
