@@ -3,7 +3,6 @@
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -76,66 +75,48 @@ def in_float64(worker):
     return run
 
 
-def curve(reports) -> list[float]:
-    """The validation loss of every trained epoch (1, 2, ...)."""
-    return [r["val_loss"] for r in reports if not r.get("final") and r.get("epoch")]
-
-
-def on_workers(tmp_path, name: str, worker, config, max_failures: int = 0, workers: int = 2):
-    """``worker(config)`` on Ray Train workers (CPU, gloo); the result and its epochs' losses."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    result = TorchTrainer(
-        worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=name, storage_path=str(tmp_path / "train"),
-                             failure_config=FailureConfig(max_failures=max_failures)),
-    ).fit()  # fmt: skip
-    frame = result.metrics_dataframe  # every checkpointed report: every epoch (checkpoint_interval 0)
-    return result, [
-        v
-        for v, final in zip(frame["val_loss"], frame.get("final", [None] * len(frame)), strict=True)
-        if final is not True
-    ]
-
-
-def lost_once(config):
-    """A data-parallel worker whose group is lost once, right after epoch ``config["lost_after"]``'s
-    checkpoint; Ray Train then restarts the group and hands every worker the run's last checkpoint
-    (a retried trial finds the same in its storage). Shipped by value to the workers (they cannot
-    import tests/), it runs in float64 (:func:`in_float64`)."""
+def grown_and_lost_once(job, grants_name: str, marker: str, lost_after: int):
+    """A data-parallel worker (:func:`trainables.data_parallel._worker` on ``job``) that, on one
+    worker, grants its trial (``child``) a second as it reports epoch 0 (so it grows after epoch
+    1), and whose group is lost once, right after epoch ``lost_after``'s checkpoint: the first
+    group to find no ``marker`` raises there. Shipped by value to the workers (they cannot import
+    tests/), it runs in float64 (:func:`in_float64`)."""
+    from fusionsearch.tune import grants
     from trainables import data_parallel
 
-    marker = Path(config["marker"])
-    if not marker.exists():
-        report = data_parallel._report
+    report = data_parallel._report
+    lose = not Path(marker).exists()
 
-        def lost_after_an_epoch(metrics, directory):
-            report(metrics, directory)
-            if metrics.get("epoch") == config["lost_after"]:
-                marker.touch()
-                raise RuntimeError("a worker was lost")
+    def reporting(metrics, directory):
+        report(metrics, directory)
+        if job["workers"] == 1 and metrics.get("epoch") == 0:
+            grants.publish(grants_name, {"child": 2})
+        if lose and metrics.get("epoch") == lost_after:
+            Path(marker).touch()
+            raise RuntimeError("a worker was lost")
 
-        data_parallel._report = lost_after_an_epoch
-    data_parallel._worker(config["job"])
+    data_parallel._report = reporting
+    data_parallel._worker(job)
 
 
 @pytest.mark.slow
-def test_a_child_warm_started_grows_from_one_worker_to_two_and_resumes_a_lost_group_exactly(
+def test_a_child_grows_from_one_worker_to_two_and_its_retried_trial_resumes_exactly(
     tiny, tmp_path, local_ray, float64
 ):
-    """Warm start, growth and resume on Ray Train workers, against one process: a child of the
-    parent's checkpoint on one worker, granted a second, stops after epoch 1 with a checkpoint; two
-    workers go on from it, their group is lost after epoch 2 and restarted from that checkpoint. The
-    curve is the one-process curve throughout, and so are the final weights."""
+    """Warm start, growth and a retry through Tune and the built-in trainable's data-parallel path
+    (Ray Train workers on CPUs, gloo), against one process. A child of the parent's checkpoint
+    starts on one worker and is granted a second as it reports epoch 0; it stops after epoch 1 and
+    reports that checkpoint to Tune; two workers train on from it; their group is lost after epoch 2, Tune
+    retries the trial, and the retried trial finds the lost group's Ray Train run by its name and
+    resumes from its epoch-2 checkpoint. The curve is the one-process curve throughout, and so are
+    the final weights."""
+    import functools
+    import json
     import sys
 
-    from ray import cloudpickle
+    from ray import cloudpickle, tune
 
-    from trainables.data_parallel import _worker
+    from trainables import train_candidate
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     exact = replace(tiny, train=replace(tiny.train, class_weights="none", augment="none"))
@@ -147,28 +128,47 @@ def test_a_child_warm_started_grows_from_one_worker_to_two_and_resumes_a_lost_gr
     )
     one = Recorder(tmp_path / "child")
     fit(child, one, parent=single.checkpoints[-1], data=data)
-    address = grants.address(f"grants-{tmp_path.name}", "child")
-    grants.publish(address.rpartition("/")[0], {"child": 2})
-    growing = replace(child, grants=address).config()
-    job = {"candidate": growing, "resume": None, "workers": 1}
-    first, losses = on_workers(tmp_path, "narrow", in_float64(_worker), job, workers=1)
-    assert not first.metrics.get("final") and first.metrics["epoch"] == 1
-    np.testing.assert_allclose(losses, curve(one.reports)[:1], atol=TOLERANCE, rtol=0)
+    name, marker = f"grants-{tmp_path.name}", str(tmp_path / "lost")
+    grants.publish(name, {})  # the grants' actor, owned by this process: it outlives worker groups
 
-    marker = tmp_path / "lost"
-    job = {"candidate": growing, "resume": first.checkpoint, "workers": 2}
-    config = {"job": job, "marker": str(marker), "lost_after": 2}
-    second, losses = on_workers(tmp_path, "wide", in_float64(lost_once), config, max_failures=1)
-    assert marker.exists()  # it was lost once
-    np.testing.assert_allclose(losses, curve(one.reports)[1:], atol=TOLERANCE, rtol=0)
-    assert second.metrics["final"] and second.metrics["epochs_trained"] == 3
-    assert second.metrics["best_epoch"] == one.reports[-1]["best_epoch"]
-    assert second.metrics["val_loss"] == pytest.approx(one.reports[-1]["val_loss"], abs=TOLERANCE)
-    with second.checkpoint.as_directory() as folder:
+    def trainable(config):
+        from trainables import data_parallel
+
+        worker = functools.partial(grown_and_lost_once, grants_name=name, marker=marker, lost_after=2)
+        data_parallel._worker = in_float64(worker)
+        train_candidate(
+            config | {"grants": grants.address(name, "child")}, per_worker={"cpu": 1.0, "gpu": 0.0}
+        )
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 2**20}])),
+        param_space=child.config(),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="grow",
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )  # fmt: skip
+    result = tuner.fit()[0]
+    assert result.error is None and Path(marker).exists()  # lost once, retried, finished
+    trial = Path(result.path)
+    assert (trial / "data-parallel").is_dir() and (trial / "data-parallel-from-epoch-1").is_dir()
+    reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    stops = [r["epoch"] for r in reports if r.get("workers") == 1]
+    assert stops == [1]  # the one-worker group stopped after epoch 1 to grow
+    # worker 0's epochs, as Tune got them: each epoch once (the retry trained none twice), exactly
+    epochs = [r["epoch"] for r in reports if "workers" not in r]
+    assert epochs == sorted(set(epochs)) and {0, 1, 3} <= set(epochs), epochs
+    reference = {r["epoch"]: r["val_loss"] for r in one.reports if not r.get("final")}
+    for r in reports:
+        if "workers" not in r:
+            assert r["val_loss"] == pytest.approx(reference[r["epoch"]], abs=TOLERANCE, rel=0), r["epoch"]
+    final = result.metrics
+    assert final["final"] and final["workers"] == 2 and final["epochs_trained"] == 3
+    assert final["best_epoch"] == one.reports[-1]["best_epoch"]
+    assert final["val_loss"] == pytest.approx(one.reports[-1]["val_loss"], abs=TOLERANCE)
+    with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / "model.pt", weights_only=True)
-    reference = torch.load(one.checkpoints[-1] / "model.pt", weights_only=True)
-    assert state.keys() == reference.keys()  # no DDP "module." prefix: any process loads it strictly
-    assert max((state[k] - reference[k]).abs().max().item() for k in state) < 1e-5
+    weights = torch.load(one.checkpoints[-1] / "model.pt", weights_only=True)
+    assert state.keys() == weights.keys()  # no DDP "module." prefix: any process loads it strictly
+    assert max((state[k] - weights[k]).abs().max().item() for k in state) < 1e-5
 
 
 def test_a_worker_share_and_its_loss_scale_give_the_whole_batch_gradient():
@@ -289,46 +289,3 @@ def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path,
     assert resumed._parallel == DataParallel("auto", gpus=0, batch_size=16, most=None)
     proposed = [resumed.suggest(f"t{i}") for i in range(1, 3)]  # t0 was proposed before the save
     assert [(c["role"], c["workers"], c.get("grants")) for c in proposed] == [("unimodal", 1, None)] * 2
-
-
-@pytest.mark.slow
-def test_a_trial_granted_more_workers_stops_at_an_epoch_and_resumes_there_on_more(tiny, tmp_path, local_ray):
-    """The Tune trial's side of growing: a trial on one Ray Train worker (CPU, gloo) is granted a
-    second once it has reported; it stops at a validated epoch, reports that checkpoint to Tune,
-    and a 2-worker group trains on from it (the numbers are checked exactly above)."""
-    import json
-    import sys
-
-    from ray import cloudpickle, tune
-
-    from trainables import train_candidate
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    name = f"grants-{tmp_path.name}"
-
-    class Grant(tune.Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            grants.publish(name, {trial.trial_id: 2})
-
-    def trainable(config):
-        where = grants.address(name, tune.get_context().get_trial_id())
-        train_candidate(config | {"grants": where}, per_worker={"cpu": 1.0, "gpu": 0.0})
-
-    settings = replace(tiny, train=replace(tiny.train, epochs=4))
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, tune.PlacementGroupFactory([{"memory": 2**20}])),
-        param_space=CandidateConfig(Trial("0000"), settings).config(),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="grow", callbacks=[Grant()]),
-    )
-    result = tuner.fit()[0]
-    assert result.error is None and result.metrics["final"] and result.metrics["workers"] == 2
-    trial = Path(result.path)
-    reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-    epochs = [r["epoch"] for r in reports if not r.get("final")]
-    assert epochs == sorted(epochs) and set(epochs) == {0, 1, 2, 3, 4}  # never trained again from 0
-    resumed = [p.name for p in trial.glob("data-parallel-from-epoch-*")]
-    assert (
-        len(resumed) == 1
-        and 1 <= int(resumed[0].rsplit("-", 1)[1]) <= 3
-        and (trial / "data-parallel").is_dir()
-    )
