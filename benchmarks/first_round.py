@@ -55,12 +55,8 @@ class OneRound:
         return [Candidate(FusionMask(f"{i:04b}"), None, 0) for i in range(self.k)]
 
 
-def once(
-    preload: bool, trials: int, n: int, size: int, workers: int, until_idle: bool = False
-) -> dict[str, float]:
-    """One run in this process: the seconds of its build, and to its first trial's first step.
-    ``until_idle``: after the build, wait until the workers Ray started are idle (their imports
-    done) before the search; ``waited`` is that wait, and ``ready`` follows it."""
+def once(preload: bool, trials: int, n: int, size: int, workers: int) -> dict[str, float]:
+    """One run in this process: the seconds of its build, and to its first trial's first step."""
     modules = TRIAL_MODULES if workers == 1 else (*TRIAL_MODULES, "trainables.data_parallel")
     with tempfile.TemporaryDirectory() as scratch:
         began = time.time()
@@ -74,10 +70,7 @@ def once(
             train=TrainConfig(epochs=1, patience=1, batch_size=4),
             folds=3,
         )
-        built = time.time()
-        while until_idle and not _started_workers(idle=True) and time.time() - built < 120:
-            time.sleep(0.1)
-        ready, prestarted = time.time(), _started_workers()
+        ready, prestarted = time.time(), _idle_workers()
         result = run_search(RoundSearcher(OneRound(trials)), config={"settings": to_dict(settings)},
                             storage_path=str(Path(scratch, "runs")), name="first",
                             resources={"cpu": 1, "gpu": 1 if workers > 1 else 0}, workers=workers,
@@ -90,15 +83,13 @@ def once(
             for row in rows
         ]
         pids = [json.loads(line)["pid"] for line in last]
-        share = sum(pid in prestarted for pid in pids) / len(pids)
-        return {"build": built - began, "waited": ready - built, "after_ready": first - ready,
-                "in_all": first - began, "prestarted": share}  # fmt: skip
+        return {"build": ready - began, "after_ready": first - ready, "in_all": first - began,
+                "prestarted": sum(pid in prestarted for pid in pids) / len(pids)}  # fmt: skip
 
 
-def _started_workers(idle: bool = False) -> set[int]:
-    """The worker processes of the Ray this process started, idle or still starting (``idle``: idle
-    only) (children of its raylet, itself a child of this process), from Linux's ``/proc``; empty
-    elsewhere."""
+def _idle_workers() -> set[int]:
+    """The idle worker processes of the Ray this process started (children of its raylet, itself a
+    child of this process), from Linux's ``/proc``; empty elsewhere."""
 
     def parent(pid: str) -> str:
         return Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()[1]
@@ -106,10 +97,8 @@ def _started_workers(idle: bool = False) -> set[int]:
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            command = proc.joinpath("cmdline").read_bytes()
-            # idle, or still starting (importing the preloaded modules) on a loaded machine
-            worker = command.startswith(b"ray::IDLE") or (not idle and b"default_worker.py" in command)
-            if worker and int(parent(parent(proc.name))) == os.getpid():
+            idle = proc.joinpath("cmdline").read_bytes().startswith(b"ray::IDLE")
+            if idle and int(parent(parent(proc.name))) == os.getpid():
                 found.add(int(proc.name))
         except OSError:  # ended meanwhile
             pass
@@ -131,23 +120,17 @@ def main() -> None:
     parser.add_argument(
         "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="the kinds of run (default: both)"
     )
-    parser.add_argument(
-        "--until-idle", action="store_true",
-        help="after the build, wait for Ray's prestarted workers to be idle (a loaded machine's tests)",
-    )  # fmt: skip
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(once(args.child == "preloaded", args.trials, args.n, args.size, args.workers,
-                              args.until_idle)))  # fmt: skip
+        print(json.dumps(once(args.child == "preloaded", args.trials, args.n, args.size, args.workers)))
         return
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in args.kinds}
     for _ in range(args.repeats):
         for kind in args.kinds:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", kind, "--trials", str(args.trials),
-                 "--n", str(args.n), "--size", str(args.size), "--workers", str(args.workers),
-                 *(["--until-idle"] if args.until_idle else [])],
+                 "--n", str(args.n), "--size", str(args.size), "--workers", str(args.workers)],
                 capture_output=True, text=True, check=True, cwd=Path(__file__).parent,
                 env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, CPU_FALLBACK: "1"},
             ).stdout  # fmt: skip
@@ -159,8 +142,6 @@ def main() -> None:
         median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         print(f"{kind:<16} {median['build']:>8.2f} {median['after_ready']:>22.2f} {median['in_all']:>26.2f} "
               f"{median['prestarted']:>29.2f}")  # fmt: skip
-        if args.until_idle:
-            print(f"{kind}: waited {median['waited']:.2f} s after the build for Ray's workers to be idle")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,8 @@ class RoundSearcher(Searcher):
         under ``auto`` running trials grow into GPUs that finished trials free (:meth:`_grow`)."""
         self._parallel = parallel
         self._grants_name = _grants_name()
+        if parallel.elastic and ray.is_initialized():
+            grants.start(self._grants_name)
         self.last_grants: dict[str, int] = {}
         self._left: dict[str, int] = {}  # trial id -> epochs it will surely still train
 

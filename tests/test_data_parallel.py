@@ -282,6 +282,9 @@ def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path,
 
     saved = searcher()
     saved.set_data_parallel(DataParallel("auto", gpus=4, batch_size=16, most=4))
+    import ray
+
+    ray.get_actor(saved._grants_name)  # the grants' actor starts with the sizing, before any grant
     assert saved.suggest("t0")["workers"] == 2
     saved.save(str(tmp_path / "searcher.pkl"))
     resumed = searcher()

@@ -42,6 +42,12 @@ def _handle(name: str, create: bool = False) -> ray.actor.ActorHandle | None:
     return _HANDLES[key]
 
 
+def start(name: str) -> None:
+    """Create the actor ``name`` without waiting for it: its process starts while the first round
+    trains, so the first grant is not held up by it (nor Tune's event loop, which makes the grant)."""
+    _handle(name, create=True)
+
+
 def publish(name: str, workers: dict[str, int]) -> None:
     """Grant ``workers`` (trial id -> workers) through the actor ``name``, creating it if needed."""
     ray.get(_handle(name, create=True).set.remote(workers))
