@@ -129,7 +129,9 @@ def test_a_child_grows_from_one_worker_to_two_and_its_retried_trial_resumes_exac
     one = Recorder(tmp_path / "child")
     fit(child, one, parent=single.checkpoints[-1], data=data)
     name, marker = f"grants-{tmp_path.name}", str(tmp_path / "lost")
-    grants.publish(name, {})  # the grants' actor, owned by this process: it outlives worker groups
+    grants.start(
+        name
+    )  # the grants' actor, owned by this process (as the searcher's): it outlives worker groups
 
     def trainable(config):
         from trainables import data_parallel
@@ -272,6 +274,8 @@ def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_wh
 def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path, local_ray):
     """Saved on 4 GPUs, resumed on the tests' Ray (no GPU): one worker a trial, nothing to grow
     (sized for the 4 it would start 2-worker trials that no node can place)."""
+    import ray
+
     from fusionsearch import pipeline
     from fusionsearch.settings import SearchConfig
 
@@ -282,8 +286,6 @@ def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path,
 
     saved = searcher()
     saved.set_data_parallel(DataParallel("auto", gpus=4, batch_size=16, most=4))
-    import ray
-
     ray.get_actor(saved._grants_name)  # the grants' actor starts with the sizing, before any grant
     assert saved.suggest("t0")["workers"] == 2
     saved.save(str(tmp_path / "searcher.pkl"))
