@@ -26,10 +26,12 @@ doubling unless measured). Trial actors are then not kept warm between rounds (a
 does), so every trial pays its start. Under ``auto`` trials also grow as the searcher grants
 them (``DataParallel.grow``, from each running trial's sure epochs left: an improving trial
 reports the rest of its budget or its patience, whichever is less; one that stops early, what
-remains of its patience): a granted trial's GPUs are held from the grant, it stops at its next
-epoch's end, pays ``--train-start`` and ``--setup`` again, and trains the rest on its new workers;
-a grant before that epoch's end joins the same restart. "busy" counts a slot as busy while a trial
-trains on it; "useful" discounts a data-parallel trial's slots by its efficiency (speed-up / w).
+remains of its patience; a trial grows where the time it saves exceeds a restart's cost,
+``--restart``): a granted trial's GPUs are held from the grant, it stops at its next epoch's end,
+pays ``--restart`` (by default ``--train-start`` and ``--setup`` again), and trains the rest on
+its new workers; a grant before that epoch's end joins the same restart. "busy" counts a slot as
+busy while a trial trains on it; "useful" discounts a data-parallel trial's slots by its
+efficiency (speed-up / w).
 
 ``--validate`` runs the same search for real: a local Ray with N logical GPUs, every candidate
 the scripted trainable sleeping its modelled seconds (with ``--gpus-per-trial auto``, its
@@ -71,11 +73,21 @@ class Parts:
     overhead: float = 0.1
     actor_start: float = 3.0
     train_start: float = 10.0
-    dp_efficiency: float = 0.85
+    dp_efficiency: float = DataParallel.efficiency
+    restart: float | None = None  # a growth's cost (None: train_start + setup, a new group's)
 
     def speedup(self, workers: int) -> float:
         """How much faster ``workers`` data-parallel workers train than one."""
-        return workers * self.dp_efficiency ** math.log2(workers)
+        return self.parallel().speedup(workers)
+
+    def parallel(self, workers: int | str = 1, gpus: int = 0, batch_size: int = 1, most: int | None = None):
+        """The searcher's sizing with these parts' speed-up and restart."""
+        return DataParallel(workers, gpus, batch_size, most, self.dp_efficiency, self.restart_seconds)
+
+    @property
+    def restart_seconds(self) -> float:
+        """What a trial loses to grow: by default Ray Train's start and the setup again."""
+        return self.train_start + self.setup if self.restart is None else self.restart
 
     def epochs_of(self, config: dict, landscape: dict[str, float]) -> int:
         """Epochs a proposed trial trains (its config as the searcher proposes it): all of them if it
@@ -202,7 +214,8 @@ def simulate(
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
         for other, state in running.items():  # the running trials' last reports (after an epoch)
             if state.trained(now) > 0:
-                searcher.on_trial_result(other, {"epochs_left": state.left(now, parts)})
+                report = {"epochs_left": state.left(now, parts), "epoch_seconds": state.epoch}
+                searcher.on_trial_result(other, report)
         config = trial.config
         searcher.on_trial_complete(trial_id, {
             "val_loss": losses[config["mask"]], "checkpoint_dir_name": "checkpoint_000000",
@@ -230,7 +243,7 @@ def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> bool:
         return False
     trial.paused = trial.begin + (done - trial.done) * trial.epoch
     trial.slots += (parts.setup + (done - trial.done) * trial.epoch) * trial.workers
-    trial.begin = trial.paused + parts.train_start + parts.setup
+    trial.begin = trial.paused + parts.restart_seconds
     trial.done, trial.workers = done, workers
     trial.epoch = parts.epoch_seconds / parts.speedup(workers)
     return True
@@ -311,7 +324,7 @@ def _run_elastic(
     searcher.set_data_parallel(parallel)
     config = {"landscape": losses, "plan": _per_trial(args, lambda c: parts.epochs_of(c, losses)),
               "epoch_seconds": parts.epoch_seconds, "setup": parts.setup, "patience": parts.patience,
-              "restart": parts.train_start + parts.setup, "efficiency": parts.dp_efficiency}  # fmt: skip
+              "restart": parts.restart_seconds, "efficiency": parts.dp_efficiency}  # fmt: skip
     tuner = tune.Tuner(
         tune.with_resources(scripted_elastic, tune.PlacementGroupFactory([{"memory": 2**20}])),
         param_space=config,
@@ -369,10 +382,14 @@ def main() -> None:
         default=0.85,
         help="speed-up per doubling of workers, of 2 (default: 0.85)",
     )
+    parser.add_argument(
+        "--restart", type=float, default=None,
+        help="seconds a trial loses to grow (default: --train-start + --setup)",
+    )  # fmt: skip
     parser.add_argument("--validate", action="store_true", help="also run it on a local Ray (first --gpus)")
     args = parser.parse_args()
     parts = Parts(args.epoch_seconds, args.setup, args.epochs, args.patience, args.overhead, args.actor_start,
-                  args.train_start, args.dp_efficiency)  # fmt: skip
+                  args.train_start, args.dp_efficiency, args.restart)  # fmt: skip
     losses = landscape(args.points, args.seed)
     workers = args.gpus_per_trial if args.gpus_per_trial == "auto" else int(args.gpus_per_trial)
     print(f"{args.searcher}, {args.folds} folds, m = {args.points}, {args.modalities} modalities, "
@@ -380,7 +397,7 @@ def main() -> None:
     print(f"{'GPUs':>5} {'trials':>7} {'wall s':>9} {'wall min':>9} {'busy':>6} {'useful':>7} {'widest':>7} "
           f"{'growths':>8}")  # fmt: skip
     for gpus in args.gpus:
-        parallel = DataParallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
+        parallel = parts.parallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
         with tempfile.TemporaryDirectory() as scratch:
             p = simulate(make_searcher(args), gpus, parts, losses, scratch, parallel)
         print(f"{gpus:>5} {p.trials:>7} {p.wall:>9.1f} {p.wall / 60:>9.2f} {p.busy:>6.2f} {p.useful:>7.2f} "
@@ -388,7 +405,7 @@ def main() -> None:
     if args.validate:
         gpus = args.gpus[0]
         validate(
-            args, parts, losses, DataParallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
+            args, parts, losses, parts.parallel(workers, gpus, args.batch_size, min(gpus, args.gpus_per_node))
         )
 
 

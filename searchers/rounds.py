@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import uuid
 from collections.abc import Sequence
@@ -57,12 +58,19 @@ class DataParallel:
         gpus: the cluster's GPUs.
         batch_size: the candidates' global batch (a worker per sample at most).
         most: the GPUs of the cluster's largest node (a candidate's workers at most).
+        efficiency: the speed-up per doubling of workers, of 2 (:meth:`speedup`): 0.85 until a
+            multi-GPU measurement exists.
+        restart: seconds a trial loses to grow: its worker group stops at an epoch's end and Ray
+            Train starts a wider one, which sets up again (on this project's CPU machine 15-20 s
+            with the setup; budgeted at 10 s for Ray Train's start on a GPU node and 2 s of setup).
     """
 
     workers: int | str = 1
     gpus: int = 0
     batch_size: int = 1
     most: int | None = None
+    efficiency: float = 0.85
+    restart: float = 12.0
 
     @classmethod
     def on_cluster(cls, workers: int | str, batch_size: int) -> DataParallel:
@@ -101,27 +109,41 @@ class DataParallel:
     def _widest(self) -> int:
         return min(self.batch_size, self.most or self.gpus)
 
-    def grow(self, running: dict[str, int], left: dict[str, int]) -> dict[str, int]:
+    def speedup(self, workers: int) -> float:
+        """How much faster ``workers`` data-parallel workers train than one: ``w * efficiency**log2(w)``."""
+        return workers * self.efficiency ** math.log2(workers)
+
+    def grow(self, running: dict[str, int], left: dict[str, float]) -> dict[str, int]:
         """New worker counts for running trials (``running``: trial id -> workers) once nothing waits
-        to start. ``left`` is how many more epochs each will surely train (its last report's
-        ``epochs_left``: the rest of its budget, or of its patience since its best epoch). While
-        the free GPUs allow, the trial surest to train longest (the narrowest of equals) doubles its
-        workers, up to the widest a trial may be; a trial with fewer than 2 sure epochs left does
-        not grow. Doubling, not a GPU at a time, since a trial restarts its workers from a
-        checkpoint to grow (Ray Train's start again). Empty unless :attr:`elastic`.
+        to start. ``left`` is how many seconds each will surely still train on its workers after
+        the epoch it is in (its last report's ``epochs_left`` less that epoch, times its
+        ``epoch_seconds``). While the free GPUs allow, the trial surest to train longest (the
+        narrowest of equals) doubles its workers, up to the widest a trial may be, where that
+        saves more than a :attr:`restart`: ``left * (1 - speedup(w) / speedup(W))`` seconds from
+        its ``w`` running workers to its ``W`` granted (one restart, however wide). Doubling, not a
+        GPU at a time, since a trial restarts its workers from a checkpoint to grow (Ray Train's
+        start again). Empty unless :attr:`elastic`.
         """
         if not self.elastic:
             return {}
         free = self.gpus - sum(running.values())
-        new = dict(running)
-        while growable := [
-            t for t in new if left.get(t, 0) >= 2 and 0 < min(new[t], self._widest - new[t]) <= free
-        ]:
-            trial = max(growable, key=lambda t: (left[t], -new[t]))
-            more = min(new[trial], self._widest - new[trial])
+        new, seconds = dict(running), {t: left.get(t, 0.0) for t in running}
+
+        def saves(trial: str) -> float:  # from its running workers: one restart, however wide
+            wider = new[trial] + self._more(new[trial])
+            return left.get(trial, 0.0) * (1 - self.speedup(running[trial]) / self.speedup(wider))
+
+        while growable := [t for t in new if 0 < self._more(new[t]) <= free and saves(t) > self.restart]:
+            trial = max(growable, key=lambda t: (seconds[t], -new[t]))
+            more = self._more(new[trial])
+            seconds[trial] *= self.speedup(new[trial]) / self.speedup(new[trial] + more)
             new[trial] += more
             free -= more
         return {t: w for t, w in new.items() if w != running[t]}
+
+    def _more(self, workers: int) -> int:
+        """The workers a trial of ``workers`` gains by growing: as many again, up to the widest."""
+        return min(workers, self._widest - workers)
 
 
 def _grants_name() -> str:
@@ -233,11 +255,15 @@ class RoundSearcher(Searcher):
         if parallel.elastic and ray.is_initialized():
             grants.start(self._grants_name)
         self.last_grants: dict[str, int] = {}
-        self._left: dict[str, int] = {}  # trial id -> epochs it will surely still train
+        self._left: dict[str, float] = {}  # trial id -> seconds it will surely train after this epoch
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if "epochs_left" in result:
-            self._left[trial_id] = int(result["epochs_left"])
+        """Keep how long each running trial will surely train on: its ``epochs_left`` after the
+        epoch it is in, times its ``epoch_seconds`` (Tune's ``time_this_iter_s`` where a trainable
+        does not report it); growing a trial is worth a restart only if that is long enough."""
+        seconds = result.get("epoch_seconds", result.get("time_this_iter_s"))
+        if "epochs_left" in result and seconds is not None:
+            self._left[trial_id] = max(0, int(result["epochs_left"]) - 1) * float(seconds)
 
     def _grow(self) -> None:
         """Once nothing waits to start, grant running trials the GPUs ended trials freed

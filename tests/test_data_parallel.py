@@ -227,15 +227,24 @@ def test_a_trial_of_several_workers_is_not_another_trial():
         Trial("0000", workers=0)
 
 
-def test_free_gpus_grow_the_trials_surest_to_train_longest_by_doubling():
-    parallel = DataParallel("auto", gpus=8, batch_size=16, most=8)
-    # 5 free: a (8 sure epochs left) doubles twice, b (2 left) once; c (1 left) does not grow.
-    assert parallel.grow({"a": 1, "b": 1, "c": 1}, {"a": 8, "b": 2, "c": 1}) == {"a": 4, "b": 2}
-    assert parallel.grow({"a": 1, "b": 1}, {"a": 5, "b": 5}) == {"a": 4, "b": 4}  # equals take turns
-    assert parallel.grow({"a": 6}, {"a": 9}) == {"a": 8}  # up to the widest, not past it
-    assert parallel.grow({"a": 4, "b": 4}, {"a": 9, "b": 9}) == {}  # nothing free
-    assert DataParallel(2, 8, 16, 8).grow({"a": 2}, {"a": 9}) == {}  # a fixed --gpus-per-trial
-    assert DataParallel("auto", 8, batch_size=1).grow({"a": 1}, {"a": 9}) == {}  # one sample a batch
+def test_free_gpus_grow_the_trials_surest_to_train_longest_by_doubling_where_that_pays_a_restart():
+    parallel = DataParallel("auto", gpus=8, batch_size=16, most=8, efficiency=0.85, restart=10.0)
+    # Seconds each will surely train on after its epoch. 1 -> 2 workers saves 1 - 1/1.7 = 41 % of
+    # them. 5 free: a (100 s) doubles twice (1 -> 4 saves 65 s), b (30 s) once (12 s); c (20 s)
+    # would save 8 s, less than a restart.
+    assert parallel.grow({"a": 1, "b": 1, "c": 1}, {"a": 100, "b": 30, "c": 20}) == {"a": 4, "b": 2}
+    assert parallel.grow({"a": 1, "b": 1}, {"a": 50, "b": 50}) == {"a": 4, "b": 4}  # equals take turns
+    # One restart however wide: 1 -> 2 pays it (16.5 s saved of 40), so a goes on to 8, though
+    # 2 -> 4 alone would save less (9.7 s of the 23.5 left at 2 workers).
+    assert parallel.grow({"a": 1}, {"a": 40}) == {"a": 8}
+    assert parallel.grow({"a": 2}, {"a": 23.5}) == {}
+    assert parallel.grow({"a": 6}, {"a": 900}) == {"a": 8}  # up to the widest, not past it
+    assert parallel.grow({"a": 4, "b": 4}, {"a": 900, "b": 900}) == {}  # nothing free
+    assert parallel.grow({"a": 1}, {}) == {}  # no report yet: nothing known to save
+    assert DataParallel("auto", 8, 16, 8, restart=60.0).grow({"a": 1}, {"a": 100}) == {}  # 41 s < 60
+    assert DataParallel(2, 8, 16, 8).grow({"a": 2}, {"a": 900}) == {}  # a fixed --gpus-per-trial
+    assert DataParallel("auto", 8, batch_size=1).grow({"a": 1}, {"a": 900}) == {}  # one sample a batch
+    assert parallel.speedup(1) == 1 and parallel.speedup(2) == pytest.approx(1.7)
 
 
 def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_when_nothing_waits(tmp_path):
@@ -257,9 +266,10 @@ def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_wh
     assert [(c["role"], c["workers"]) for c in (t1, flair)] == [("unimodal", 1), ("unimodal", 1)]
     assert baseline["grants"].endswith("/t0") and searcher.suggest("t3") is None
     # The unimodal baselines end; nothing waits. One free GPU cannot double the baseline's two;
-    # two can: the baseline, sure to train 5 more epochs, grows to 4.
-    searcher.on_trial_result("t0", {"epochs_left": 5})
-    searcher.on_trial_result("t2", {"epochs_left": 1})
+    # two can: the baseline, sure to train 5 more epochs of 30 s (Tune's time between its reports
+    # where a trainable does not say), grows to 4 (saving 49 s for a 12-s restart).
+    searcher.on_trial_result("t0", {"epochs_left": 5, "epoch_seconds": 30.0})
+    searcher.on_trial_result("t2", {"epochs_left": 1, "time_this_iter_s": 30.0})
     complete("t1", t1)
     assert searcher.last_grants == {}
     complete("t2", flair)

@@ -97,10 +97,10 @@ def scripted_elastic(config: dict) -> None:
 
     It trains ``plan[duration_key(config)]`` epochs of ``epoch_seconds / speedup(workers)`` each
     (``speedup(w) = w * efficiency ** log2(w)``), after ``setup`` seconds, reporting ``epochs_left``
-    after each as :func:`fusionsearch.train.loop.fit` does (at most ``patience``: a trial that
-    trains fewer epochs than its budget stops early). After an epoch that is not its last, it takes
-    the workers the searcher granted it (``grants``), if more, after ``restart`` seconds (Ray
-    Train's start and the setup again).
+    and ``epoch_seconds`` after each as :func:`fusionsearch.train.loop.fit` does (``epochs_left``
+    at most ``patience``: a trial that trains fewer epochs than its budget stops early). After an
+    epoch that is not its last, it takes the workers the searcher granted it (``grants``), if more,
+    after ``restart`` seconds (Ray Train's start and the setup again).
     """
     from fusionsearch.tune.grants import granted
 
@@ -110,9 +110,11 @@ def scripted_elastic(config: dict) -> None:
     time.sleep(config["setup"])
     grew = 0
     for epoch in range(1, epochs + 1):
-        time.sleep(config["epoch_seconds"] / (workers * config["efficiency"] ** math.log2(workers)))
+        seconds = config["epoch_seconds"] / (workers * config["efficiency"] ** math.log2(workers))
+        time.sleep(seconds)
         left = min(epochs - epoch, config["patience"])
-        tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left})
+        tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left,
+                     "epoch_seconds": seconds})  # fmt: skip
         if epoch < epochs and where and (more := granted(where) or 0) > workers:
             time.sleep(config["restart"])
             workers, grew = more, grew + 1

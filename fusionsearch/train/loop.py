@@ -204,7 +204,8 @@ def fit(
     ``checkpoint_interval`` seconds have passed since the last one; at the end it gets the best
     epoch's metrics and weights (``final: True``). Given its own final checkpoint as ``resume``,
     it reports that result again without training. Every epoch's metrics say how many more epochs
-    it will surely train (``epochs_left``). If ``pause`` (asked after every validated epoch but the
+    it will surely train (``epochs_left``) and how long an epoch took since the last report
+    (``epoch_seconds``, training and validation). If ``pause`` (asked after every validated epoch but the
     last; data-parallel workers all ask together) says so, it reports that epoch with a checkpoint
     and returns its metrics (no ``final``): resumed from that checkpoint, on any number of workers,
     it trains on as if it had not stopped.
@@ -224,7 +225,8 @@ def fit(
         run.state.initial_losses = run.last_losses
         _keep_if_best(run, initial)
         report(initial, None)
-    last_checkpoint = time.monotonic()
+    last_checkpoint = last_report = time.monotonic()
+    reported_epoch = run.state.epoch
     while not run.state.done(train):
         metrics = _train_epoch(run, run.state.epoch + 1)
         run.state.epoch = metrics["epoch"]
@@ -232,7 +234,10 @@ def fit(
             continue  # not validated: nothing to report (Tune's metric is the validation loss)
         metrics |= _evaluate(run)
         _keep_if_best(run, metrics)
-        metrics = metrics | {"epochs_left": run.state.left(train)}
+        now, epochs = time.monotonic(), run.state.epoch - reported_epoch
+        seconds = (now - last_report) / epochs  # since the last report: training and validation
+        metrics = metrics | {"epochs_left": run.state.left(train), "epoch_seconds": seconds}
+        last_report, reported_epoch = now, run.state.epoch
         pausing = pause is not None and not run.state.done(train) and pause()
         if pausing or time.monotonic() - last_checkpoint >= train.checkpoint_interval:
             extra = {"optimizer": run.optimizer.state_dict(), "best_weights": run.best_weights}
