@@ -47,7 +47,9 @@ def _last_error(trial: Any) -> str:
 
 
 class FailureLog(tune.Callback):
-    """Logs each failed trial's error in one line and keeps it in the experiment's ``errors.json``."""
+    """Logs each failed trial's error in one line and keeps it in the experiment's ``errors.json``
+    (not once :class:`StorageGuard`, called before it, has found the storage failing: the trial
+    stays pending, and writing there would only delay the stop by the storage's retries)."""
 
     def __init__(self, experiment_dir: str) -> None:
         self.experiment_dir = experiment_dir
@@ -56,6 +58,8 @@ class FailureLog(tune.Callback):
         error = _last_error(trial)
         log.error("trial %s (mask %s) failed: %s (full text: %s)", trial.trial_id, trial.config.get("mask"),
                   error, trial.error_file)  # fmt: skip
+        if storage_failure:
+            return
         try:
             experiment.record_error(self.experiment_dir, trial.trial_id, error)
         except OSError as error:  # the storage itself failing (full, unreachable): keep the search going

@@ -285,8 +285,8 @@ def run_search(
                 ForgetLostCheckpoints(),
                 ProgressLog(),
                 FoldProgress(),
+                StorageGuard(),  # first: once the storage fails, FailureLog does not write there
                 FailureLog(experiment_dir),
-                StorageGuard(),
                 *callbacks,
             ],
             verbose=0,
