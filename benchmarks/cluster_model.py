@@ -80,7 +80,9 @@ class Parts:
         """How much faster ``workers`` data-parallel workers train than one."""
         return self.parallel().speedup(workers)
 
-    def parallel(self, workers: int | str = 1, gpus: int = 0, batch_size: int = 1, most: int | None = None):
+    def parallel(
+        self, workers: int | str = 1, gpus: int = 0, batch_size: int = 1, most: int | None = None
+    ) -> DataParallel:
         """The searcher's sizing with these parts' speed-up and restart."""
         return DataParallel(workers, gpus, batch_size, most, self.dp_efficiency, self.restart_seconds)
 

@@ -130,8 +130,7 @@ class DataParallel:
         new, seconds = dict(running), {t: left.get(t, 0.0) for t in running}
 
         def saves(trial: str) -> float:  # from its running workers: one restart, however wide
-            wider = new[trial] + self._more(new[trial])
-            return left.get(trial, 0.0) * (1 - self.speedup(running[trial]) / self.speedup(wider))
+            return self.saving(running[trial], new[trial] + self._more(new[trial]), left.get(trial, 0.0))
 
         while growable := [t for t in new if 0 < self._more(new[t]) <= free and saves(t) > self.restart]:
             trial = max(growable, key=lambda t: (seconds[t], -new[t]))
@@ -140,6 +139,11 @@ class DataParallel:
             new[trial] += more
             free -= more
         return {t: w for t, w in new.items() if w != running[t]}
+
+    def saving(self, workers: int, wider: int, seconds: float) -> float:
+        """Seconds a trial sure to train ``seconds`` more on ``workers`` saves on ``wider`` ones,
+        its restart not counted."""
+        return seconds * (1 - self.speedup(workers) / self.speedup(wider))
 
     def _more(self, workers: int) -> int:
         """The workers a trial of ``workers`` gains by growing: as many again, up to the widest."""
@@ -282,7 +286,12 @@ class RoundSearcher(Searcher):
             key = self._trial_keys[trial_id]
             self._pending[key] = replace(self._pending[key], workers=workers)
         if self.last_grants:
-            grown = ", ".join(f"trial {t} to {w} workers" for t, w in self.last_grants.items())
+            sooner = {t: parallel.saving(running[t], w, self._left[t]) - parallel.restart
+                      for t, w in self.last_grants.items()}  # fmt: skip
+            grown = ", ".join(
+                f"trial {t} to {w} workers (about {sooner[t]:.0f} s sooner)"
+                for t, w in self.last_grants.items()
+            )
             log.info("growing %s", grown)
             if ray.is_initialized():
                 grants.publish(self._grants_name, self.last_grants)
