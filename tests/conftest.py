@@ -70,6 +70,13 @@ def tiny_search(manifest, storage, name: str, cache, *extra: str, extend: bool =
 SHARED_FIXTURE_MODULES = {"test_cluster", "test_run_cli", "test_object_storage", "test_search_ray"}
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first (in their order), then the quick ones: the two xdist workers then end
+    together on quick tests, instead of one finishing a 2-minute test that came last while the
+    other waits (measured: one worker idle for the last 59 s of a 760-s run)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scheduling of :data:`SHARED_FIXTURE_MODULES`: ``--dist loadgroup`` reads its groups from
     node ids that pytest 9.2 no longer lets a plugin change, so the groups are made here."""
