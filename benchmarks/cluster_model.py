@@ -390,6 +390,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--validate", action="store_true", help="also run it on a local Ray (first --gpus)")
     args = parser.parse_args()
+    if args.restart is not None and args.restart < 0:
+        parser.error(f"--restart {args.restart}: seconds a growth costs, 0 or more")
     parts = Parts(args.epoch_seconds, args.setup, args.epochs, args.patience, args.overhead, args.actor_start,
                   args.train_start, args.dp_efficiency, args.restart)  # fmt: skip
     losses = landscape(args.points, args.seed)
