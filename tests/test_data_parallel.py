@@ -269,8 +269,8 @@ def test_the_searcher_sizes_the_search_first_waits_for_a_gpu_and_grows_trials_wh
     assert [(c["role"], c["workers"]) for c in (t1, flair)] == [("unimodal", 1), ("unimodal", 1)]
     assert baseline["grants"].endswith("/t0") and searcher.suggest("t3") is None
     # The unimodal baselines end; nothing waits. One free GPU cannot double the baseline's two;
-    # two can: the baseline, sure to train 5 more epochs of 30 s (Tune's time between its reports
-    # where a trainable does not say), grows to 4 (saving 49 s for a 12-s restart).
+    # two can: the baseline, sure of 5 more epochs of 30 s (Tune's time between reports where a
+    # trainable does not say), 4 after the one it is in, grows to 4 (saving 49 s for a 12-s restart).
     searcher.on_trial_result("t0", {"epochs_left": 5, "epoch_seconds": 30.0})
     searcher.on_trial_result("t2", {"epochs_left": 1, "time_this_iter_s": 30.0})
     complete("t1", t1)

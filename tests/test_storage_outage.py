@@ -86,7 +86,7 @@ def test_an_unreachable_endpoint_stops_the_search_with_a_clear_error_and_resume_
     storage = f"s3://{BUCKET}/runs"
     # No retry (the retry of a short outage is the test above): the first trial failing on the
     # unreachable storage stops the search, as its second failure would with --max-failures 1.
-    # Two candidates, the baseline and one child: the endpoint goes away before the child starts.
+    # Two candidates, the baseline and one child: the endpoint goes away as the child starts.
     argv = tiny_search(manifest, storage, "out", tmp_path / "cache", "--checkpoint-interval", "0",
                        "--max-failures", "0", "--searcher", "random", "--budget", "2")  # fmt: skip
     run = subprocess.Popen([*CLI, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
