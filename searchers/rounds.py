@@ -286,7 +286,7 @@ class RoundSearcher(Searcher):
             key = self._trial_keys[trial_id]
             self._pending[key] = replace(self._pending[key], workers=workers)
         if self.last_grants:
-            sooner = {t: parallel.saving(running[t], w, self._left[t]) - parallel.restart
+            sooner = {t: parallel.saving(running[t], w, self._left.get(t, 0.0)) - parallel.restart
                       for t, w in self.last_grants.items()}  # fmt: skip
             grown = ", ".join(
                 f"trial {t} to {w} workers (about {sooner[t]:.0f} s sooner)"
