@@ -127,17 +127,18 @@ class DataParallel:
         if not self.elastic:
             return {}
         free = self.gpus - sum(running.values())
-        new, seconds = dict(running), {t: left.get(t, 0.0) for t in running}
+        new = dict(running)
 
         def saves(trial: str) -> float:  # from its running workers: one restart, however wide
             return self.saving(running[trial], new[trial] + self._more(new[trial]), left.get(trial, 0.0))
 
+        def still(trial: str) -> float:  # its sure seconds on the workers granted so far
+            return left.get(trial, 0.0) * self.speedup(running[trial]) / self.speedup(new[trial])
+
         while growable := [t for t in new if 0 < self._more(new[t]) <= free and saves(t) > self.restart]:
-            trial = max(growable, key=lambda t: (seconds[t], -new[t]))
-            more = self._more(new[trial])
-            seconds[trial] *= self.speedup(new[trial]) / self.speedup(new[trial] + more)
-            new[trial] += more
-            free -= more
+            trial = max(growable, key=lambda t: (still(t), -new[t]))
+            free -= self._more(new[trial])
+            new[trial] += self._more(new[trial])
         return {t: w for t, w in new.items() if w != running[t]}
 
     def saving(self, workers: int, wider: int, seconds: float) -> float:

@@ -130,9 +130,8 @@ def test_a_child_grows_from_one_worker_to_two_and_its_retried_trial_resumes_exac
     one = Recorder(tmp_path / "child")
     fit(child, one, parent=single.checkpoints[-1], data=data)
     name, marker = f"grants-{tmp_path.name}", str(tmp_path / "lost")
-    grants.start(
-        name
-    )  # the grants' actor, owned by this process (as the searcher's): it outlives worker groups
+    # the grants' actor, owned by this process (as the searcher's): it outlives worker groups
+    grants.start(name)
 
     def trainable(config):
         from trainables import data_parallel

@@ -7,7 +7,6 @@ and ``parent``, ends with a report carrying ``val_loss`` and a checkpoint) witho
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -96,13 +95,16 @@ def scripted_elastic(config: dict) -> None:
     """A scripted trial that grows as a data-parallel one does, for the cluster model's check.
 
     It trains ``plan[duration_key(config)]`` epochs of ``epoch_seconds / speedup(workers)`` each
-    (``speedup(w) = w * efficiency ** log2(w)``), after ``setup`` seconds, reporting ``epochs_left``
-    and ``epoch_seconds`` after each as :func:`fusionsearch.train.loop.fit` does (``epochs_left``
-    at most ``patience``: a trial that trains fewer epochs than its budget stops early). After an
-    epoch that is not its last, it takes the workers the searcher granted it (``grants``), if more,
-    after ``restart`` seconds (Ray Train's start and the setup again).
+    (``DataParallel.speedup``: ``w * efficiency ** log2(w)``), after ``setup`` seconds, reporting
+    ``epochs_left`` and ``epoch_seconds`` after each as :func:`fusionsearch.train.loop.fit` does
+    (``epochs_left`` at most ``patience``: a trial that trains fewer epochs than its budget stops
+    early). After an epoch that is not its last, it takes the workers the searcher granted it
+    (``grants``), if more, after ``restart`` seconds (Ray Train's start and the setup again).
     """
     from fusionsearch.tune.grants import granted
+    from searchers.rounds import DataParallel
+
+    speedup = DataParallel(efficiency=config["efficiency"]).speedup
 
     started = time.time()
     epochs = config["plan"][duration_key(config)]
@@ -110,7 +112,7 @@ def scripted_elastic(config: dict) -> None:
     time.sleep(config["setup"])
     grew = 0
     for epoch in range(1, epochs + 1):
-        seconds = config["epoch_seconds"] / (workers * config["efficiency"] ** math.log2(workers))
+        seconds = config["epoch_seconds"] / speedup(workers)
         time.sleep(seconds)
         left = min(epochs - epoch, config["patience"])
         tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left,
