@@ -19,11 +19,14 @@ training seconds / (N x wall time).
 
 Data-parallel candidates (``--gpus-per-trial auto``, the default on GPUs, or N): the searcher
 gives each trial its workers when it proposes it (the same sizing as ``fusionsearch run``, up to
-``--gpus-per-node``); a trial of w workers waits for w free slots, pays ``--train-start`` seconds
-(Ray Train's controller, workers and process group) instead of an actor's start, and trains
-``speed-up(w)`` times faster, ``speed-up(w) = w x --dp-efficiency ^ log2(w)`` (0.85 of linear per
-doubling unless measured). Trial actors are then not kept warm between rounds (as the driver
-does), so every trial pays its start. Under ``auto`` trials also grow as the searcher grants
+``--gpus-per-node``), and under ``auto`` starts it under Ray Train only where its sure epochs
+would pay that start back (``DataParallel.apart``, from the epochs the trials so far reported),
+else in a Tune actor on one slot. A trial under Ray Train waits for its w free slots, pays
+``--train-start`` seconds (Ray Train's controller, workers and process group) instead of an
+actor's start, and trains ``speed-up(w)`` times faster, ``speed-up(w) = w x --dp-efficiency ^
+log2(w)`` (0.85 of linear per doubling unless measured). While one runs, no idle actor is kept
+(as the driver does): a trial ending then frees its slot, and the next trial starts an actor
+(``--actor-start``). Under ``auto`` trials under Ray Train also grow as the searcher grants
 them (``DataParallel.grow``, from each running trial's sure epochs left: an improving trial
 reports the rest of its budget or its patience, whichever is less; one that stops early, what
 remains of its patience; a trial grows where the time it saves exceeds a restart's cost,
@@ -52,6 +55,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from fusionsearch import pipeline
@@ -84,7 +88,10 @@ class Parts:
         self, workers: int | str = 1, gpus: int = 0, batch_size: int = 1, most: int | None = None
     ) -> DataParallel:
         """The searcher's sizing with these parts' speed-up and restart."""
-        return DataParallel(workers, gpus, batch_size, most, self.dp_efficiency, self.restart_seconds)
+        sure = min(self.patience, self.epochs)
+        return DataParallel(
+            workers, gpus, batch_size, most, self.dp_efficiency, self.restart_seconds, self.train_start, sure
+        )
 
     @property
     def restart_seconds(self) -> float:
@@ -118,6 +125,7 @@ class Prediction:
     widest: int = 1  # the most workers a trial had
     restarts: int = 0  # trials' worker groups restarted wider (growths)
     first: float = 0.0  # when the first trial's process began (after its start and Tune's overhead)
+    apart: int = 0  # trials started under Ray Train (the rest in Tune's actors, one GPU each)
 
 
 def landscape(num_points: int, seed: int) -> dict[str, float]:
@@ -177,20 +185,23 @@ def simulate(
     searcher.set_experiment_dir(scratch)
     parallel = parallel or DataParallel()
     searcher.set_data_parallel(parallel)
-    warm = not parallel.possible  # the driver keeps actors warm only where no trial gets 2 workers
+    # the driver keeps idle actors while no trial trains under Ray Train (run_search's _warm_while)
+    warm = getattr(searcher, "keeps_actors_warm", lambda: not parallel.possible)
     idle, cold = 0, gpus  # slots with a warm actor free now; slots without one
     running: dict[str, _Running] = {}
     queue: deque[tuple[str, dict]] = deque()
-    now, training, useful, trials, ids, widest, restarts = 0.0, 0.0, 0.0, 0, 0, 1, 0
+    now, training, useful, trials, ids, widest, restarts, apart = 0.0, 0.0, 0.0, 0, 0, 1, 0, 0
     first = math.inf
     while True:
         while isinstance(config := searcher.suggest(f"t{ids}"), dict):
             queue.append((f"t{ids}", config))
             ids += 1
+        if not warm():  # a trial under Ray Train: the idle actors release their GPUs
+            idle, cold = 0, cold + idle
         while queue and idle + cold >= (queue[0][1].get("workers") or 1):  # in order, as Ray's queue
             trial_id, config = queue.popleft()
             workers = config.get("workers") or 1
-            warm_start = 0.0 if idle and warm else parts.actor_start
+            warm_start = 0.0 if idle else parts.actor_start
             start = parts.train_start if workers > 1 or "grants" in config else warm_start
             take_idle = min(idle, workers)  # a warm actor's slot first
             idle, cold = idle - take_idle, cold - (workers - take_idle)
@@ -199,7 +210,7 @@ def simulate(
             first = min(first, begin - parts.setup)
             epoch = parts.epoch_seconds / parts.speedup(workers)
             running[trial_id] = _Running(config, workers, begin, epochs, epoch, held=workers)
-            trials += 1
+            trials, apart = trials + 1, apart + (workers > 1 or "grants" in config)
         if not running:
             break
         trial_id = min(running, key=lambda t: running[t].end)
@@ -209,12 +220,12 @@ def simulate(
         training += gpu_seconds
         useful += gpu_seconds * parts.speedup(trial.workers) / trial.workers
         widest = max(widest, trial.workers)
-        if trial.held > 1 or not warm:
+        if trial.held > 1 or "grants" in trial.config or not warm():
             cold += trial.held  # Ray Train's workers end with the trial; no actor is kept
         else:
             idle += 1
         Path(scratch, trial_id, "checkpoint_000000").mkdir(parents=True, exist_ok=True)
-        for other, state in running.items():  # the running trials' last reports (after an epoch)
+        for other, state in [(trial_id, trial), *running.items()]:  # last reports (after an epoch)
             if state.trained(now) > 0:
                 report = {"epochs_left": state.left(now, parts), "epoch_seconds": state.epoch}
                 searcher.on_trial_result(other, report)
@@ -228,7 +239,9 @@ def simulate(
             restarts += _grow(running[grown], workers, now, parts)
     scale = gpus * now if now else 1.0
     busy = training / scale if now else 0.0
-    return Prediction(now, busy, trials, training, useful / scale, widest, restarts, first if trials else 0.0)
+    return Prediction(
+        now, busy, trials, training, useful / scale, widest, restarts, first if trials else 0.0, apart
+    )
 
 
 def _grow(trial: _Running, workers: int, now: float, parts: Parts) -> bool:
@@ -297,7 +310,9 @@ def validate(
     if elastic:
         print(f"growths (worker groups restarted wider): measured {sum(r['grew'] for r in rows)}, model "
               f"{modelled.restarts}; widest trial: measured {max(r['workers'] for r in rows)} workers, "
-              f"model {modelled.widest}")  # fmt: skip
+              f"model {modelled.widest}; under Ray Train: measured {sum(r['apart'] for r in rows)} trials, "
+              f"model {modelled.apart}; processes: {len({r['pid'] for r in rows})} for {len(rows)} "
+              "trials")  # fmt: skip
     ray.shutdown()
 
 
@@ -319,6 +334,7 @@ def _run_elastic(
 
     from fusionsearch.search import experiment
     from fusionsearch.tune import driver
+    from fusionsearch.tune.warm_actors import keep_warm
     from trainables.scripted import scripted_elastic
 
     searcher = make_searcher(args)
@@ -327,21 +343,25 @@ def _run_elastic(
     config = {"landscape": losses, "plan": _per_trial(args, lambda c: parts.epochs_of(c, losses)),
               "epoch_seconds": parts.epoch_seconds, "setup": parts.setup, "patience": parts.patience,
               "restart": parts.restart_seconds, "efficiency": parts.dp_efficiency}  # fmt: skip
+    per_worker = {"cpu": 1, "gpu": 1}
     tuner = tune.Tuner(
-        tune.with_resources(scripted_elastic, tune.PlacementGroupFactory([{"memory": 2**20}])),
+        # a trial under Ray Train holds no GPU in Tune, any other one GPU (as run_search's trainable)
+        tune.with_resources(scripted_elastic, partial(driver.trial_resources, per_worker)),
         param_space=config,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=-1, trial_dirname_creator=experiment.trial_dirname
+            search_alg=searcher, num_samples=-1, trial_dirname_creator=experiment.trial_dirname,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(name="model", storage_path=storage, verbose=0),
-    )
-    # as run_search schedules data-parallel trials: a round's trials pending at once, not one by one
-    with driver.tune_environment(driver.concurrency(per_trial={"cpu": 1, "gpu": 1})):
+    )  # fmt: skip
+    # as run_search schedules: a round's trials pending at once, idle actors kept while none is apart
+    concurrency = driver.concurrency(per_trial=per_worker)
+    with driver.tune_environment(concurrency), keep_warm(concurrency, searcher.keeps_actors_warm):
         tuner.fit()
     rows = experiment.load_result(str(Path(storage, "model"))).table.to_pylist()
-    for row in rows:  # how often each grew, its workers at the end: its last report
-        last = Path(storage, "model", row["trial_id"], "result.json").read_text().splitlines()[-1]
-        row["grew"], row["workers"] = json.loads(last)["grew"], json.loads(last)["workers"]
+    for row in rows:  # how often each grew, its workers at the end, whether apart: its last report
+        last = json.loads(Path(storage, "model", row["trial_id"], "result.json").read_text().splitlines()[-1])
+        row.update({key: last[key] for key in ("grew", "workers", "apart", "pid")})
     return rows
 
 

@@ -63,6 +63,9 @@ class DataParallel:
         restart: seconds a trial loses to grow: its worker group stops at an epoch's end and Ray
             Train starts a wider one, which sets up again (on this project's CPU machine 15-20 s
             with the setup; budgeted at 10 s for Ray Train's start on a GPU node and 2 s of setup).
+        start: seconds a trial loses to start under Ray Train instead of in an idle Tune actor
+            (Ray Train's controller, workers and process group; budgeted at 10 s on a GPU node).
+        sure_epochs: epochs every trial trains at least: its patience, or its budget if shorter.
     """
 
     workers: int | str = 1
@@ -71,14 +74,16 @@ class DataParallel:
     most: int | None = None
     efficiency: float = 0.85
     restart: float = 12.0
+    start: float = 10.0
+    sure_epochs: int = 8
 
     @classmethod
-    def on_cluster(cls, workers: int | str, batch_size: int) -> DataParallel:
+    def on_cluster(cls, workers: int | str, batch_size: int, sure_epochs: int = 8) -> DataParallel:
         """The sizing on the connected Ray cluster's live GPUs (one worker per candidate for ``1``)."""
         if workers == 1:
             return cls()
         gpus = node_gpus()
-        return cls(workers, sum(gpus), batch_size, max(gpus, default=0) or None)
+        return cls(workers, sum(gpus), batch_size, max(gpus, default=0) or None, sure_epochs=sure_epochs)
 
     @property
     def possible(self) -> bool:
@@ -100,6 +105,28 @@ class DataParallel:
         share = max(1, (self.gpus - running) // max(1, ready))
         return max(1, min(share, self._widest))
 
+    def apart(self, workers: int, epoch: float | None, searches: int = 1) -> bool:
+        """Whether a trial about to start on ``workers`` trains under Ray Train (its workers apart
+        from its Tune actor, able to grow) rather than in its Tune actor, on one GPU.
+
+        A fixed number of workers: where it is above 1. Under ``auto``: where the trial's sure
+        epochs, ``epoch`` seconds each on one worker (the search's measured median; ``None``
+        before any trial has reported one), could pay Ray Train's :attr:`start` back: trained
+        on ``workers``, or grown to the widest a trial may be, which costs a :attr:`restart` too.
+        Before a measurement, every trial: no actor is warm yet, and Ray Train's start costs about
+        what a fresh actor's does.
+        """
+        if not self.possible:
+            return False
+        if self.workers != "auto":
+            return workers > 1
+        share = min(self._widest, max(1, self.gpus // searches))
+        if epoch is None:
+            return max(workers, share) > 1
+        sure = self.sure_epochs * epoch
+        grown = self.saving(1, share, sure) - self.restart
+        return max(self.saving(1, workers, sure), grown) > self.start
+
     @property
     def elastic(self) -> bool:
         """Whether running trials grow into GPUs that others free (``auto`` where a trial can get 2)."""
@@ -113,10 +140,11 @@ class DataParallel:
         """How much faster ``workers`` data-parallel workers train than one: ``w * efficiency**log2(w)``."""
         return workers * self.efficiency ** math.log2(workers)
 
-    def grow(self, running: dict[str, int], left: dict[str, float]) -> dict[str, int]:
-        """New worker counts for running trials (``running``: trial id -> workers) once nothing waits
-        to start. ``left`` is how many seconds each will surely still train on its workers after
-        the epoch it is in (its last report's ``epochs_left`` less that epoch, times its
+    def grow(self, running: dict[str, int], left: dict[str, float], others: int = 0) -> dict[str, int]:
+        """New worker counts for running trials (``running``: trial id -> workers, those under Ray
+        Train; ``others``: the GPUs of those that cannot grow) once nothing waits to start.
+        ``left`` is how many seconds each will surely still train on its workers after the epoch
+        it is in (its last report's ``epochs_left`` less that epoch, times its
         ``epoch_seconds``). While the free GPUs allow, the trial surest to train longest (the
         narrowest of equals) doubles its workers, up to the widest a trial may be, where that
         saves more than a :attr:`restart`: ``left * (1 - speedup(w) / speedup(W))`` seconds from
@@ -126,7 +154,7 @@ class DataParallel:
         """
         if not self.elastic:
             return {}
-        free = self.gpus - sum(running.values())
+        free = self.gpus - sum(running.values()) - others
         new = dict(running)
 
         def saves(trial: str) -> float:  # from its running workers: one restart, however wide
@@ -261,14 +289,27 @@ class RoundSearcher(Searcher):
             grants.start(self._grants_name)
         self.last_grants: dict[str, int] = {}
         self._left: dict[str, float] = {}  # trial id -> seconds it will surely train after this epoch
+        self._epochs: dict[str, float] = {}  # trial id -> its last epoch's seconds, on one worker
+        self._apart: set[str] = set()  # running trials under Ray Train
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep how long each running trial will surely train on: its ``epochs_left`` after the
         epoch it is in, times its ``epoch_seconds`` (Tune's ``time_this_iter_s`` where a trainable
-        does not report it); growing a trial is worth a restart only if that is long enough."""
+        does not report it); growing a trial is worth a restart only if that is long enough. Its
+        epoch's seconds on one worker decide whether the next trials start under Ray Train
+        (:meth:`DataParallel.apart`)."""
         seconds = result.get("epoch_seconds", result.get("time_this_iter_s"))
         if "epochs_left" in result and seconds is not None:
             self._left[trial_id] = max(0, int(result["epochs_left"]) - 1) * float(seconds)
+            key = self._trial_keys.get(trial_id)
+            workers = self._pending[key].workers if key in self._pending else 1
+            self._epochs[trial_id] = float(seconds) * self._parallel.speedup(workers)
+
+    def keeps_actors_warm(self) -> bool:
+        """Whether Tune may keep idle trial actors (and their GPUs) for the next trials: while none
+        of this search's trials trains under Ray Train, whose workers ask Ray, not Tune, for GPUs
+        (to start, or to grow into the GPUs that ended trials free)."""
+        return not self._apart
 
     def _grow(self) -> None:
         """Once nothing waits to start, grant running trials the GPUs ended trials freed
@@ -282,7 +323,9 @@ class RoundSearcher(Searcher):
             return  # the next round's trials take the free GPUs first
         keys = self._trial_keys.items()
         running = {tid: self._pending[key].workers for tid, key in keys if key in self._pending}
-        self.last_grants = parallel.grow(running, self._left)
+        others = sum(w for tid, w in running.items() if tid not in self._apart)
+        running = {tid: w for tid, w in running.items() if tid in self._apart}
+        self.last_grants = parallel.grow(running, self._left, others)
         for trial_id, workers in self.last_grants.items():
             key = self._trial_keys[trial_id]
             self._pending[key] = replace(self._pending[key], workers=workers)
@@ -332,20 +375,26 @@ class RoundSearcher(Searcher):
             return None  # everything proposable is in flight; Tune asks again when a trial completes
         running = sum(t.workers for t in self._pending.values())
         parallel = getattr(self, "_parallel", DataParallel())  # a searcher saved before it existed
-        if parallel.elastic and running >= parallel.gpus:
-            return None  # its workers would wait outside Tune's queue: wait here for a GPU instead
         # The searches' own trials first (each round waits for its slowest); the baselines beside them
         # keep one GPU each for later (they may grow), so the rounds get the free GPUs.
         chain = [t for t in self._queue if t.role in SEARCH_ROLES]
         side = len(self._queue) - len(chain)
         trial = chain[0] if chain else self._queue[0]
-        self._queue.remove(trial)
         workers = parallel.size(running + side, len(chain)) if chain else parallel.size(running, side)
-        trial = replace(trial, workers=workers)
+        epochs = sorted(self._epochs.values())
+        searches = sum(not group.finished for group in self._groups)
+        apart = parallel.apart(workers, epochs[len(epochs) // 2] if epochs else None, searches)
+        if apart and running >= parallel.gpus:
+            return None  # its workers would wait outside Tune's queue: wait here for a GPU instead
+        if apart:
+            self._apart.add(trial_id)
+        self._queue.remove(trial)
+        trial = replace(trial, workers=workers if apart else 1)
         self._pending[trial.key] = trial
         self._trial_keys[trial_id] = trial.key
         parent = self._parent_location(trial) if trial.parent_mask else None
-        elastic = {"grants": grants.address(self._grants_name, trial_id)} if parallel.elastic else {}
+        grows = parallel.elastic and apart
+        elastic = {"grants": grants.address(self._grants_name, trial_id)} if grows else {}
         return trial.config() | {"parent": parent} | elastic
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -403,6 +452,7 @@ class RoundSearcher(Searcher):
         if not any(t.role in SEARCH_ROLES for t in self._pending.values()):
             self._write_table()
         self._left.pop(trial_id, None)
+        self._apart.discard(trial_id)
         self._grow()
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -421,10 +471,12 @@ class RoundSearcher(Searcher):
         self.__dict__.setdefault("_left", {})  # a searcher saved before trials grew
         self.__dict__.setdefault("last_grants", {})
         self.__dict__.setdefault("_grants_name", _grants_name())
+        self.__dict__.setdefault("_epochs", {})
+        self.__dict__.setdefault("_apart", set())
         self._ended = False  # a restored search runs again
         before = getattr(self, "_parallel", DataParallel())
         if before.workers != 1 and ray.is_initialized():  # sized for the cluster it resumes on
-            self._parallel = DataParallel.on_cluster(before.workers, before.batch_size)
+            self._parallel = DataParallel.on_cluster(before.workers, before.batch_size, before.sure_epochs)
             if self._parallel.gpus != before.gpus:
                 log.info(
                     "resumed on %d GPU(s) (was %d): trials are sized for them",

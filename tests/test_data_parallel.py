@@ -240,6 +240,9 @@ def test_free_gpus_grow_the_trials_surest_to_train_longest_by_doubling_where_tha
     assert parallel.grow({"a": 2}, {"a": 23.5}) == {}
     assert parallel.grow({"a": 6}, {"a": 900}) == {"a": 8}  # up to the widest, not past it
     assert parallel.grow({"a": 4, "b": 4}, {"a": 900, "b": 900}) == {}  # nothing free
+    # trials in Tune's actors hold GPUs too, and do not grow: 6 of them leave a room for 2, 7 for 1
+    assert parallel.grow({"a": 1}, {"a": 900}, others=6) == {"a": 2}
+    assert parallel.grow({"a": 1}, {"a": 900}, others=7) == {}
     assert parallel.grow({"a": 1}, {}) == {}  # no report yet: nothing known to save
     assert DataParallel("auto", 8, 16, 8, restart=60.0).grow({"a": 1}, {"a": 100}) == {}  # 41 s < 60
     assert DataParallel(2, 8, 16, 8).grow({"a": 2}, {"a": 900}) == {}  # a fixed --gpus-per-trial
@@ -308,3 +311,121 @@ def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path,
     assert resumed._parallel == DataParallel("auto", gpus=0, batch_size=16, most=None)
     proposed = [resumed.suggest(f"t{i}") for i in range(1, 3)]  # t0 was proposed before the save
     assert [(c["role"], c["workers"], c.get("grants")) for c in proposed] == [("unimodal", 1, None)] * 2
+
+
+def test_a_trial_starts_under_ray_train_only_where_its_sure_epochs_pay_ray_trains_start():
+    # 8 GPUs, a 10-s start, a 12-s restart, 8 sure epochs: 3 s an epoch on one GPU is 24 s sure.
+    parallel = DataParallel("auto", gpus=8, batch_size=16, most=8, restart=12.0, start=10.0, sure_epochs=8)
+    # Before any epoch is measured: wherever a trial could have more than one GPU.
+    assert parallel.apart(1, None) and parallel.apart(2, None, searches=5)
+    assert not parallel.apart(1, None, searches=5)  # 8 GPUs for 5 searches: one each
+    # On 2 workers 24 s save 9.9 s (< 10); grown to 8 (4.9x), 19.1 s less the restart: 7.1 s.
+    assert not parallel.apart(2, 3.0) and not parallel.apart(1, 3.0)
+    # 4-s epochs: 32 s sure; on 2 workers 13.2 s saved (> 10); grown to 8, 25.5 - 12 = 13.5.
+    assert parallel.apart(2, 4.0) and parallel.apart(1, 4.0)
+    assert not parallel.apart(1, 4.0, searches=5)  # a share of 1 GPU: it could not grow
+    # A share of 4 (2.89x): 32 x (1 - 1/2.89) - 12 = 8.9 s; with 5-s epochs, 14.2 s.
+    assert not parallel.apart(1, 4.0, searches=2) and parallel.apart(1, 5.0, searches=2)
+    assert not replace(parallel, start=15.0).apart(2, 4.0)
+    # A fixed number of workers decides it; so does a cluster where no trial can get two.
+    assert DataParallel(2, 8, 16, 8).apart(2, 0.01) and not DataParallel(1, 8, 16, 8).apart(1, 100.0)
+    assert not DataParallel("auto", 8, batch_size=1).apart(1, None)
+
+
+def test_trials_of_short_epochs_start_in_tunes_actors_and_the_idle_ones_stay_warm_until_one_is_apart(
+    tmp_path,
+):
+    from fusionsearch import pipeline
+    from fusionsearch.settings import SearchConfig
+
+    searcher = pipeline.make_searcher(SearchConfig(searcher="sfsa", folds=3, fold=0), ["t1", "flair"], 4)
+    searcher.set_experiment_dir(str(tmp_path))
+    searcher.set_data_parallel(DataParallel("auto", gpus=4, batch_size=16, most=4))
+
+    def complete(trial_id, config, loss=0.5):
+        (tmp_path / trial_id / "checkpoint_000000").mkdir(parents=True)
+        result = {"val_loss": loss, "checkpoint_dir_name": "checkpoint_000000"}
+        searcher.on_trial_complete(trial_id, result | {f"config/{k}": v for k, v in config.items()})
+
+    # Nothing measured yet: the baseline starts on 2 workers under Ray Train, and no actor stays idle.
+    configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
+    assert configs["t0"]["workers"] == 2 and "grants" in configs["t0"]
+    assert not searcher.keeps_actors_warm()
+    # Its epochs take 0.5 s on 2 workers (0.85 s on one: 8 sure epochs pay no 10-s start).
+    searcher.on_trial_result("t0", {"epochs_left": 8, "epoch_seconds": 0.5})
+    for trial_id, config in configs.items():
+        complete(trial_id, config)
+    assert searcher.keeps_actors_warm()
+    round_1 = [searcher.suggest(f"r{i}") for i in range(6)]
+    # One GPU each in Tune's actors, no grants; the fifth is proposed though the 4 GPUs are taken:
+    # it waits in Tune's queue for an actor, as a one-GPU trial does.
+    assert [(c["workers"], "grants" in c) for c in round_1[:5]] == [(1, False)] * 5
+    assert round_1[5] is None and searcher.keeps_actors_warm()
+    # Trials that report 30-s epochs make the next ones start under Ray Train: no actor is kept then.
+    for i in range(5):
+        searcher.on_trial_result(f"r{i}", {"epochs_left": 8, "epoch_seconds": 30.0})
+    for i in range(5):
+        complete(f"r{i}", round_1[i], loss=0.4 if i == 0 else 0.5)  # a child improves: a round 2
+    apart = searcher.suggest("s0")
+    assert "grants" in apart and not searcher.keeps_actors_warm()
+    complete("s0", apart)
+    assert searcher.keeps_actors_warm()
+
+
+@pytest.mark.slow
+def test_idle_actors_give_their_resources_to_trials_under_ray_train_on_a_real_ray(tmp_path, local_ray):
+    """The scripted trials on the tests' Ray (4 CPUs, standing in for GPUs: one a worker). Round 0
+    (nothing measured) starts under Ray Train on all 4. Its reported epochs (3.5 s on one worker: 8
+    sure epochs pay Ray Train's 10-s start on 2 workers, not on 1, nor grown to 4 for a 12-s
+    restart) send round 1's first two trials to Tune's actors, one CPU each, and the third, on 2
+    workers, under Ray Train; the two end after 2 epochs while it trains on (its reported 100-s
+    epochs), so their actors are not kept: the third grows to 4, asking Ray outside Tune for their
+    CPUs. Round 2's 2 trials start under Ray Train on 2 workers each (idle actors give theirs up
+    too); its control stops after 2 epochs and the improving child grows to 4. A resource an idle
+    actor kept would time a trial out (20 s) and fail it."""
+    import json
+    from functools import partial
+
+    from ray import tune
+
+    from fusionsearch import pipeline
+    from fusionsearch.mask import FusionMask
+    from fusionsearch.search import experiment
+    from fusionsearch.settings import SearchConfig
+    from fusionsearch.tune import driver
+    from fusionsearch.tune.warm_actors import keep_warm
+    from trainables.scripted import duration_key, scripted_elastic
+
+    search = SearchConfig(searcher="sfsa", folds=3, fold=0, unimodal=False)
+    searcher = pipeline.make_searcher(search, ["t1", "flair"], 2)
+    searcher.set_experiment_dir(str(tmp_path / "dp"))
+    searcher.set_data_parallel(DataParallel("auto", gpus=4, batch_size=4, most=4))
+    masks = [str(m) for m in FusionMask.all_masks(2)]
+    plan = {duration_key({"role": role, "mask": mask, "parent_mask": parent}): 2
+            for role in ("search", "control") for mask in masks for parent in (None, *masks)}  # fmt: skip
+    for role, mask, parent, epochs in [("search", "00", None, 3), ("control", "00", "00", 16),
+                                       ("search", "11", "10", 16), ("control", "10", "10", 2)]:  # fmt: skip
+        plan[duration_key({"role": role, "mask": mask, "parent_mask": parent})] = epochs
+    config = {"landscape": {"00": 1.0, "10": 0.5, "01": 0.6, "11": 0.3}, "plan": plan, "epoch_seconds": 0.5,
+              "setup": 0.1, "patience": 3, "restart": 0.1, "efficiency": 0.85, "worker_resource": "CPU",
+              "gpu_timeout": 20.0, "reported": {"0": 3.5 / 2.89, "1": 100.0, "2": 100.0}}  # fmt: skip
+    tuner = tune.Tuner(
+        tune.with_resources(scripted_elastic, partial(driver.trial_resources, {"cpu": 1})),
+        param_space=config,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
+                                    trial_dirname_creator=experiment.trial_dirname),
+        run_config=tune.RunConfig(name="dp", storage_path=str(tmp_path), verbose=0),
+    )  # fmt: skip
+    with driver.tune_environment(16), keep_warm(16, searcher.keeps_actors_warm):
+        tuner.fit()
+    rows = experiment.load_result(str(tmp_path / "dp")).table.to_pylist()
+    assert all(r["status"] == "ok" for r in rows) and searcher.best_mask == "11", rows
+    for row in rows:
+        last = (tmp_path / "dp" / row["trial_id"] / "result.json").read_text().splitlines()[-1]
+        row.update(json.loads(last))
+    by_round = {n: sorted((r["role"], r["mask"], r["apart"], r["workers"], r["grew"]) for r in rows
+                          if r["round"] == n) for n in (0, 1, 2)}  # fmt: skip
+    assert by_round[0] == [("search", "00", True, 4, 0)]
+    assert by_round[1] == [("control", "00", True, 4, 1), ("search", "01", False, 1, 0),
+                           ("search", "10", False, 1, 0)]  # fmt: skip
+    assert by_round[2] == [("control", "10", True, 2, 0), ("search", "11", True, 4, 1)]

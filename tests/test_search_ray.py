@@ -189,7 +189,9 @@ def test_existing_experiment_is_never_overwritten(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_parent(tmp_path, caplog):
+def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_parent(
+    tmp_path, caplog, monkeypatch
+):
     # Round 1's 1000 reports a resumable checkpoint, then holds; the driver and its local Ray are
     # killed meanwhile and that checkpoint is lost (as when the storage fails between Tune deleting
     # an older checkpoint and uploading its state). Tune's state still names it: resume must not try
@@ -221,8 +223,14 @@ def test_a_resumable_checkpoint_lost_before_resume_restarts_its_trial_from_its_p
     for checkpoint in partial:
         shutil.rmtree(checkpoint)
 
+    from fusionsearch.tune import driver
+
+    kept = []  # when idle actors stay warm: the restored searcher says (no trial under Ray Train)
+    monkeypatch.setattr(driver, "keep_warm", lambda count, when, real=driver.keep_warm: kept.append(when)
+                        or real(count, when))  # fmt: skip
     with caplog.at_level("WARNING", logger="fusionsearch.tune.driver"):
         result = resume_search(str(experiment), trainable=scripted_trainable)
+    assert isinstance(kept[0].__self__, SFSASearcher) and len(kept[0].__self__._records) == 13
     assert str(result.best_mask) == "0110"
     rows = {r["mask"]: r for r in result.table.to_pylist() if r["role"] == "search"}
     assert rows["1000"]["status"] == "ok" and rows["1000"]["parent_mask"] == "0000"

@@ -36,3 +36,20 @@ def test_keep_warm_installs_the_cache_only_inside_its_context():
         cache = tune_controller._ObjectCache(may_keep_one=True)
         assert isinstance(cache, WarmActorCache) and cache.keep == 3
     assert tune_controller._ObjectCache is stock
+
+
+def test_keeps_only_the_actors_pending_trials_take_while_resources_are_wanted_outside_tune():
+    apart = []  # trials under Ray Train, whose workers ask Ray, not Tune, for GPUs
+    cache = WarmActorCache(keep=4, when=lambda: not apart)
+    assert cache.cache_object(GPU, "a") and cache.cache_object(GPU, "b")
+    apart.append("t1")
+    assert list(cache.flush_cached_objects()) == ["a", "b"]
+    cache.increase_max(GPU)  # a one-GPU trial is pending: it takes the next idle actor, no more
+    assert cache.cache_object(GPU, "c") and not cache.cache_object(GPU, "d")
+    assert list(cache.flush_cached_objects()) == []
+    cache.decrease_max(GPU)
+    assert list(cache.flush_cached_objects()) == ["c"]
+    assert cache.cache_object(GPU, "e")  # stock Tune keeps one idle actor; not while one is apart
+    assert list(cache.flush_cached_objects()) == ["e"]
+    apart.clear()
+    assert cache.cache_object(GPU, "f") and list(cache.flush_cached_objects()) == []

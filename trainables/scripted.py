@@ -100,28 +100,51 @@ def scripted_elastic(config: dict) -> None:
     (``epochs_left`` at most ``patience``: a trial that trains fewer epochs than its budget stops
     early). After an epoch that is not its last, it takes the workers the searcher granted it
     (``grants``), if more, after ``restart`` seconds (Ray Train's start and the setup again).
+
+    A trial the searcher started under Ray Train (with ``grants``) asks Ray for its workers' GPUs
+    as Ray Train does, outside Tune (a placement group of a GPU per worker, asked again wider to
+    grow), and fails if they are not free within ``gpu_timeout`` seconds (an idle Tune actor
+    holding one, say); any other trial trains on the GPU Tune gave it. ``worker_resource`` names
+    another resource to ask for in place of ``GPU``; ``reported``, ``{round: seconds}``, the
+    ``epoch_seconds`` a round's trials report in place of their own (tests steer the searcher's
+    choice between Ray Train and Tune's actors with it).
     """
+    from ray.util.placement_group import placement_group, remove_placement_group
+
     from fusionsearch.tune.grants import granted
     from searchers.rounds import DataParallel
 
     speedup = DataParallel(efficiency=config["efficiency"]).speedup
 
+    def gpus(count: int, held=None):
+        if held is not None:
+            remove_placement_group(held)
+        group = placement_group([{config.get("worker_resource", "GPU"): 1}] * count)
+        ray.get(group.ready(), timeout=config.get("gpu_timeout", 60.0))
+        return group
+
     started = time.time()
     epochs = config["plan"][duration_key(config)]
     workers, where = config.get("workers") or 1, config.get("grants")
+    held = gpus(workers) if where else None
     time.sleep(config["setup"])
     grew = 0
     for epoch in range(1, epochs + 1):
         seconds = config["epoch_seconds"] / speedup(workers)
         time.sleep(seconds)
         left = min(epochs - epoch, config["patience"])
+        reported = config.get("reported", {}).get(str(config.get("round")), seconds)
         tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left,
-                     "epoch_seconds": seconds})  # fmt: skip
+                     "epoch_seconds": reported})  # fmt: skip
         if epoch < epochs and where and (more := granted(where) or 0) > workers:
+            held = gpus(more, held)
             time.sleep(config["restart"])
             workers, grew = more, grew + 1
+    if held is not None:
+        remove_placement_group(held)
     with tempfile.TemporaryDirectory() as directory:
         metrics = {"val_loss": config["landscape"][config["mask"]], "started_at": started,
-                   "finished_at": time.time(), "workers": workers, "grew": grew, "final": True}  # fmt: skip
+                   "finished_at": time.time(), "workers": workers, "grew": grew, "final": True,
+                   "apart": bool(where), "pid": os.getpid()}  # fmt: skip
         (Path(directory) / "state.json").write_text(json.dumps({"mask": config["mask"], "metrics": metrics}))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -112,6 +112,12 @@ def controller_object_cache(factory: Callable[..., Any]) -> Iterator[None]:
         controller._ObjectCache = ObjectCache
 
 
+def search_algorithm(tuner: Any) -> Any:
+    """The searcher a ``tune.Tuner`` (a restored one too: unpickled with its state) searches with;
+    ``None`` where Ray keeps it elsewhere (Ray Client, another release)."""
+    return getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "search_alg", None)
+
+
 def preload(modules: Sequence[str]) -> dict[str, Any]:
     """``ray.init`` arguments for a local Ray whose worker processes import ``modules`` as they start.
 

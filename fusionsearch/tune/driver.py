@@ -165,7 +165,7 @@ def _trainable(
         trainable = train_candidate
         if data_parallel and resources:
             trainable = tune.with_parameters(train_candidate, per_worker=resources)
-            return tune.with_resources(trainable, partial(_trial_resources, resources))
+            return tune.with_resources(trainable, partial(trial_resources, resources))
     return tune.with_resources(trainable, resources) if resources else trainable
 
 
@@ -174,7 +174,9 @@ def _trainable(
 _TRAIN_DRIVER = {"memory": 2**20}
 
 
-def _trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
+def trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
+    """What a trial of ``config`` asks Tune for: almost nothing where it trains under Ray Train
+    (several workers, or ``grants`` to grow: its workers ask Ray for theirs), else ``per_worker``."""
     if int(config.get("workers") or 1) > 1 or config.get("grants"):  # Ray Train's workers, growable
         return tune.PlacementGroupFactory([_TRAIN_DRIVER])
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
@@ -184,7 +186,17 @@ def _data_parallel(workers: int | str, settings: RunSettings | None) -> DataPara
     """The searcher's sizing of data-parallel trials on the connected cluster."""
     if settings is None:
         return DataParallel()
-    return DataParallel.on_cluster(workers, settings.train.batch_size)
+    train = settings.train
+    return DataParallel.on_cluster(workers, train.batch_size, min(train.epochs, train.patience))
+
+
+def _warm_while(searcher: Any, parallel: DataParallel) -> Callable[[], bool]:
+    """When idle trial actors may keep their GPUs: while the searcher has no trial under Ray Train
+    (:meth:`searchers.rounds.RoundSearcher.keeps_actors_warm`); for a searcher that does not say,
+    where no trial can get 2 workers."""
+    if hasattr(searcher, "keeps_actors_warm"):
+        return searcher.keeps_actors_warm
+    return lambda: not parallel.possible
 
 
 def _searcher_name(searcher: Any) -> str:
@@ -292,7 +304,8 @@ def run_search(
             verbose=0,
         ),
     )
-    return _fit(tuner, experiment_dir, concurrency(max_concurrent, resources), warm=not parallel.possible)
+    warm = _warm_while(searcher, parallel)
+    return _fit(tuner, experiment_dir, concurrency(max_concurrent, resources), warm)
 
 
 def concurrency(limit: int | None = None, per_trial: dict[str, float] | None = None) -> int:
@@ -328,14 +341,15 @@ def resume_search(
     connect()
     resources = resources or run.resources
     # The restored searcher sizes trials as it did before; this cluster decides the actors.
-    possible = _data_parallel(run.workers, run.settings).possible
+    parallel = _data_parallel(run.workers, run.settings)
     tuner = tune.Tuner.restore(
         experiment_dir,
         storage_filesystem=storage.tune_filesystem(experiment_dir),
-        trainable=_trainable(trainable, resources, data_parallel=possible),
+        trainable=_trainable(trainable, resources, data_parallel=parallel.possible),
         resume_errored=True,
     )
-    return _fit(tuner, experiment_dir, concurrency(run.max_concurrent, resources), warm=not possible)
+    warm = _warm_while(compat.search_algorithm(tuner), parallel)
+    return _fit(tuner, experiment_dir, concurrency(run.max_concurrent, resources), warm)
 
 
 def check_resumable(experiment_dir: str, own_trainable: bool = False) -> RunRecord:
@@ -469,17 +483,19 @@ def _quiet_tune() -> Iterator[None]:
         tune_log.setLevel(level)
 
 
-def _fit(tuner: tune.Tuner, experiment_dir: str, max_concurrent: int, warm: bool = True) -> SearchResult:
-    """``tuner.fit()`` with up to ``max_concurrent`` trials pending or running and, with ``warm``, as
-    many actors kept.
+def _fit(
+    tuner: tune.Tuner, experiment_dir: str, max_concurrent: int, warm: Callable[[], bool] = lambda: True
+) -> SearchResult:
+    """``tuner.fit()`` with up to ``max_concurrent`` trials pending or running and, while ``warm()``,
+    as many actors kept.
 
     Keeping the finished trials' actors for the next round saves a fresh process (with its
-    imports) per trial. Not with data-parallel trials: their Ray Train workers ask Ray, not Tune,
-    for GPUs, and Tune would not release an idle actor holding a GPU to them.
+    imports) per trial. Not while data-parallel trials run: their Ray Train workers ask Ray, not
+    Tune, for GPUs, and Tune would not release an idle actor holding a GPU to them.
     """
     start = time.perf_counter()
     storage_failure.clear()
-    actors = keep_warm(max_concurrent) if warm else contextlib.nullcontext()
+    actors = keep_warm(max_concurrent, warm)
     inherited = _preloaded.get(ray.get_runtime_context().gcs_address)
     # trial actors in the idle workers that imported their modules while the cache built
     idle = compat.trial_env_vars(inherited) if inherited is not None else contextlib.nullcontext()
