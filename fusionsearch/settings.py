@@ -549,7 +549,8 @@ class ResourceConfig:
             whole number N > 1 trains every candidate data-parallel on N workers, one GPU each;
             ``auto`` sizes it when each trial starts, so that the trials of a round narrower than
             the cluster share its GPUs, and grows running trials into the GPUs that ended trials
-            free (:class:`searchers.rounds.DataParallel`).
+            free, for trials whose measured epochs pay Ray Train's start back; others train on one
+            GPU in Tune's actors (:class:`searchers.rounds.DataParallel`).
         cpus_per_trial: CPUs per candidate.
         max_failures: retries of a failing trial, each from its own last checkpoint.
         max_concurrent: trials at once at most (to leave part of a shared machine to others);
@@ -569,7 +570,8 @@ class ResourceConfig:
         default="auto",
         metadata=option(
             "GPUs per candidate: a fraction up to 1 shares a GPU; N > 1 trains each candidate on N GPUs, "
-            "data-parallel; auto: a share of the free GPUs when a trial starts, more as other trials end",
+            "data-parallel; auto: a share of the free GPUs when a trial starts, more as other trials end, "
+            "for trials whose measured epochs pay Ray Train's start (others: 1 GPU each)",
             metavar="{auto,N}",
         ),
     )

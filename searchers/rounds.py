@@ -112,9 +112,10 @@ class DataParallel:
         A fixed number of workers: where it is above 1. Under ``auto``: where the trial's sure
         epochs, ``epoch`` seconds each on one worker (the search's measured median; ``None``
         before any trial has reported one), could pay Ray Train's :attr:`start` back: trained
-        on ``workers``, or grown to the widest a trial may be, which costs a :attr:`restart` too.
-        Before a measurement, every trial: no actor is warm yet, and Ray Train's start costs about
-        what a fresh actor's does.
+        on ``workers``, or grown to its share of the cluster (its GPUs over the ``searches``
+        running at once, at most the widest a trial may be), which costs a :attr:`restart` too.
+        Before a measurement, every trial that could have 2 GPUs: no actor is warm yet, and Ray
+        Train's start costs about what a fresh actor's does.
         """
         if not self.possible:
             return False

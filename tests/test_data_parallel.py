@@ -378,11 +378,11 @@ def test_idle_actors_give_their_resources_to_trials_under_ray_train_on_a_real_ra
     (nothing measured) starts under Ray Train on all 4. Its reported epochs (3.5 s on one worker: 8
     sure epochs pay Ray Train's 10-s start on 2 workers, not on 1, nor grown to 4 for a 12-s
     restart) send round 1's first two trials to Tune's actors, one CPU each, and the third, on 2
-    workers, under Ray Train; the two end after 2 epochs while it trains on (its reported 100-s
-    epochs), so their actors are not kept: the third grows to 4, asking Ray outside Tune for their
-    CPUs. Round 2's 2 trials start under Ray Train on 2 workers each (idle actors give theirs up
-    too); its control stops after 2 epochs and the improving child grows to 4. A resource an idle
-    actor kept would time a trial out (20 s) and fail it."""
+    workers, under Ray Train; the two end after 2 epochs while it waits for its grant (its
+    reported 100-s epochs), so their actors are not kept: the third grows to 4, asking Ray
+    outside Tune for their CPUs. Round 2's 2 trials start under Ray Train on 2 workers each (idle
+    actors give theirs up too); its control stops after 2 epochs and the improving child grows to
+    4. A resource an idle actor kept would time a trial out (60 s) and fail it."""
     import json
     from functools import partial
 
@@ -403,12 +403,17 @@ def test_idle_actors_give_their_resources_to_trials_under_ray_train_on_a_real_ra
     masks = [str(m) for m in FusionMask.all_masks(2)]
     plan = {duration_key({"role": role, "mask": mask, "parent_mask": parent}): 2
             for role in ("search", "control") for mask in masks for parent in (None, *masks)}  # fmt: skip
-    for role, mask, parent, epochs in [("search", "00", None, 3), ("control", "00", "00", 16),
-                                       ("search", "11", "10", 16), ("control", "10", "10", 2)]:  # fmt: skip
+    for role, mask, parent, epochs in [("search", "00", None, 3), ("control", "00", "00", 4),
+                                       ("search", "11", "10", 4), ("control", "10", "10", 2)]:  # fmt: skip
         plan[duration_key({"role": role, "mask": mask, "parent_mask": parent})] = epochs
+    # the two that grow wait for their grant after their first epoch, however late the trials
+    # whose end frees the resources start on a loaded machine (without one in 60 s they go on)
+    wait = {duration_key({"role": r, "mask": m, "parent_mask": p}): 60.0 for r, m, p in
+            [("control", "00", "00"), ("search", "11", "10")]}  # fmt: skip
     config = {"landscape": {"00": 1.0, "10": 0.5, "01": 0.6, "11": 0.3}, "plan": plan, "epoch_seconds": 0.5,
               "setup": 0.1, "patience": 3, "restart": 0.1, "efficiency": 0.85, "worker_resource": "CPU",
-              "gpu_timeout": 20.0, "reported": {"0": 3.5 / 2.89, "1": 100.0, "2": 100.0}}  # fmt: skip
+              "gpu_timeout": 60.0, "reported": {"0": 3.5 / 2.89, "1": 100.0, "2": 100.0},
+              "await_grant": wait}  # fmt: skip
     tuner = tune.Tuner(
         tune.with_resources(scripted_elastic, partial(driver.trial_resources, {"cpu": 1})),
         param_space=config,

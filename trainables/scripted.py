@@ -107,7 +107,9 @@ def scripted_elastic(config: dict) -> None:
     holding one, say); any other trial trains on the GPU Tune gave it. ``worker_resource`` names
     another resource to ask for in place of ``GPU``; ``reported``, ``{round: seconds}``, the
     ``epoch_seconds`` a round's trials report in place of their own (tests steer the searcher's
-    choice between Ray Train and Tune's actors with it).
+    choice between Ray Train and Tune's actors with it); ``await_grant``, ``{duration key:
+    seconds}``, how long such a trial waits after its first epoch for a grant (tests that must
+    see a trial grow, however late a loaded machine starts the trials whose end frees the GPUs).
     """
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -124,7 +126,8 @@ def scripted_elastic(config: dict) -> None:
         return group
 
     started = time.time()
-    epochs = config["plan"][duration_key(config)]
+    key = duration_key(config)
+    epochs = config["plan"][key]
     workers, where = config.get("workers") or 1, config.get("grants")
     held = gpus(workers) if where else None
     time.sleep(config["setup"])
@@ -136,6 +139,9 @@ def scripted_elastic(config: dict) -> None:
         reported = config.get("reported", {}).get(str(config.get("round")), seconds)
         tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left,
                      "epoch_seconds": reported})  # fmt: skip
+        wait = time.monotonic() + (0.0 if grew else config.get("await_grant", {}).get(key, 0.0))
+        while epoch < epochs and where and (granted(where) or 0) <= workers and time.monotonic() < wait:
+            time.sleep(0.1)
         if epoch < epochs and where and (more := granted(where) or 0) > workers:
             held = gpus(more, held)
             time.sleep(config["restart"])
