@@ -139,7 +139,7 @@ def scripted_elastic(config: dict) -> None:
         reported = config.get("reported", {}).get(str(config.get("round")), seconds)
         tune.report({"val_loss": config["landscape"][config["mask"]], "epoch": epoch, "epochs_left": left,
                      "epoch_seconds": reported})  # fmt: skip
-        wait = time.monotonic() + (0.0 if grew else config.get("await_grant", {}).get(key, 0.0))
+        wait = time.monotonic() + (config.get("await_grant", {}).get(key, 0.0) if epoch == 1 else 0.0)
         while epoch < epochs and where and (granted(where) or 0) <= workers and time.monotonic() < wait:
             time.sleep(0.1)
         if epoch < epochs and where and (more := granted(where) or 0) > workers:
