@@ -468,12 +468,15 @@ class RoundSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = pickle.load(f)
+        self.__dict__.update(state)
         self.__dict__.setdefault("_left", {})  # a searcher saved before trials grew
         self.__dict__.setdefault("last_grants", {})
         self.__dict__.setdefault("_grants_name", _grants_name())
         self.__dict__.setdefault("_epochs", {})
-        self.__dict__.setdefault("_apart", set())
+        if "_apart" not in state:  # saved before the choice: all under Ray Train where possible
+            pending = {t for t, key in self._trial_keys.items() if key in self._pending}
+            self._apart = pending if getattr(self, "_parallel", DataParallel()).possible else set()
         self._ended = False  # a restored search runs again
         before = getattr(self, "_parallel", DataParallel())
         if before.workers != 1 and ray.is_initialized():  # sized for the cluster it resumes on

@@ -1,6 +1,7 @@
 """A candidate trained data-parallel by Ray Train workers (CPU, gloo) trains as one worker does."""
 
 import logging
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -311,6 +312,15 @@ def test_a_resumed_searcher_sizes_trials_for_the_cluster_it_resumes_on(tmp_path,
     assert resumed._parallel == DataParallel("auto", gpus=0, batch_size=16, most=None)
     proposed = [resumed.suggest(f"t{i}") for i in range(1, 3)]  # t0 was proposed before the save
     assert [(c["role"], c["workers"], c.get("grants")) for c in proposed] == [("unimodal", 1, None)] * 2
+    assert not resumed.keeps_actors_warm()  # t0, under Ray Train, runs again
+    # Saved before trials chose between Ray Train and Tune's actors (no record of which is where):
+    # its running trials were all under Ray Train, so no idle actor may keep a GPU while they run.
+    state = pickle.loads((tmp_path / "searcher.pkl").read_bytes())
+    del state["_apart"], state["_epochs"]
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
+    old = searcher()
+    old.restore(str(tmp_path / "old.pkl"))
+    assert old._apart == {"t0"} and not old.keeps_actors_warm()
 
 
 def test_a_trial_starts_under_ray_train_only_where_its_sure_epochs_pay_ray_trains_start():
