@@ -62,7 +62,7 @@ from fusionsearch import pipeline
 from fusionsearch.mask import FusionMask
 from fusionsearch.settings import SearchConfig
 from searchers import REGISTRY
-from searchers.rounds import DataParallel
+from searchers.rounds import DataParallel, under_ray_train
 from trainables.scripted import duration_key
 
 
@@ -185,8 +185,9 @@ def simulate(
     searcher.set_experiment_dir(scratch)
     parallel = parallel or DataParallel()
     searcher.set_data_parallel(parallel)
-    # the driver keeps idle actors while no trial trains under Ray Train (run_search's _warm_while)
-    warm = getattr(searcher, "keeps_actors_warm", lambda: not parallel.possible)
+    from fusionsearch.tune.driver import warm_while
+
+    warm = warm_while(searcher, parallel)  # idle actors kept as run_search keeps them
     idle, cold = 0, gpus  # slots with a warm actor free now; slots without one
     running: dict[str, _Running] = {}
     queue: deque[tuple[str, dict]] = deque()
@@ -202,7 +203,7 @@ def simulate(
             trial_id, config = queue.popleft()
             workers = config.get("workers") or 1
             warm_start = 0.0 if idle else parts.actor_start
-            start = parts.train_start if workers > 1 or "grants" in config else warm_start
+            start = parts.train_start if under_ray_train(config) else warm_start
             take_idle = min(idle, workers)  # a warm actor's slot first
             idle, cold = idle - take_idle, cold - (workers - take_idle)
             epochs = parts.epochs_of(config, losses)
@@ -210,7 +211,7 @@ def simulate(
             first = min(first, begin - parts.setup)
             epoch = parts.epoch_seconds / parts.speedup(workers)
             running[trial_id] = _Running(config, workers, begin, epochs, epoch, held=workers)
-            trials, apart = trials + 1, apart + (workers > 1 or "grants" in config)
+            trials, apart = trials + 1, apart + under_ray_train(config)
         if not running:
             break
         trial_id = min(running, key=lambda t: running[t].end)
@@ -220,7 +221,7 @@ def simulate(
         training += gpu_seconds
         useful += gpu_seconds * parts.speedup(trial.workers) / trial.workers
         widest = max(widest, trial.workers)
-        if trial.held > 1 or "grants" in trial.config or not warm():
+        if under_ray_train(trial.config) or not warm():
             cold += trial.held  # Ray Train's workers end with the trial; no actor is kept
         else:
             idle += 1
@@ -356,7 +357,7 @@ def _run_elastic(
     )  # fmt: skip
     # as run_search schedules: a round's trials pending at once, idle actors kept while none is apart
     concurrency = driver.concurrency(per_trial=per_worker)
-    with driver.tune_environment(concurrency), keep_warm(concurrency, searcher.keeps_actors_warm):
+    with driver.tune_environment(concurrency), keep_warm(concurrency, driver.warm_while(searcher, parallel)):
         tuner.fit()
     rows = experiment.load_result(str(Path(storage, "model"))).table.to_pylist()
     for row in rows:  # how often each grew, its workers at the end, whether apart: its last report

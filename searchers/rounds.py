@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -180,6 +181,12 @@ class DataParallel:
         return min(workers, self._widest - workers)
 
 
+def under_ray_train(config: dict[str, Any]) -> bool:
+    """Whether a trial of ``config`` (as :meth:`RoundSearcher.suggest` proposes it) trains under Ray
+    Train: on several workers, or with ``grants`` to grow; else in its Tune actor, on one GPU."""
+    return int(config.get("workers") or 1) > 1 or bool(config.get("grants"))
+
+
 def _grants_name() -> str:
     """A new name for a search's grants actor (:mod:`fusionsearch.tune.grants`)."""
     return f"fusionsearch-grants-{uuid.uuid4().hex[:12]}"
@@ -315,7 +322,7 @@ class RoundSearcher(Searcher):
     def _grow(self) -> None:
         """Once nothing waits to start, grant running trials the GPUs ended trials freed
         (:meth:`DataParallel.grow`); they take them at their next validated epoch."""
-        parallel = getattr(self, "_parallel", DataParallel())
+        parallel = self._parallel
         self.last_grants = {}
         if not parallel.elastic:
             return
@@ -375,16 +382,16 @@ class RoundSearcher(Searcher):
         if not self._queue or len(self._pending) >= (self._max_concurrent or len(self._pending) + 1):
             return None  # everything proposable is in flight; Tune asks again when a trial completes
         running = sum(t.workers for t in self._pending.values())
-        parallel = getattr(self, "_parallel", DataParallel())  # a searcher saved before it existed
+        parallel = self._parallel
         # The searches' own trials first (each round waits for its slowest); the baselines beside them
         # keep one GPU each for later (they may grow), so the rounds get the free GPUs.
         chain = [t for t in self._queue if t.role in SEARCH_ROLES]
         side = len(self._queue) - len(chain)
         trial = chain[0] if chain else self._queue[0]
         workers = parallel.size(running + side, len(chain)) if chain else parallel.size(running, side)
-        epochs = sorted(self._epochs.values())
+        epoch = statistics.median_high(self._epochs.values()) if self._epochs else None
         searches = sum(not group.finished for group in self._groups)
-        apart = parallel.apart(workers, epochs[len(epochs) // 2] if epochs else None, searches)
+        apart = parallel.apart(workers, epoch, searches)
         if apart and running >= parallel.gpus:
             return None  # its workers would wait outside Tune's queue: wait here for a GPU instead
         if apart:
@@ -470,15 +477,16 @@ class RoundSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.__dict__.update(state)
+        self.__dict__.setdefault("_parallel", DataParallel())  # a searcher saved before it existed
         self.__dict__.setdefault("_left", {})  # a searcher saved before trials grew
         self.__dict__.setdefault("last_grants", {})
         self.__dict__.setdefault("_grants_name", _grants_name())
         self.__dict__.setdefault("_epochs", {})
         if "_apart" not in state:  # saved before the choice: all under Ray Train where possible
             pending = {t for t, key in self._trial_keys.items() if key in self._pending}
-            self._apart = pending if getattr(self, "_parallel", DataParallel()).possible else set()
+            self._apart = pending if self._parallel.possible else set()
         self._ended = False  # a restored search runs again
-        before = getattr(self, "_parallel", DataParallel())
+        before = self._parallel
         if before.workers != 1 and ray.is_initialized():  # sized for the cluster it resumes on
             self._parallel = DataParallel.on_cluster(before.workers, before.batch_size, before.sure_epochs)
             if self._parallel.gpus != before.gpus:

@@ -54,7 +54,7 @@ from fusionsearch.tune.callbacks import (
 from fusionsearch.tune.lost_checkpoints import ForgetLostCheckpoints
 from fusionsearch.tune.progress import FoldProgress
 from fusionsearch.tune.warm_actors import keep_warm
-from searchers.rounds import DataParallel
+from searchers.rounds import DataParallel, under_ray_train
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ _TRAIN_DRIVER = {"memory": 2**20}
 def trial_resources(per_worker: dict[str, float], config: dict[str, Any]) -> tune.PlacementGroupFactory:
     """What a trial of ``config`` asks Tune for: almost nothing where it trains under Ray Train
     (several workers, or ``grants`` to grow: its workers ask Ray for theirs), else ``per_worker``."""
-    if int(config.get("workers") or 1) > 1 or config.get("grants"):  # Ray Train's workers, growable
+    if under_ray_train(config):  # Ray Train's workers ask for theirs
         return tune.PlacementGroupFactory([_TRAIN_DRIVER])
     return tune.PlacementGroupFactory([{key.upper(): amount for key, amount in per_worker.items() if amount}])
 
@@ -190,7 +190,7 @@ def _data_parallel(workers: int | str, settings: RunSettings | None) -> DataPara
     return DataParallel.on_cluster(workers, train.batch_size, min(train.epochs, train.patience))
 
 
-def _warm_while(searcher: Any, parallel: DataParallel) -> Callable[[], bool]:
+def warm_while(searcher: Any, parallel: DataParallel) -> Callable[[], bool]:
     """When idle trial actors may keep their GPUs: while the searcher has no trial under Ray Train
     (:meth:`searchers.rounds.RoundSearcher.keeps_actors_warm`); for a searcher that does not say,
     where no trial can get 2 workers."""
@@ -304,7 +304,7 @@ def run_search(
             verbose=0,
         ),
     )
-    warm = _warm_while(searcher, parallel)
+    warm = warm_while(searcher, parallel)
     return _fit(tuner, experiment_dir, concurrency(max_concurrent, resources), warm)
 
 
@@ -348,7 +348,7 @@ def resume_search(
         trainable=_trainable(trainable, resources, data_parallel=parallel.possible),
         resume_errored=True,
     )
-    warm = _warm_while(compat.search_algorithm(tuner), parallel)
+    warm = warm_while(compat.search_algorithm(tuner), parallel)
     return _fit(tuner, experiment_dir, concurrency(run.max_concurrent, resources), warm)
 
 
